@@ -1,0 +1,120 @@
+"""Configuration: the one place that reads P2PDIST_* environment variables and the config file.
+
+Precedence, highest first: an explicit argument (a CLI flag), the environment
+(``P2PDIST_HOME``, ``P2PDIST_TRACKER``, ``P2PDIST_TOKEN``, ``P2PDIST_CONFIG``), the config
+file (``$P2PDIST_CONFIG`` or ``~/.config/p2pdist/config.toml``), then the default. Values are
+read when asked for, never at import, so a program or a test can change the environment
+and be obeyed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pdist.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_HOME = Path("~/.cache/p2pdist")
+DEFAULT_CONFIG_DIR = Path("~/.config/p2pdist")
+DEFAULT_TRACKER = "http://127.0.0.1:6969"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def config_dir() -> Path:
+    """The folder of the config file, the signing key and the trusted publisher keys.
+
+    ``$P2PDIST_CONFIG_DIR`` overrides it (tests and the demo point it at a temporary folder).
+    """
+    override = _env("P2PDIST_CONFIG_DIR")
+    return Path(override).expanduser() if override else DEFAULT_CONFIG_DIR.expanduser()
+
+
+def config_file() -> Path:
+    override = _env("P2PDIST_CONFIG")
+    return Path(override).expanduser() if override else config_dir() / "config.toml"
+
+
+def _file_values() -> dict[str, Any]:
+    path = config_file()
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e}); fix or remove it") from None
+    section = data.get("p2pdist", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: expected a table of settings")
+    return section
+
+
+def _resolve(explicit: str | None, env_name: str, file_key: str, default: str | None) -> str | None:
+    if explicit:
+        return explicit
+    from_env = _env(env_name)
+    if from_env:
+        return from_env
+    value = _file_values().get(file_key)
+    if value is not None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{config_file()}: {file_key} must be a string")
+        return value
+    return default
+
+
+def home(explicit: str | Path | None = None) -> Path:
+    """The store root: flag, ``$P2PDIST_HOME``, config ``home``, or ``~/.cache/p2pdist``."""
+    value = _resolve(str(explicit) if explicit else None, "P2PDIST_HOME", "home", None)
+    return Path(value).expanduser() if value else DEFAULT_HOME.expanduser()
+
+
+def tracker_url(explicit: str | None = None) -> str:
+    """The tracker/registry base URL: flag, ``$P2PDIST_TRACKER``, config ``tracker``, default."""
+    value = _resolve(explicit, "P2PDIST_TRACKER", "tracker", DEFAULT_TRACKER)
+    assert value is not None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"tracker URL {value!r} must start with http:// or https://")
+    return value.rstrip("/")
+
+
+def token(explicit: str | None = None) -> str | None:
+    """The registry bearer token: flag, ``$P2PDIST_TOKEN``, config ``token``, or None."""
+    return _resolve(explicit, "P2PDIST_TOKEN", "token", None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A resolved snapshot of the configuration, for code that wants all of it at once."""
+
+    home: Path
+    tracker: str
+    token: str | None
+    config_dir: Path
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        home_dir: str | Path | None = None,
+        tracker: str | None = None,
+        token_value: str | None = None,
+    ) -> Settings:
+        return cls(
+            home=home(home_dir),
+            tracker=tracker_url(tracker),
+            token=token(token_value),
+            config_dir=config_dir(),
+        )

@@ -1,0 +1,348 @@
+"""Sharded safetensors in Hugging Face layout, and a strict reader of safetensors headers.
+
+A version folder is exactly what ``save_pretrained`` writes: ``model.safetensors``, or
+``model-0000k-of-0000N.safetensors`` plus ``model.safetensors.index.json`` when the state
+dict is larger than the maximum shard size. So ``safetensors.safe_open`` and
+``transformers`` read a fetched version with no p2pdist code.
+
+The header reader distrusts every length (as safetensors itself does): the header size, each
+dtype and shape, and each offset are checked against the file before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from p2pdist.errors import FormatError, NotFoundError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3
+MAX_HEADER_SIZE = 100 * 1024 * 1024
+
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Where one tensor's bytes lie in its file (absolute offsets) and how to read them."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated safetensors header: tensors in file order, metadata, and byte layout."""
+
+    header_size: int
+    tensors: tuple[TensorSpec, ...]
+    metadata: Mapping[str, str]
+    file_size: int
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_size
+
+    def by_name(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.tensors}
+
+
+def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> SafetensorsHeader:
+    """Validate a safetensors header given its first bytes and the total file size.
+
+    ``raw`` must hold at least the 8-byte length prefix and the JSON header.
+    """
+    if file_size < 8 or len(raw) < 8:
+        raise FormatError(f"{source}: not a safetensors file (shorter than 8 bytes)")
+    (header_size,) = struct.unpack("<Q", raw[:8])
+    if header_size > MAX_HEADER_SIZE:
+        raise FormatError(
+            f"{source}: safetensors header claims {header_size} bytes (limit 100 MiB)"
+        )
+    if 8 + header_size > file_size:
+        raise FormatError(
+            f"{source}: safetensors header claims {header_size} bytes but the file has "
+            f"{file_size}; the file is truncated or not safetensors"
+        )
+    if len(raw) < 8 + header_size:
+        raise FormatError(f"{source}: header bytes missing")
+    try:
+        doc = json.loads(raw[8 : 8 + header_size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{source}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{source}: safetensors header is not a JSON object")
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise FormatError(f"{source}: __metadata__ must map strings to strings")
+    data_start = 8 + header_size
+    data_size = file_size - data_start
+    specs: list[TensorSpec] = []
+    for name, info in doc.items():
+        specs.append(_tensor_spec(name, info, data_start, data_size, source))
+    specs.sort(key=lambda t: (t.start, t.end))
+    cursor = data_start
+    for spec in specs:
+        if spec.start != cursor:
+            raise FormatError(
+                f"{source}: tensor {spec.name!r} starts at byte {spec.start - data_start} of the "
+                f"data section, expected {cursor - data_start} (offsets must be contiguous)"
+            )
+        cursor = spec.end
+    if cursor != file_size:
+        raise FormatError(
+            f"{source}: tensors cover {cursor - data_start} bytes but the data section has "
+            f"{data_size}; the file is truncated or padded"
+        )
+    return SafetensorsHeader(header_size, tuple(specs), dict(metadata), file_size)
+
+
+def _tensor_spec(name: str, info: Any, data_start: int, data_size: int, source: str) -> TensorSpec:
+    if not isinstance(info, dict):
+        raise FormatError(f"{source}: tensor {name!r} entry is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        raise FormatError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise FormatError(f"{source}: tensor {name!r} has invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
+        raise FormatError(
+            f"{source}: tensor {name!r} has data_offsets {offsets!r} outside the "
+            f"{data_size}-byte data section"
+        )
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if offsets[1] - offsets[0] != expected:
+        raise FormatError(
+            f"{source}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but dtype {dtype} "
+            f"and shape {shape} need {expected}"
+        )
+    return TensorSpec(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file without reading its tensors."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise FormatError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > MAX_HEADER_SIZE or 8 + header_size > size:
+                return parse_header(prefix, size, source=str(path))
+            raw = prefix + f.read(header_size)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    return parse_header(raw, size, source=str(path))
+
+
+def shard_filename(index: int, count: int) -> str:
+    """Hugging Face's shard name: ``model-00001-of-00003.safetensors`` (1-based)."""
+    return f"model-{index:05d}-of-{count:05d}.safetensors"
+
+
+def _plan_shards(tensors: Mapping[str, torch.Tensor], max_shard_size: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    current = 0
+    for name in tensors:
+        size = tensors[name].numel() * tensors[name].element_size()
+        if shards[-1] and current + size > max_shard_size:
+            shards.append([])
+            current = 0
+        shards[-1].append(name)
+        current += size
+    return shards
+
+
+def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detach, move to CPU, make contiguous, and un-share storages (safetensors refuses sharing)."""
+    prepared: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise FormatError(f"state dict entry {name!r} is not a str -> torch.Tensor pair")
+        t = tensor.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if key is not None and key in seen:
+            t = t.clone()
+        elif key is not None:
+            seen.add(key)
+        prepared[name] = t
+    return prepared
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    folder: str | Path,
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    metadata: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Write ``state_dict`` into ``folder`` in Hugging Face layout; return the files written.
+
+    Tensors keep their names, dtypes and shapes byte for byte. Above ``max_shard_size`` the
+    tensors are split across numbered shards (in insertion order) with an index file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = _prepare(state_dict)
+    meta = {"format": "pt", **(metadata or {})}
+    groups = _plan_shards(tensors, max_shard_size)
+    if len(groups) == 1:
+        save_file({n: tensors[n] for n in groups[0]}, str(folder / SINGLE_FILE), metadata=meta)
+        return [SINGLE_FILE]
+    written: list[str] = []
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, names in enumerate(groups, start=1):
+        filename = shard_filename(i, len(groups))
+        save_file({n: tensors[n] for n in names}, str(folder / filename), metadata=meta)
+        written.append(filename)
+        for n in names:
+            weight_map[n] = filename
+            total += tensors[n].numel() * tensors[n].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    written.append(INDEX_FILE)
+    return written
+
+
+def shard_files(folder: str | Path) -> list[str]:
+    """The safetensors files of a version folder, in shard order (relative names)."""
+    folder = Path(folder)
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+            weight_map = index["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{index_path}: invalid index file ({e})") from None
+        names = sorted(set(weight_map.values()))
+        for n in names:
+            if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
+                raise FormatError(f"{index_path}: invalid shard name {n!r}")
+        return names
+    if (folder / SINGLE_FILE).is_file():
+        return [SINGLE_FILE]
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not found:
+        raise NotFoundError(f"{folder}: no safetensors files found")
+    return found
+
+
+class ShardedReader:
+    """Lazy, name-addressed access to the tensors of a version folder (memory-mapped).
+
+    Every shard's header is validated before first use; a tensor is read only when asked for.
+    """
+
+    def __init__(self, folder: str | Path, *, device: str = "cpu") -> None:
+        self.folder = Path(folder)
+        self.device = device
+        self._location: dict[str, str] = {}
+        self.headers: dict[str, SafetensorsHeader] = {}
+        for filename in shard_files(self.folder):
+            header = read_header(self.folder / filename)
+            self.headers[filename] = header
+            for spec in header.tensors:
+                if spec.name in self._location:
+                    raise FormatError(
+                        f"{self.folder}: tensor {spec.name!r} appears in both "
+                        f"{self._location[spec.name]} and {filename}"
+                    )
+                self._location[spec.name] = filename
+        self._handles: dict[str, Any] = {}
+
+    def keys(self) -> list[str]:
+        return sorted(self._location)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._location
+
+    def __len__(self) -> int:
+        return len(self._location)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.headers[self._file_of(name)].by_name()[name]
+
+    def _file_of(self, name: str) -> str:
+        try:
+            return self._location[name]
+        except KeyError:
+            raise NotFoundError(f"{self.folder}: no tensor named {name!r}") from None
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        filename = self._file_of(name)
+        handle = self._handles.get(filename)
+        if handle is None:
+            handle = safe_open(str(self.folder / filename), framework="pt", device=self.device)
+            self._handles[filename] = handle
+        return handle.get_tensor(name)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.get_tensor(name)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def __enter__(self) -> ShardedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read every tensor of a version folder into a dict (CPU)."""
+    with ShardedReader(folder) as reader:
+        return {name: reader.get_tensor(name) for name in reader.keys()}
