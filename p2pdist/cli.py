@@ -1,0 +1,218 @@
+"""The ``p2pdist`` command line: thin wrappers over the library functions a program would call.
+
+Expected failures (every P2PDistError) print as one line, ``Error: <message>``, and exit 1;
+usage errors exit 2 (click's convention); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pdist import config
+from p2pdist.errors import NotFoundError, P2PDistError
+from p2pdist.ref import parse_ref
+
+
+class _Group(click.Group):
+    """A click group that turns p2pdist's expected errors into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except P2PDistError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store folder (default: $P2PDIST_HOME or ~/.cache/p2pdist).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="p2pdist")
+def cli() -> None:
+    """p2pdist: move model weights from a trainer to many machines over BitTorrent,
+    verified against a signed blake3 manifest, with lossless delta updates."""
+
+
+@cli.command()
+@click.option(
+    "--force", is_flag=True, help="Replace an existing key (consumers must accept the rotation)."
+)
+def keygen(force: bool) -> None:
+    """Create this host's ed25519 signing key in the config dir."""
+    from p2pdist.keys import generate_signing_key, load_signing_key, public_key_of
+
+    path = generate_signing_key(overwrite=force)
+    click.echo(f"Signing key: {path} (mode 600)")
+    click.echo(f"Public key:  {public_key_of(load_signing_key())}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("public_key")
+def trust(name: str, public_key: str) -> None:
+    """Pin (or deliberately rotate) the publisher key of model NAME."""
+    from p2pdist.keys import TrustStore
+
+    store = TrustStore()
+    previous = store.get(name)
+    store.trust(name, public_key)
+    verb = "Rotated" if previous and previous != public_key.lower() else "Pinned"
+    click.echo(f"{verb} publisher key of {name}: {public_key.lower()}")
+
+
+@cli.command("ls")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls_cmd(home: Path | None, as_json: bool) -> None:
+    """List the models and versions in the local store."""
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    rows = []
+    for name in store.models():
+        for m in store.versions(name):
+            rows.append(
+                {
+                    "ref": f"{m.name}@{m.version}",
+                    "parent": m.parent,
+                    "created": m.created,
+                    "files": len(m.files),
+                    "size": m.total_size,
+                    "delta_size": m.delta_size if m.parent else None,
+                }
+            )
+    if as_json:
+        click.echo(json.dumps({"home": str(store.root), "versions": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"No models in {store.root}.")
+        return
+    click.echo(f"{'REF':40} {'SIZE':>10} {'DELTA':>10} {'PARENT':10} CREATED")
+    for r in rows:
+        delta = _human(r["delta_size"]) if r["delta_size"] is not None else "-"
+        click.echo(
+            f"{r['ref']:40} {_human(r['size']):>10} {delta:>10} {r['parent'] or '-':10} {r['created']}"
+        )
+
+
+def _resolve_local(store: Any, ref_text: str) -> tuple[str, str]:
+    ref = parse_ref(ref_text)
+    if ref.is_latest:
+        latest = store.latest(ref.name)
+        if latest is None:
+            raise NotFoundError(
+                f"no version of {ref.name} in the store at {store.root}; fetch it with "
+                f"`p2pdist fetch {ref.name}@latest`"
+            )
+        return ref.name, latest.version
+    return ref.name, ref.version
+
+
+@cli.command()
+@click.argument("ref")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the details as JSON.")
+def info(ref: str, home: Path | None, as_json: bool) -> None:
+    """Show a stored version: files, sizes (full and delta), parent, key, infohashes."""
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    name, version = _resolve_local(store, ref)
+    m = store.manifest(name, version)
+    data = {
+        "ref": f"{m.name}@{m.version}",
+        "name": m.name,
+        "version": m.version,
+        "parent": m.parent,
+        "created": m.created,
+        "full_bytes": m.total_size,
+        "delta_bytes": m.delta_size if m.parent else None,
+        "files": [f.to_json() for f in m.files],
+        "delta_files": [f.to_json() for f in m.delta_files],
+        "torrents": m.to_json()["torrents"],
+        "metadata": dict(m.metadata),
+        "public_key": m.public_key,
+        "snapshot": str(store.snapshot(name, version)),
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{data['ref']}  (parent: {m.parent or 'none'}, created {m.created})")
+    click.echo(f"  full:  {_human(m.total_size)} in {len(m.files)} files")
+    if m.parent:
+        ratio = m.delta_size / m.total_size if m.total_size else 0.0
+        click.echo(f"  delta: {_human(m.delta_size)} from {m.parent} ({ratio:.1%} of full)")
+    for f in m.files:
+        click.echo(f"    {f.path:50} {_human(f.size):>10}  {f.blake3[:16]}…")
+    click.echo(f"  publisher key: {m.public_key}")
+    if m.torrent:
+        click.echo(f"  torrent v1: {m.torrent.v1 or '-'}  v2: {m.torrent.v2 or '-'}")
+    click.echo(f"  folder: {data['snapshot']}")
+
+
+@cli.command()
+@click.argument("ref")
+@home_option
+def verify(ref: str, home: Path | None) -> None:
+    """Re-hash every file of a stored version against its signed manifest."""
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    name, version = _resolve_local(store, ref)
+    manifest = store.manifest(name, version)
+    manifest.verify_signature()
+    store.verify(name, version)
+    click.echo(
+        f"OK {name}@{version}: signature valid, {len(manifest.files)} files "
+        f"({_human(manifest.total_size)}) match their blake3"
+    )
+
+
+@cli.command()
+@home_option
+def gc(home: Path | None) -> None:
+    """Delete blobs that no stored version references."""
+    from p2pdist.store import Store
+
+    report = Store(config.home(home)).gc()
+    click.echo(
+        f"Removed {report.removed_blobs} unreferenced blobs ({_human(report.freed_bytes)}) "
+        f"and {report.removed_staging} stale staging folders."
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="p2pdist")
+    except SystemExit:
+        raise
+    except BrokenPipeError:  # pragma: no cover - e.g. `p2pdist ls | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""The local store: content-addressed blobs and one committed folder per model version.
+
+Layout under ``$P2PDIST_HOME`` (see docs/FORMAT.md)::
+
+    blobs/<blake3>                           every file's bytes, stored once across versions
+    models/<org--name>/<version>/
+        snapshot/<path> -> blobs/<blake3>    the Hugging Face folder (relative symlinks)
+        delta/<path>    -> blobs/<blake3>    delta files against the parent, when published so
+        p2pdist.json                         the signed manifest
+        full.torrent, delta.torrent          the torrents, when known
+    staging/<pid>-<id>/                      work in progress; never read by anyone else
+    locks/                                   file locks (per version, and one for gc)
+    resume/<infohash>.resume                 libtorrent resume data of unfinished downloads
+
+A version becomes visible in one ``rename`` of its staged folder, after every file has been
+verified against its manifest, so nothing half-written is ever seen. Two processes adding
+the same version serialise on a file lock and the second finds the work done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from p2pdist import config
+from p2pdist.digest import hash_file
+from p2pdist.errors import (
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    StoreError,
+)
+from p2pdist.manifest import MANIFEST_FILENAME, FileEntry, Manifest, safe_relpath, verify_entries
+from p2pdist.ref import ModelRef, validate_name, validate_version
+
+SNAPSHOT = "snapshot"
+DELTA = "delta"
+FULL_TORRENT = "full.torrent"
+DELTA_TORRENT = "delta.torrent"
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What ``gc`` freed."""
+
+    removed_blobs: int
+    freed_bytes: int
+    removed_staging: int
+
+
+@contextlib.contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, StoreError):
+            raise
+        hint = (
+            " (disk full: free space or set P2PDIST_HOME elsewhere)"
+            if e.errno == errno.ENOSPC
+            else ""
+        )
+        raise StoreError(e.errno or 0, f"{what}: {e.strerror or e}{hint}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A p2pdist store rooted at ``root`` (default: the configured ``$P2PDIST_HOME``)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else config.home()
+        self.blobs_dir = self.root / "blobs"
+        self.models_dir = self.root / "models"
+        self.staging_root = self.root / "staging"
+        self.locks_dir = self.root / "locks"
+        self.resume_dir = self.root / "resume"
+        with _store_errors(f"cannot create the store at {self.root}"):
+            for d in (
+                self.blobs_dir,
+                self.models_dir,
+                self.staging_root,
+                self.locks_dir,
+                self.resume_dir,
+            ):
+                d.mkdir(parents=True, exist_ok=True)
+        self._clean_stale_staging()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths ------------------------------------------------------------------------------
+    def model_dir(self, name: str) -> Path:
+        return self.models_dir / ModelRef(validate_name(name)).folder_name
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.model_dir(name) / validate_version(version)
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / digest
+
+    def resume_path(self, info_hash: str) -> Path:
+        return self.resume_dir / f"{info_hash}.resume"
+
+    def lock(self, name: str, version: str) -> FileLock:
+        """A cross-process lock on one version (adding it, or fetching it)."""
+        label = f"{ModelRef(validate_name(name)).folder_name}@{validate_version(version)}.lock"
+        return FileLock(str(self.locks_dir / label))
+
+    def _gc_lock(self) -> FileLock:
+        return FileLock(str(self.locks_dir / "gc.lock"))
+
+    # -- queries ----------------------------------------------------------------------------
+    def has(self, name: str, version: str) -> bool:
+        return (self.version_dir(name, version) / MANIFEST_FILENAME).is_file()
+
+    def _require(self, name: str, version: str) -> Path:
+        vdir = self.version_dir(name, version)
+        if not (vdir / MANIFEST_FILENAME).is_file():
+            raise NotFoundError(
+                f"{name}@{version} is not in the store at {self.root}; fetch it with "
+                f"`p2pdist fetch {name}@{version}`"
+            )
+        return vdir
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        return Manifest.read(self._require(name, version) / MANIFEST_FILENAME)
+
+    def snapshot(self, name: str, version: str) -> Path:
+        """The version's Hugging Face folder (symlinks into blobs)."""
+        return self._require(name, version) / SNAPSHOT
+
+    def delta_dir(self, name: str, version: str) -> Path | None:
+        path = self._require(name, version) / DELTA
+        return path if path.is_dir() else None
+
+    def torrent(self, name: str, version: str, kind: str = "full") -> bytes | None:
+        path = self._require(name, version) / (FULL_TORRENT if kind == "full" else DELTA_TORRENT)
+        return path.read_bytes() if path.is_file() else None
+
+    def models(self) -> list[str]:
+        names = []
+        for d in sorted(self.models_dir.iterdir()):
+            if d.is_dir() and any((v / MANIFEST_FILENAME).is_file() for v in d.iterdir()):
+                names.append(d.name.replace("--", "/", 1))
+        return names
+
+    def versions(self, name: str) -> list[Manifest]:
+        """The stored versions of a model, oldest first (by creation time, then version)."""
+        mdir = self.model_dir(name)
+        if not mdir.is_dir():
+            return []
+        found = [
+            Manifest.read(v / MANIFEST_FILENAME)
+            for v in mdir.iterdir()
+            if (v / MANIFEST_FILENAME).is_file()
+        ]
+        return sorted(found, key=lambda m: (m.created, m.version))
+
+    def latest(self, name: str) -> Manifest | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    # -- adding -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh private folder on the store's filesystem, removed when the block ends."""
+        path = self.staging_root / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        with _store_errors(f"cannot create staging folder in {self.staging_root}"):
+            path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def add_version(
+        self,
+        manifest: Manifest,
+        files_dir: str | Path,
+        *,
+        delta_dir: str | Path | None = None,
+        torrent: bytes | None = None,
+        delta_torrent: bytes | None = None,
+        move: bool = False,
+        verified: bool = False,
+    ) -> Path:
+        """Commit a version: blobs first, then one atomic rename of its folder.
+
+        ``files_dir`` holds the version's files at their relative paths (``delta_dir`` its
+        delta files). Each is checked against the manifest unless ``verified`` says the caller
+        just did; ``move`` lets files on the store's filesystem be renamed instead of copied.
+        Adding a version that is already stored with the same manifest is a no-op; with a
+        different manifest it is a ConflictError (versions are immutable).
+        """
+        name, version = manifest.name, manifest.version
+        files_dir = Path(files_dir)
+        with self.lock(name, version):
+            vdir = self.version_dir(name, version)
+            if (vdir / MANIFEST_FILENAME).is_file():
+                existing = (vdir / MANIFEST_FILENAME).read_bytes()
+                if existing == manifest.to_bytes():
+                    return vdir / SNAPSHOT
+                raise ConflictError(
+                    f"{name}@{version} is already in the store with a different manifest; "
+                    "versions are immutable: publish a new version"
+                )
+            if not verified:
+                verify_entries(manifest.files, files_dir)
+                if delta_dir is not None:
+                    verify_entries(manifest.delta_files, delta_dir)
+            with (
+                self.staging() as stage,
+                _store_errors(f"cannot add {name}@{version} to {self.root}"),
+            ):
+                self._link_entries(manifest.files, files_dir, stage, vdir, SNAPSHOT, move=move)
+                if delta_dir is not None and manifest.delta_files:
+                    self._link_entries(
+                        manifest.delta_files, Path(delta_dir), stage, vdir, DELTA, move=move
+                    )
+                if torrent is not None:
+                    (stage / FULL_TORRENT).write_bytes(torrent)
+                if delta_torrent is not None:
+                    (stage / DELTA_TORRENT).write_bytes(delta_torrent)
+                (stage / MANIFEST_FILENAME).write_bytes(manifest.to_bytes())
+                _fsync_dir(stage)
+                vdir.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(stage, vdir)
+                _fsync_dir(vdir.parent)
+        return vdir / SNAPSHOT
+
+    def _link_entries(
+        self,
+        entries: Sequence[FileEntry],
+        src_dir: Path,
+        stage: Path,
+        final: Path,
+        sub: str,
+        *,
+        move: bool,
+    ) -> None:
+        """Put each file in blobs/ and link it from stage/sub/<path>, relative to where the
+        staged folder will live once renamed to ``final``."""
+        for entry in entries:
+            safe_relpath(entry.path)
+            blob = self._put_blob(src_dir / entry.path, entry, move=move)
+            link = stage / sub / entry.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            target_dir = (final / sub / entry.path).parent
+            os.symlink(os.path.relpath(blob, target_dir), link)
+
+    def _put_blob(self, src: Path, entry: FileEntry, *, move: bool) -> Path:
+        blob = self.blob_path(entry.blake3)
+        if blob.is_file() and blob.stat().st_size == entry.size:
+            return blob
+        tmp = self.blobs_dir / f"{entry.blake3}.{uuid.uuid4().hex[:8]}.incomplete"
+        real_src = src.resolve()
+        if move and not src.is_symlink():
+            try:
+                os.rename(real_src, tmp)
+            except OSError:
+                shutil.copyfile(real_src, tmp)
+        else:
+            shutil.copyfile(real_src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, blob)
+        return blob
+
+    # -- checking and cleaning --------------------------------------------------------------
+    def verify(self, name: str, version: str) -> Manifest:
+        """Re-hash every file (and delta file) of a stored version against its manifest."""
+        manifest = self.manifest(name, version)
+        vdir = self.version_dir(name, version)
+        verify_entries(manifest.files, vdir / SNAPSHOT)
+        if manifest.delta_files and (vdir / DELTA).is_dir():
+            verify_entries(manifest.delta_files, vdir / DELTA)
+        return manifest
+
+    def verify_blob(self, entry: FileEntry) -> None:
+        actual = hash_file(self.blob_path(entry.blake3))
+        if actual != entry.blake3:
+            raise IntegrityError(
+                f"{entry.path}: stored blob hashes to {actual}, expected {entry.blake3}",
+                path=entry.path,
+                expected=entry.blake3,
+                actual=actual,
+            )
+
+    def remove(self, name: str, version: str) -> None:
+        """Forget a version (its blobs stay until ``gc``)."""
+        vdir = self._require(name, version)
+        with self.lock(name, version):
+            trash = self.staging_root / f"{os.getpid()}-rm-{uuid.uuid4().hex[:8]}"
+            os.rename(vdir, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def referenced_blobs(self) -> set[str]:
+        refs: set[str] = set()
+        for mdir in self.models_dir.iterdir():
+            if not mdir.is_dir():
+                continue
+            for vdir in mdir.iterdir():
+                mpath = vdir / MANIFEST_FILENAME
+                if mpath.is_file():
+                    m = Manifest.read(mpath)
+                    refs.update(f.blake3 for f in m.files)
+                    if (vdir / DELTA).is_dir():
+                        refs.update(f.blake3 for f in m.delta_files)
+        return refs
+
+    def gc(self) -> GcReport:
+        """Delete blobs that no stored version references, and stale staging folders."""
+        with self._gc_lock():
+            staged = self._clean_stale_staging()
+            keep = self.referenced_blobs()
+            removed = freed = 0
+            for blob in self.blobs_dir.iterdir():
+                if blob.name in keep:
+                    continue
+                if blob.name.endswith(".incomplete") and _recent(blob):
+                    continue
+                size = blob.stat().st_size
+                blob.unlink(missing_ok=True)
+                removed += 1
+                freed += size
+        return GcReport(removed, freed, staged)
+
+    def _clean_stale_staging(self) -> int:
+        """Remove staging folders whose process is gone (an interrupted add or fetch)."""
+        removed = 0
+        for entry in self.staging_root.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != 0:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        return removed
+
+    def disk_usage(self) -> int:
+        return sum(b.stat().st_size for b in self.blobs_dir.iterdir() if b.is_file())
+
+
+def _recent(path: Path, seconds: float = 3600) -> bool:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

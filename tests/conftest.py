@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated home/config per test, a signing key, small real state dicts."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist.manifest import Manifest, describe_files, list_files
+from p2pdist.shards import save_state_dict
+from p2pdist.store import Store
+
+
+@pytest.fixture
+def p2p_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private P2PDIST_HOME and config dir for one test; the environment is restored after."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("P2PDIST_HOME", str(home))
+    monkeypatch.setenv("P2PDIST_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("P2PDIST_TRACKER", raising=False)
+    monkeypatch.delenv("P2PDIST_TOKEN", raising=False)
+    monkeypatch.delenv("P2PDIST_CONFIG", raising=False)
+    yield home
+
+
+@pytest.fixture
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with every dtype the format supports, 0-d and empty tensors included."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(64, 16, generator=g),
+        "layer.0.weight": torch.randn(16, 16, generator=g).to(torch.bfloat16),
+        "layer.0.bias": torch.randn(16, generator=g).to(torch.float16),
+        "layer.1.weight": torch.randn(8, 16, generator=g).to(torch.float8_e4m3fn),
+        "layer.1.scale": torch.tensor(0.5, dtype=torch.float32),
+        "quant.int8": torch.randint(-128, 127, (32,), generator=g, dtype=torch.int8),
+        "mask": torch.rand(10, generator=g) > 0.5,
+        "empty": torch.zeros(0, 4),
+        "counts": torch.arange(5, dtype=torch.int64),
+    }
+
+
+def make_version_folder(
+    folder: Path, state_dict: dict[str, torch.Tensor], **kwargs: object
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state_dict, folder, **kwargs)  # type: ignore[arg-type]
+    (folder / "config.json").write_text('{"model_type": "test"}\n')
+    return folder
+
+
+def sign_folder(
+    folder: Path, key: Ed25519PrivateKey, name: str = "org/model", version: str = "v1"
+) -> Manifest:
+    return Manifest(
+        name=name, version=version, files=describe_files(folder, list_files(folder))
+    ).signed(key)
+
+
+@pytest.fixture
+def stored_version(p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey) -> Manifest:
+    """org/model@v1 committed into the test's store."""
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    manifest = sign_folder(folder, signing_key)
+    Store(p2p_home).add_version(manifest, folder)
+    return manifest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from safetensors.torch import load_file
+
+from p2pdist.errors import ConflictError, IntegrityError, NotFoundError
+from p2pdist.manifest import Manifest
+from p2pdist.store import Store
+
+from .conftest import make_version_folder, sign_folder, small_state_dict
+
+
+def test_add_version_links_blobs_and_reads_back(p2p_home: Path, stored_version: Manifest) -> None:
+    store = Store(p2p_home)
+    snap = store.snapshot("org/model", "v1")
+    assert (snap / "model.safetensors").is_symlink()
+    assert set(load_file(snap / "model.safetensors")) == set(small_state_dict())
+    assert store.manifest("org/model", "v1") == stored_version
+    assert store.models() == ["org/model"]
+    assert [m.version for m in store.versions("org/model")] == ["v1"]
+    store.verify("org/model", "v1")
+
+
+def test_identical_files_across_versions_stored_once(
+    p2p_home: Path, tmp_path: Path, stored_version: Manifest, signing_key: Ed25519PrivateKey
+) -> None:
+    store = Store(p2p_home)
+    before = len(list(store.blobs_dir.iterdir()))
+    folder = make_version_folder(tmp_path / "v2", small_state_dict())
+    store.add_version(sign_folder(folder, signing_key, version="v2"), folder)
+    assert len(list(store.blobs_dir.iterdir())) == before
+
+
+def test_adding_same_version_is_idempotent_other_bytes_conflict(
+    p2p_home: Path, tmp_path: Path, stored_version: Manifest, signing_key: Ed25519PrivateKey
+) -> None:
+    store = Store(p2p_home)
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    store.add_version(stored_version, folder)  # same manifest: no-op
+    other = make_version_folder(tmp_path / "other", small_state_dict(seed=1))
+    with pytest.raises(ConflictError, match="immutable"):
+        store.add_version(sign_folder(other, signing_key), other)
+
+
+def test_add_refuses_files_that_do_not_match(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    manifest = sign_folder(folder, signing_key)
+    (folder / "config.json").write_text("{}")
+    store = Store(p2p_home)
+    with pytest.raises(IntegrityError, match="config.json"):
+        store.add_version(manifest, folder)
+    assert not store.has("org/model", "v1")
+    assert list(store.staging_root.iterdir()) == []
+
+
+def test_missing_version_says_how_to_fetch(p2p_home: Path) -> None:
+    with pytest.raises(NotFoundError, match="p2pdist fetch org/model@v9"):
+        Store(p2p_home).snapshot("org/model", "v9")
+
+
+def test_verify_detects_blob_changed_on_disk(p2p_home: Path, stored_version: Manifest) -> None:
+    store = Store(p2p_home)
+    entry = stored_version.file("config.json")
+    store.blob_path(entry.blake3).write_text('{"model_type": "evil"}\n')
+    with pytest.raises(IntegrityError, match="config.json"):
+        store.verify("org/model", "v1")
+
+
+def test_gc_removes_only_unreferenced_blobs(p2p_home: Path, stored_version: Manifest) -> None:
+    store = Store(p2p_home)
+    (store.blobs_dir / ("f" * 64)).write_bytes(b"orphan")
+    report = store.gc()
+    assert report.removed_blobs == 1 and report.freed_bytes == 6
+    store.verify("org/model", "v1")
+    store.remove("org/model", "v1")
+    assert store.gc().removed_blobs == len(stored_version.files)
+    assert list(store.blobs_dir.iterdir()) == []
+
+
+_KILLED_ADD = r"""
+import os, sys
+from pathlib import Path
+from p2pdist import store as store_mod
+from p2pdist.manifest import Manifest
+real_rename = os.rename
+def dying_rename(src, dst):
+    if Path(dst).name == "v2":
+        os._exit(9)  # killed between staging and commit
+    return real_rename(src, dst)
+store_mod.os.rename = dying_rename
+s = store_mod.Store(sys.argv[1])
+s.add_version(Manifest.read(sys.argv[2]), sys.argv[3])
+"""
+
+
+def test_interrupted_add_leaves_old_snapshot_and_is_cleaned(
+    p2p_home: Path, tmp_path: Path, stored_version: Manifest, signing_key: Ed25519PrivateKey
+) -> None:
+    folder = make_version_folder(tmp_path / "v2", small_state_dict(seed=2))
+    manifest = sign_folder(folder, signing_key, version="v2")
+    manifest.write(tmp_path / "v2.json")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_ADD, str(p2p_home), str(tmp_path / "v2.json"), str(folder)],
+        env={**os.environ},
+    )
+    assert proc.returncode == 9
+    store_root = Path(p2p_home)
+    assert any((store_root / "staging").iterdir())  # the dead process left its staging behind
+    store = Store(p2p_home)  # opening the store cleans it
+    assert list(store.staging_root.iterdir()) == []
+    assert not store.has("org/model", "v2")
+    store.verify("org/model", "v1")
+    store.add_version(manifest, folder)  # and the next run succeeds
+    store.verify("org/model", "v2")
+
+
+_CONCURRENT_ADD = r"""
+import sys
+from p2pdist.store import Store
+from p2pdist.manifest import Manifest
+Store(sys.argv[1]).add_version(Manifest.read(sys.argv[2]), sys.argv[3])
+"""
+
+
+def test_two_processes_adding_same_version(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    folder = make_version_folder(tmp_path / "v1", small_state_dict(), max_shard_size=512)
+    manifest = sign_folder(folder, signing_key)
+    manifest.write(tmp_path / "m.json")
+    args = [
+        sys.executable,
+        "-c",
+        _CONCURRENT_ADD,
+        str(p2p_home),
+        str(tmp_path / "m.json"),
+        str(folder),
+    ]
+    procs = [subprocess.Popen(args) for _ in range(3)]
+    assert [p.wait() for p in procs] == [0, 0, 0]
+    Store(p2p_home).verify("org/model", "v1")
