@@ -204,6 +204,192 @@ def gc(home: Path | None) -> None:
     )
 
 
+tracker_option = click.option(
+    "--tracker", default=None, help="Tracker/registry URL (default: $P2PDIST_TRACKER)."
+)
+token_option = click.option(
+    "--token", default=None, help="Registry token (default: $P2PDIST_TOKEN)."
+)
+
+
+def _wait_forever(message: str) -> None:
+    import time
+
+    click.echo(message, err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("Stopped seeding.", err=True)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name: name or org/name.")
+@click.option("--version", "version", default=None, help="Version (default: the next v<n>).")
+@click.option("--parent", default=None, help="Publish a delta against this stored version.")
+@click.option(
+    "--web-seed", "web_seeds", multiple=True, help="HTTP origin URL (BEP 19), repeatable."
+)
+@click.option("--private", is_flag=True, help="Private model: reading and announcing need a token.")
+@click.option(
+    "--torrent-version",
+    type=click.Choice(["1", "hybrid", "2"]),
+    default="1",
+    show_default=True,
+    help="BitTorrent v1 (every client), hybrid v1+v2, or v2 only.",
+)
+@click.option(
+    "--seed/--no-seed", default=True, help="Keep seeding until stopped (default) or just register."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@home_option
+@tracker_option
+@token_option
+def publish(
+    folder: Path,
+    name: str,
+    version: str | None,
+    parent: str | None,
+    web_seeds: tuple[str, ...],
+    private: bool,
+    torrent_version: str,
+    seed: bool,
+    as_json: bool,
+    home: Path | None,
+    tracker: str | None,
+    token: str | None,
+) -> None:
+    """Publish FOLDER (a Hugging Face style model folder) as NAME@VERSION and seed it."""
+    from p2pdist.publish import publish as publish_version
+
+    published = publish_version(
+        folder,
+        name=name,
+        version=version,
+        parent=parent,
+        home=home,
+        tracker=tracker,
+        token=token,
+        web_seeds=web_seeds,
+        private=private,
+        torrent_version=torrent_version,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    m = published.manifest
+    summary = {
+        "ref": published.ref,
+        "parent": m.parent,
+        "full_bytes": m.total_size,
+        "delta_bytes": m.delta_size if m.parent else None,
+        "infohash_v1": published.torrent.info_hash_v1,
+        "infohash_v2": published.torrent.info_hash_v2,
+        "public_key": m.public_key,
+        "seconds": round(published.seconds, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        delta = f", delta {_human(m.delta_size)} from {m.parent}" if m.parent else ""
+        click.echo(
+            f"Published {published.ref}: {_human(m.total_size)} in {len(m.files)} files{delta}"
+        )
+        click.echo(f"  infohash {published.torrent.info_hash}; publisher key {m.public_key}")
+    if seed:
+        _wait_forever(f"Seeding {published.ref}; press Ctrl-C to stop.")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Copy the files here too.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON summary (plan, bytes by source, seconds)."
+)
+@click.option("--no-origin", is_flag=True, help="Never download from web seeds (HTTP origins).")
+@click.option(
+    "--seed", is_flag=True, help="Keep seeding the version after the fetch, until stopped."
+)
+@click.option(
+    "--stall-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Give up after this many seconds without data.",
+)
+@home_option
+@tracker_option
+@token_option
+def fetch(
+    ref: str,
+    out: Path | None,
+    as_json: bool,
+    no_origin: bool,
+    seed: bool,
+    stall_timeout: float,
+    home: Path | None,
+    tracker: str | None,
+    token: str | None,
+) -> None:
+    """Fetch REF (name@v3, name@latest) from the swarm, verified, into the store."""
+    from p2pdist.fetch import Fetcher
+    from p2pdist.progress import progress_bar
+
+    fetcher = Fetcher(
+        home=home,
+        tracker=tracker,
+        token=token,
+        use_web_seeds=not no_origin,
+        stall_timeout=stall_timeout,
+    )
+    with progress_bar(enabled=not as_json) as update:
+        result = fetcher.fetch(ref, out=out, seed=seed, on_progress=update)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        m = result.manifest
+        if result.pinned_key:
+            click.echo(f"Pinned publisher key of {m.name}: {m.public_key}", err=True)
+        click.echo(
+            f"Fetched {m.name}@{m.version} ({result.plan.describe()}) in {result.seconds:.1f} s: "
+            f"{_human(result.bytes_from_peers)} from peers, "
+            f"{_human(result.bytes_from_web_seeds)} from web seeds"
+        )
+        click.echo(str(result.path))
+    if seed:
+        _wait_forever(f"Seeding {m.name}@{m.version}; press Ctrl-C to stop.")
+
+
+@cli.command()
+@home_option
+def seed(home: Path | None) -> None:
+    """Seed every version in the local store until stopped."""
+    from p2pdist.seeder import seed_all
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    transfers = seed_all(store)
+    if not transfers:
+        click.echo(f"Nothing to seed in {store.root}.")
+        return
+    _wait_forever(f"Seeding {len(transfers)} torrents from {store.root}; press Ctrl-C to stop.")
+
+
+def _mount_optional_groups() -> None:
+    try:
+        from p2pdist.tracker.cli import tracker_group
+    except ImportError:  # pragma: no cover - the tracker ships in the same distribution
+        return
+    cli.add_command(tracker_group, "tracker")
+
+
+_mount_optional_groups()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -118,3 +118,22 @@ class Settings:
             token=token(token_value),
             config_dir=config_dir(),
         )
+
+
+def listen_interface(explicit: str | None = None) -> str:
+    """The address this host's BitTorrent session listens on: flag, ``$P2PDIST_LISTEN``,
+    config ``listen``, or ``0.0.0.0`` (every interface). Tests and the demo use 127.0.0.1."""
+    value = _resolve(explicit, "P2PDIST_LISTEN", "listen", "0.0.0.0")
+    assert value is not None
+    return value
+
+
+def upload_rate_limit(explicit: int | None = None) -> int:
+    """Upload cap in bytes/s for this host's session (0 = none): flag or ``$P2PDIST_UPLOAD_LIMIT``."""
+    if explicit is not None:
+        return explicit
+    value = _resolve(None, "P2PDIST_UPLOAD_LIMIT", "upload_limit", "0")
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        raise ConfigError(f"upload limit {value!r} must be an integer number of bytes/s") from None

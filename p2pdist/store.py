@@ -10,6 +10,7 @@ Layout under ``$P2PDIST_HOME`` (see docs/FORMAT.md)::
         full.torrent, delta.torrent          the torrents, when known
     staging/<pid>-<id>/                      work in progress; never read by anyone else
     locks/                                   file locks (per version, and one for gc)
+    partial/<infohash>/                      a download in progress (survives kill -9: resume)
     resume/<infohash>.resume                 libtorrent resume data of unfinished downloads
 
 A version becomes visible in one ``rename`` of its staged folder, after every file has been
@@ -117,6 +118,10 @@ class Store:
 
     def resume_path(self, info_hash: str) -> Path:
         return self.resume_dir / f"{info_hash}.resume"
+
+    def partial_dir(self, info_hash: str) -> Path:
+        """Where a download of that torrent lands; kept across a killed process for resume."""
+        return self.root / "partial" / info_hash
 
     def lock(self, name: str, version: str) -> FileLock:
         """A cross-process lock on one version (adding it, or fetching it)."""

@@ -55,7 +55,7 @@ def test_add_refuses_files_that_do_not_match(
     manifest = sign_folder(folder, signing_key)
     (folder / "config.json").write_text("{}")
     store = Store(p2p_home)
-    with pytest.raises(IntegrityError, match="config.json"):
+    with pytest.raises(IntegrityError, match=r"config\.json"):
         store.add_version(manifest, folder)
     assert not store.has("org/model", "v1")
     assert list(store.staging_root.iterdir()) == []
@@ -70,7 +70,7 @@ def test_verify_detects_blob_changed_on_disk(p2p_home: Path, stored_version: Man
     store = Store(p2p_home)
     entry = stored_version.file("config.json")
     store.blob_path(entry.blake3).write_text('{"model_type": "evil"}\n')
-    with pytest.raises(IntegrityError, match="config.json"):
+    with pytest.raises(IntegrityError, match=r"config\.json"):
         store.verify("org/model", "v1")
 
 

@@ -322,7 +322,9 @@ def _empty_model(config: LMConfig, dtype: torch.dtype) -> LanguageModel:
     return model.to_empty(device="cpu").to(dtype)
 
 
-def build_model(config: LMConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> LanguageModel:
+def build_model(
+    config: LMConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> LanguageModel:
     """A freshly initialised model; the same seed gives bit-identical weights in any process."""
     model = _empty_model(config, torch.float32)
     _init_weights(model, seed)

@@ -1,0 +1,260 @@
+"""Talk to the registry face of a p2pdist tracker (the ``/v1/`` JSON API).
+
+Synchronous and stdlib-only (``urllib.request``), so the CLI, the loader, the trainer's
+publisher and background threads can all use it without an event loop. Every failure
+becomes one of p2pdist's errors with a message that says what to do:
+
+- the tracker cannot be reached or times out -> TrackerError naming the URL and how to start it;
+- 404 -> NotFoundError, 401/403 -> AuthError, 409 -> ConflictError, other 4xx -> FormatError
+  (the request was refused as malformed), 5xx or an answer that is not the expected JSON ->
+  TrackerError.
+
+The HTTP contract (paths, bodies, status codes) is documented in the tracker's package
+docstring (``p2pdist.tracker``). A model name may hold one ``/`` (``org/name``); it goes into
+the path as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from p2pdist.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    FormatError,
+    NotFoundError,
+    RefError,
+    SignatureError,
+    TrackerError,
+    UnsafePathError,
+)
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds to wait for a connection or an answer (long-polls add their wait on top)."""
+
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
+"""Largest answer read from the registry (manifests are at most 16 MiB, torrents far less)."""
+
+_PASSKEY_CONTEXT = b"p2pdist announce passkey v1\x00"
+
+_REFUSALS: dict[str, type[FormatError] | type[RefError] | type[SignatureError]] = {
+    "FormatError": FormatError,
+    "UnsafePathError": UnsafePathError,
+    "RefError": RefError,
+    "SignatureError": SignatureError,
+}
+"""Error types a 400 answer may name (its ``type`` field), raised as themselves here."""
+
+
+def passkey_for(token: str) -> str:
+    """The announce passkey of a token: 32 hex characters, derived so neither reveals the other.
+
+    A private torrent's announce URL is ``<tracker>/announce/<passkey>``; standard clients
+    then announce with the rights of the token without ever holding the token itself.
+    """
+    return hashlib.sha256(_PASSKEY_CONTEXT + token.encode("utf-8")).hexdigest()[:32]
+
+
+class RegistryClient:
+    """A client of one tracker's registry, optionally authenticated with a bearer token."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"tracker URL {base_url!r} must start with http:// or https://")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r}, token={'set' if self.token else None})"
+
+    # -- the API ----------------------------------------------------------------------------
+    def publish(
+        self,
+        manifest_bytes: bytes,
+        torrent: bytes,
+        delta_torrent: bytes | None,
+        private: bool = False,
+    ) -> dict[str, Any]:
+        """Publish a signed manifest with its torrents; returns the registry's answer.
+
+        The answer has ``name``, ``version`` and ``created`` (False when the identical version
+        was already published, which is not an error).
+        """
+        try:
+            manifest = json.loads(manifest_bytes)
+            name, version = manifest["name"], manifest["version"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise FormatError(f"cannot publish: manifest is not a p2pdist manifest ({e})") from None
+        body = json.dumps(
+            {
+                "manifest": manifest,
+                "torrent": base64.b64encode(torrent).decode("ascii"),
+                "delta_torrent": None
+                if delta_torrent is None
+                else base64.b64encode(delta_torrent).decode("ascii"),
+                "private": private,
+            }
+        ).encode("utf-8")
+        answer = self._json("POST", f"/v1/models/{_q(name)}/versions/{_q(version)}", body=body)
+        if not isinstance(answer, dict) or "version" not in answer:
+            raise self._nonsense("publish answer without a version")
+        return answer
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every model this token may see: name, private, latest, versions (a count)."""
+        return self._list("/v1/models", "models")
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        """The versions of a model in publish order, with sizes and live swarm counts."""
+        return self._list(f"/v1/models/{_q(name)}/versions", "versions")
+
+    def latest(self, name: str) -> str:
+        """The most recently published version of a model."""
+        answer = self._json("GET", f"/v1/models/{_q(name)}/latest")
+        return self._version_of(answer)
+
+    def wait_for_newer(self, name: str, after: str | None, wait: float) -> str | None:
+        """Long-poll: the latest version once it is newer than ``after``, or None after ``wait`` s.
+
+        With ``after=None`` any published version counts, and a model not published yet is
+        waited for too. The registry caps one wait at 60 s; call again to wait longer.
+        """
+        query = {"wait": f"{max(0.0, min(wait, 60.0)):g}"}
+        if after is not None:
+            query["after"] = after
+        path = f"/v1/models/{_q(name)}/latest?{urllib.parse.urlencode(query)}"
+        status, data = self._request("GET", path, timeout=self.timeout + min(wait, 60.0))
+        if status in (204, 304):
+            return None
+        return self._version_of(self._parse(data))
+
+    def manifest_bytes(self, name: str, version: str) -> bytes:
+        """The manifest of a version, exactly as published (verify its signature yourself)."""
+        _, data = self._request("GET", f"/v1/models/{_q(name)}/versions/{_q(version)}/manifest")
+        return data
+
+    def torrent(self, name: str, version: str, kind: str = "full") -> bytes:
+        """The full or delta .torrent of a version."""
+        if kind not in ("full", "delta"):
+            raise ValueError(f"kind must be 'full' or 'delta', not {kind!r}")
+        path = f"/v1/models/{_q(name)}/versions/{_q(version)}/torrent?kind={kind}"
+        _, data = self._request("GET", path)
+        if not data.startswith(b"d"):
+            raise self._nonsense("torrent answer is not a bencoded dictionary")
+        return data
+
+    def announce_url(self, private: bool = False) -> str:
+        """The announce URL to put in torrents; for private models it carries the passkey."""
+        if not private:
+            return f"{self.base_url}/announce"
+        if not self.token:
+            raise ConfigError(
+                "a private model's announce URL needs a token: pass --token or set P2PDIST_TOKEN"
+            )
+        return f"{self.base_url}/announce/{passkey_for(self.token)}"
+
+    def health(self) -> bool:
+        """True when the tracker answers /healthz with ok; False when it is down or unwell."""
+        try:
+            answer = self._json("GET", "/healthz")
+        except (TrackerError, FormatError, AuthError, NotFoundError, ConflictError):
+            return False
+        return isinstance(answer, dict) and answer.get("status") == "ok"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _list(self, path: str, key: str) -> list[dict[str, Any]]:
+        answer = self._json("GET", path)
+        items = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise self._nonsense(f"answer without a {key!r} list")
+        return items
+
+    def _version_of(self, answer: Any) -> str:
+        version = answer.get("version") if isinstance(answer, dict) else None
+        if not isinstance(version, str):
+            raise self._nonsense("answer without a version")
+        return version
+
+    def _json(self, method: str, path: str, body: bytes | None = None) -> Any:
+        _, data = self._request(method, path, body=body)
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise self._nonsense(f"answer is not JSON: {data[:80]!r}") from None
+
+    def _nonsense(self, problem: str) -> TrackerError:
+        return TrackerError(
+            f"tracker at {self.base_url} answered something that is not the p2pdist registry "
+            f"protocol ({problem}); check P2PDIST_TRACKER points at a p2pdist tracker"
+        )
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        url = self.base_url + path
+        headers = {"Accept": "application/json", "User-Agent": "p2pdist"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+                return response.status, _read(response)
+        except urllib.error.HTTPError as e:
+            raise self._http_error(method, path, e) from None
+        except (urllib.error.URLError, OSError, socket.timeout) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackerError(
+                f"tracker at {self.base_url} is not reachable ({reason}); start it with "
+                "`p2pdist tracker serve` or set P2PDIST_TRACKER"
+            ) from None
+
+    def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> Exception:
+        try:
+            answer = json.loads(_read(e))
+            detail, kind = answer.get("error"), answer.get("type")
+        except (ValueError, AttributeError, OSError):
+            detail = kind = None
+        finally:
+            e.close()
+        if not isinstance(detail, str):
+            detail = f"HTTP {e.code} {e.reason}"
+        message = f"{method} {path}: {detail}"
+        if e.code == 404:
+            return NotFoundError(message)
+        if e.code in (401, 403):
+            return AuthError(message)
+        if e.code == 409:
+            return ConflictError(message)
+        if e.code == 400 and kind in _REFUSALS:
+            return _REFUSALS[kind](message)
+        if 400 <= e.code < 500:
+            return FormatError(message)
+        return TrackerError(f"tracker at {self.base_url} failed: {message}")
+
+
+def _read(response: Any) -> bytes:
+    data = response.read(MAX_ANSWER_BYTES + 1)
+    if len(data) > MAX_ANSWER_BYTES:
+        raise TrackerError(f"registry answer larger than {MAX_ANSWER_BYTES} bytes")
+    return data
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="/")
+
+
+__all__ = ["DEFAULT_TIMEOUT", "RegistryClient", "passkey_for"]

@@ -1,0 +1,291 @@
+"""Fetching a version: resolve, trust, plan, download, verify, commit, (seed).
+
+``fetch(ref)`` is the whole of it for a program; ``fetch_version`` returns the details the
+CLI's ``--json`` prints. The order matters and is the point of this module:
+
+1. resolve ``latest`` with the registry;
+2. verify the manifest's signature against the model's pinned publisher key *before* any
+   download (trust on first use pins it);
+3. check each .torrent against the infohashes and files the signed manifest names;
+4. download into a partial folder that survives a killed process (resume), verify every
+   file's blake3, rebuild deltas byte-exactly, and commit to the store in one rename.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pdist import config
+from p2pdist.client import RegistryClient
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError, SignatureError
+from p2pdist.keys import TrustStore
+from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
+from p2pdist.plan import FetchPlan, make_plan
+from p2pdist.ref import ModelRef, parse_ref
+from p2pdist.store import Store
+from p2pdist.torrent import TorrentMeta, read_torrent
+
+ProgressCallback = Callable[[str, Any], None]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What a fetch did: the plan, where the version is, and what it cost."""
+
+    manifest: Manifest
+    path: Path
+    plan: FetchPlan
+    bytes_from_peers: int
+    bytes_from_web_seeds: int
+    hash_failures: int
+    seconds: float
+    pinned_key: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": f"{self.manifest.name}@{self.manifest.version}",
+            "path": str(self.path),
+            "plan": self.plan.kind,
+            "plan_detail": self.plan.describe(),
+            "base": self.plan.base,
+            "chain": [m.version for m in self.plan.chain],
+            "planned_bytes": self.plan.bytes,
+            "full_bytes": self.plan.full_bytes,
+            "bytes_from_peers": self.bytes_from_peers,
+            "bytes_from_web_seeds": self.bytes_from_web_seeds,
+            "hash_failures": self.hash_failures,
+            "seconds": round(self.seconds, 3),
+            "pinned_key": self.pinned_key,
+        }
+
+
+class Fetcher:
+    """Fetches versions of models from one registry into one store."""
+
+    def __init__(
+        self,
+        *,
+        home: str | Path | None = None,
+        tracker: str | None = None,
+        token: str | None = None,
+        use_web_seeds: bool = True,
+        stall_timeout: float = 60.0,
+        swarm: Any = None,
+        client: RegistryClient | None = None,
+        trust: TrustStore | None = None,
+    ) -> None:
+        self.store = Store(config.home(home))
+        self.client = client or RegistryClient(config.tracker_url(tracker), config.token(token))
+        self.trust = trust or TrustStore()
+        self.use_web_seeds = use_web_seeds
+        self.stall_timeout = stall_timeout
+        self._swarm = swarm
+        self._pinned = False
+
+    @property
+    def swarm(self) -> Any:
+        if self._swarm is None:
+            from p2pdist.seeder import process_swarm
+
+            self._swarm = process_swarm()
+        return self._swarm
+
+    # -- resolution and trust -----------------------------------------------------------------
+    def resolve(self, ref: ModelRef) -> ModelRef:
+        if ref.is_latest:
+            return ref.with_version(self.client.latest(ref.name))
+        return ref
+
+    def trusted_manifest(self, name: str, version: str) -> Manifest:
+        """The registry's manifest of name@version, signature and publisher key checked."""
+        data = self.client.manifest_bytes(name, version)
+        manifest = Manifest.from_bytes(data, source=f"manifest of {name}@{version}")
+        if (manifest.name, manifest.version) != (name, version):
+            raise SignatureError(
+                f"the registry answered {name}@{version} with the manifest of "
+                f"{manifest.name}@{manifest.version}; refusing it"
+            )
+        if self.trust.check(manifest):
+            self._pinned = True
+        return manifest
+
+    def checked_torrent(self, manifest: Manifest, kind: str) -> TorrentMeta:
+        """The registry's torrent, refused unless it is exactly the one the manifest names."""
+        ref = manifest.torrent if kind == "full" else manifest.delta_torrent
+        entries = manifest.files if kind == "full" else manifest.delta_files
+        where = f"{manifest.name}@{manifest.version} ({kind} torrent)"
+        if ref is None:
+            raise NotFoundError(f"{where}: the manifest names no such torrent")
+        meta = read_torrent(self.client.torrent(manifest.name, manifest.version, kind))
+        _check_torrent(meta, ref, entries, where)
+        return meta
+
+    # -- the fetch ----------------------------------------------------------------------------
+    def fetch(
+        self,
+        ref_text: str,
+        *,
+        out: str | Path | None = None,
+        seed: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> FetchResult:
+        started = time.monotonic()
+        self._pinned = False
+        ref = self.resolve(parse_ref(ref_text))
+        target = self.trusted_manifest(ref.name, ref.version)
+        plan = make_plan(
+            target,
+            lambda v: self.store.has(ref.name, v),
+            lambda v: self.trusted_manifest(ref.name, v),
+        )
+        peers = web = failures = 0
+        with self.store.lock(ref.name, ref.version):
+            if self.store.has(ref.name, ref.version):
+                plan = FetchPlan("local", target, 0, target.total_size)
+            if plan.kind == "local":
+                stored = self.store.manifest(ref.name, ref.version)
+                if stored.to_bytes() != target.to_bytes():
+                    raise IntegrityError(
+                        f"{ref}: the stored manifest differs from the registry's; "
+                        f"remove the local copy and fetch again"
+                    )
+            elif plan.kind == "full":
+                peers, web, failures = self._fetch_full(target, on_progress)
+            else:
+                assert plan.base is not None
+                peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
+        snapshot = self.store.snapshot(ref.name, ref.version)
+        if seed:
+            from p2pdist.seeder import seed_version
+
+            seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
+        path = snapshot if out is None else _copy_out(snapshot, target.files, Path(out))
+        return FetchResult(
+            target, path, plan, peers, web, failures, time.monotonic() - started, self._pinned
+        )
+
+    def _download(
+        self, meta: TorrentMeta, label: str, on_progress: ProgressCallback | None
+    ) -> tuple[Path, Any]:
+        dest = self.store.partial_dir(meta.info_hash)
+        result = self.swarm.download(
+            meta.data,
+            dest,
+            resume_file=self.store.resume_path(meta.info_hash),
+            use_web_seeds=self.use_web_seeds,
+            on_progress=None if on_progress is None else (lambda p: on_progress(label, p)),
+            stall_timeout=self.stall_timeout,
+        )
+        return dest, result
+
+    def _fetch_full(
+        self, manifest: Manifest, on_progress: ProgressCallback | None
+    ) -> tuple[int, int, int]:
+        meta = self.checked_torrent(manifest, "full")
+        dest, result = self._download(meta, f"{manifest.name}@{manifest.version}", on_progress)
+        self._commit(manifest, dest, meta)
+        return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
+
+    def _fetch_chain(
+        self, base: str, chain: tuple[Manifest, ...], on_progress: ProgressCallback | None
+    ) -> tuple[int, int, int]:
+        from p2pdist import delta as delta_codec
+
+        peers = web = failures = 0
+        parent = base
+        for manifest in chain:
+            if manifest.parent != parent:
+                raise FormatError(f"{manifest.name}@{manifest.version}: delta chain is broken")
+            if self.store.has(manifest.name, manifest.version):
+                parent = manifest.version
+                continue
+            meta = self.checked_torrent(manifest, "delta")
+            label = f"{manifest.name}@{manifest.version} (delta from {parent})"
+            delta_dir, result = self._download(meta, label, on_progress)
+            verify_entries(manifest.delta_files, delta_dir)
+            peers += result.bytes_from_peers
+            web += result.bytes_from_web_seeds
+            failures += result.hash_failures
+            with self.store.staging() as stage:
+                rebuilt = stage / "files"
+                rebuilt.mkdir()
+                delta_codec.decode(
+                    self.store.snapshot(manifest.name, parent),
+                    delta_dir,
+                    rebuilt,
+                    expected=manifest.files,
+                )
+                full = self.store.torrent(manifest.name, manifest.version, "full")
+                full_torrent = None
+                if full is None:
+                    full_torrent = self.client.torrent(manifest.name, manifest.version, "full")
+                    _check_torrent(
+                        read_torrent(full_torrent), manifest.torrent, manifest.files, "full torrent"
+                    )
+                self.store.add_version(
+                    manifest,
+                    rebuilt,
+                    delta_dir=delta_dir,
+                    torrent=full_torrent,
+                    delta_torrent=meta.data,
+                    move=True,
+                    verified=True,
+                )
+            shutil.rmtree(delta_dir, ignore_errors=True)
+            parent = manifest.version
+        return peers, web, failures
+
+    def _commit(self, manifest: Manifest, dest: Path, meta: TorrentMeta) -> None:
+        verify_entries(manifest.files, dest)
+        self.store.add_version(manifest, dest, torrent=meta.data, move=True, verified=True)
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _check_torrent(
+    meta: TorrentMeta, ref: TorrentRef | None, entries: tuple[FileEntry, ...], where: str
+) -> None:
+    if ref is None:
+        raise NotFoundError(f"{where}: the manifest names no such torrent")
+    if (ref.v1 and meta.info_hash_v1 != ref.v1) or (ref.v2 and meta.info_hash_v2 != ref.v2):
+        raise SignatureError(
+            f"{where}: infohash {meta.info_hash} is not the one the signed manifest names "
+            f"({ref.v1 or ref.v2}); refusing to download"
+        )
+    if sorted(meta.files) != sorted((e.path, e.size) for e in entries):
+        raise SignatureError(f"{where}: the torrent's files differ from the signed manifest's")
+
+
+def _copy_out(snapshot: Path, files: tuple[FileEntry, ...], out: Path) -> Path:
+    """Copy a version's files into ``out`` (a user folder the store must not share bytes with)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in files:
+        dst = out / entry.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.p2pdist-incomplete")
+        shutil.copyfile((snapshot / entry.path).resolve(), tmp)
+        tmp.replace(dst)
+    return out
+
+
+def fetch(
+    ref: str,
+    *,
+    home: str | Path | None = None,
+    tracker: str | None = None,
+    token: str | None = None,
+    out: str | Path | None = None,
+    use_web_seeds: bool = True,
+    seed: bool = False,
+) -> Path:
+    """Fetch ``ref`` (``name@v3``, ``name@latest``) into the store and return its folder.
+
+    The folder is a Hugging Face layout that ``safetensors`` and ``transformers`` read as is.
+    With ``seed`` the process keeps serving the version to other peers while it lives.
+    """
+    fetcher = Fetcher(home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds)
+    return fetcher.fetch(ref, out=out, seed=seed).path

@@ -1,0 +1,276 @@
+"""Publishing a version: folder -> store (+ delta) -> signed manifest + torrents -> registry -> seed.
+
+The same function serves ``p2pdist publish``, the trainer's CheckpointPublisher and the demo.
+Everything that can be checked locally is checked before the registry hears of the version:
+the folder's safetensors headers, the parent's presence, the delta's byte-exact rebuild.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist import delta as delta_codec
+from p2pdist.errors import ConflictError, FormatError, NotFoundError
+from p2pdist.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
+from p2pdist.ref import ModelRef, validate_name, validate_version
+from p2pdist.shards import read_header
+from p2pdist.store import Store
+from p2pdist.torrent import TorrentMeta, make_torrent
+
+TorrentVersion = Literal["1", "hybrid", "2"]
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """What a publish produced: the signed manifest, its torrents, and where it lives."""
+
+    manifest: Manifest
+    snapshot: Path
+    torrent: TorrentMeta
+    delta_torrent: TorrentMeta | None
+    seconds: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+
+def torrent_name(name: str, version: str, *, delta: bool = False) -> str:
+    """The root folder name inside a version's torrents, e.g. ``org--gpt@v3`` (``.delta``)."""
+    base = f"{ModelRef(name).folder_name}@{version}"
+    return f"{base}.delta" if delta else base
+
+
+def check_folder(folder: Path) -> list[str]:
+    """The files a version folder would publish; every safetensors header is validated."""
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: not a folder; publish a Hugging Face style model folder")
+    files = list_files(folder)
+    if not any(f.endswith(".safetensors") for f in files):
+        raise FormatError(
+            f"{folder}: no .safetensors files; save the model with safetensors "
+            "(save_pretrained(..., safe_serialization=True)) first"
+        )
+    for f in files:
+        if f.endswith(".safetensors"):
+            read_header(folder / f)
+    return files
+
+
+def build_version(
+    folder: str | Path,
+    *,
+    name: str,
+    version: str,
+    key: Ed25519PrivateKey,
+    store: Store,
+    parent: str | None = None,
+    announce: Sequence[str] = (),
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    torrent_version: TorrentVersion = "1",
+    metadata: dict[str, str] | None = None,
+) -> PublishedVersion:
+    """Write a version into the store with its delta, torrents and signed manifest.
+
+    The folder is left untouched. With ``parent``, that version must already be in the store
+    (a publisher always has its previous version); the delta is encoded against it and
+    decoded again before the manifest is signed, so a delta that does not rebuild is never
+    published.
+    """
+    started = time.monotonic()
+    folder = Path(folder)
+    validate_name(name)
+    validate_version(version)
+    if parent is not None:
+        validate_version(parent)
+        if parent == version:
+            raise FormatError(f"{name}@{version}: a version cannot be its own parent")
+    files = check_folder(folder)
+    entries = describe_files(folder, files)
+    full = make_torrent(
+        folder,
+        [e.path for e in entries],
+        name=torrent_name(name, version),
+        announce=announce,
+        web_seeds=web_seeds,
+        private=private,
+        version=torrent_version,
+    )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        files=entries,
+        parent=parent,
+        torrent=TorrentRef(full.info_hash_v1, full.info_hash_v2),
+        metadata=dict(metadata or {}),
+    )
+    with store.staging() as stage:
+        delta_dir: Path | None = None
+        delta_meta: TorrentMeta | None = None
+        if parent is not None:
+            parent_snapshot = store.snapshot(name, parent)
+            delta_dir = stage / "delta"
+            delta_entries = _encode_delta(parent_snapshot, folder, delta_dir, entries, stage)
+            delta_meta = make_torrent(
+                delta_dir,
+                [e.path for e in delta_entries],
+                name=torrent_name(name, version, delta=True),
+                announce=announce,
+                web_seeds=web_seeds,
+                private=private,
+                version=torrent_version,
+            )
+            manifest = replace(
+                manifest,
+                delta_files=delta_entries,
+                delta_torrent=TorrentRef(delta_meta.info_hash_v1, delta_meta.info_hash_v2),
+            )
+        manifest = manifest.signed(key)
+        snapshot = store.add_version(
+            manifest,
+            folder,
+            delta_dir=delta_dir,
+            torrent=full.data,
+            delta_torrent=delta_meta.data if delta_meta else None,
+            move=False,
+            verified=True,
+        )
+    return PublishedVersion(manifest, snapshot, full, delta_meta, time.monotonic() - started)
+
+
+def _encode_delta(
+    parent_snapshot: Path,
+    folder: Path,
+    delta_dir: Path,
+    entries: tuple[FileEntry, ...],
+    stage: Path,
+) -> tuple[FileEntry, ...]:
+    delta_dir.mkdir(parents=True)
+    written = delta_codec.encode(parent_snapshot, folder, delta_dir)
+    delta_entries = describe_files(delta_dir, written)
+    # Prove the delta rebuilds the version byte for byte before anyone can download it.
+    rebuilt = stage / "rebuilt"
+    rebuilt.mkdir()
+    delta_codec.decode(parent_snapshot, delta_dir, rebuilt, expected=entries)
+    return delta_entries
+
+
+def next_version(existing: Sequence[str]) -> str:
+    """``v{n+1}`` after the highest ``v<n>`` among ``existing`` (``v1`` when there is none)."""
+    numbers = [int(v[1:]) for v in existing if v.startswith("v") and v[1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def publish(
+    folder: str | Path,
+    *,
+    name: str,
+    version: str | None = None,
+    parent: str | None = None,
+    home: str | Path | None = None,
+    tracker: str | None = None,
+    token: str | None = None,
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    torrent_version: TorrentVersion = "1",
+    seed: bool = True,
+    metadata: dict[str, str] | None = None,
+    key: Ed25519PrivateKey | None = None,
+    swarm: Any = None,
+) -> PublishedVersion:
+    """Publish a model folder as ``name@version``: store, sign, register, and seed.
+
+    ``version`` defaults to the next ``v<n>`` the registry has not seen. The signing key is
+    this host's (``p2pdist keygen``; created on first publish when absent). With ``seed`` the
+    version is served by this process's swarm while it lives.
+    """
+    from p2pdist import config
+    from p2pdist.client import RegistryClient
+
+    client = RegistryClient(config.tracker_url(tracker), config.token(token))
+    store = Store(config.home(home))
+    if version is None:
+        try:
+            known = [v["version"] for v in client.list_versions(name)]
+        except NotFoundError:
+            known = []
+        known += [m.version for m in store.versions(name)]
+        version = next_version(known)
+    if store.has(name, version):
+        published = _already_built(store, Path(folder), name, version)
+    else:
+        published = _build_new(
+            folder, store, client, key, name, version, parent, web_seeds, private,
+            torrent_version, metadata,
+        )  # fmt: skip
+    client.publish(
+        published.manifest.to_bytes(),
+        published.torrent.data,
+        published.delta_torrent.data if published.delta_torrent else None,
+        private=private,
+    )
+    if seed:
+        from p2pdist.seeder import seed_version
+
+        seed_version(store, name, version, swarm=swarm)
+    return published
+
+
+def _already_built(store: Store, folder: Path, name: str, version: str) -> PublishedVersion:
+    """A version this host stored earlier (a publish whose registration failed): reuse it."""
+    from p2pdist.torrent import read_torrent
+
+    manifest = store.manifest(name, version)
+    if describe_files(folder, check_folder(folder)) != manifest.files:
+        raise ConflictError(
+            f"{name}@{version} is already in the local store with other files; "
+            "versions are immutable: publish a new version"
+        )
+    full = store.torrent(name, version, "full")
+    if full is None:
+        raise NotFoundError(f"{name}@{version}: the stored version has no torrent; remove it first")
+    delta = store.torrent(name, version, "delta")
+    return PublishedVersion(
+        manifest,
+        store.snapshot(name, version),
+        read_torrent(full),
+        read_torrent(delta) if delta else None,
+        0.0,
+    )
+
+
+def _build_new(
+    folder: str | Path,
+    store: Store,
+    client: Any,
+    key: Ed25519PrivateKey | None,
+    name: str,
+    version: str,
+    parent: str | None,
+    web_seeds: Sequence[str],
+    private: bool,
+    torrent_version: TorrentVersion,
+    metadata: dict[str, str] | None,
+) -> PublishedVersion:
+    from p2pdist.keys import load_signing_key
+
+    return build_version(
+        folder,
+        name=name,
+        version=version,
+        key=key or load_signing_key(create=True),
+        store=store,
+        parent=parent,
+        announce=[client.announce_url(private)],
+        web_seeds=web_seeds,
+        private=private,
+        torrent_version=torrent_version,
+        metadata=metadata,
+    )

@@ -1,0 +1,60 @@
+"""Seeding stored versions: the bridge between the store's folders and the swarm.
+
+The swarm knows torrents and folders; the store knows versions. This module hands each
+stored version's full torrent (over its snapshot) and delta torrent (over its delta files)
+to the process's swarm.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from p2pdist import config
+from p2pdist.store import DELTA, SNAPSHOT, Store
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL_HINT = 5
+"""libtorrent's min_announce_interval (s); the tracker's own interval then governs (DESIGN.md)."""
+
+
+def process_swarm() -> Any:
+    """The process's swarm, created on first use with the configured interface and limits."""
+    from p2pdist.swarm import get_swarm
+
+    return get_swarm(
+        listen_interface=config.listen_interface(),
+        upload_rate_limit=config.upload_rate_limit(),
+        announce_interval_hint=ANNOUNCE_INTERVAL_HINT,
+    )
+
+
+def seed_version(store: Store, name: str, version: str, *, swarm: Any = None) -> list[Any]:
+    """Seed a stored version's full and delta torrents; returns the swarm transfers."""
+    swarm = swarm or process_swarm()
+    vdir = store.version_dir(name, version)
+    transfers = []
+    full = store.torrent(name, version, "full")
+    if full is not None:
+        transfers.append(_seed_once(swarm, full, vdir / SNAPSHOT))
+    delta = store.torrent(name, version, "delta")
+    if delta is not None and (vdir / DELTA).is_dir():
+        transfers.append(_seed_once(swarm, delta, vdir / DELTA))
+    return transfers
+
+
+def _seed_once(swarm: Any, torrent: bytes, root: Any) -> Any:
+    from p2pdist.torrent import read_torrent
+
+    existing = swarm.transfer(read_torrent(torrent).info_hash)
+    return existing if existing is not None else swarm.seed(torrent, root)
+
+
+def seed_all(store: Store, *, swarm: Any = None) -> list[Any]:
+    """Seed every version in the store (``p2pdist seed``)."""
+    transfers = []
+    for name in store.models():
+        for manifest in store.versions(name):
+            transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
+    return transfers

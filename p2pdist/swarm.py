@@ -1,0 +1,627 @@
+"""The one libtorrent session of the process: seed folders, download torrents, report progress.
+
+Nothing else in p2pdist imports libtorrent. Callers hand in .torrent bytes and folders and get
+back plain values (`Progress`, `TransferResult`) or a small `Transfer` handle; libtorrent's
+objects never leave this module.
+
+One background thread pops alerts (libtorrent 2.x style, bindings/python/examples/client.py),
+turns each one into plain values at once (alerts die at the next `pop_alerts`), asks for state
+updates twice a second, and writes resume data of running downloads every few seconds, since
+a process killed with SIGKILL gets no chance to write it at shutdown. `download()` blocks its
+caller on a condition variable fed by that thread.
+
+The settings follow the pitfalls measured in DESIGN.md ("The swarm"): many peers per IP (every
+test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off on loopback, rate limits
+applied to local peers when set, `min_announce_interval` from the tracker's interval, and the
+add flags cleared of both `paused` and `auto_managed`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import libtorrent as lt
+
+from p2pdist.errors import StoreError, SwarmError
+from p2pdist.torrent import TorrentMeta, read_torrent
+
+UPDATE_INTERVAL = 0.5
+"""Seconds between state updates (progress) asked of libtorrent."""
+
+RESUME_INTERVAL = 2.0
+"""Seconds between resume-data writes of a running download (kill -9 loses at most this)."""
+
+RECONNECT_INTERVAL = 5.0
+"""Seconds between re-dials of the peers a caller named (they may start after us)."""
+
+SHUTDOWN_WAIT = 5.0
+"""Seconds to wait for resume data and removals while stopping."""
+
+_ALERT_MASK = (
+    lt.alert.category_t.error_notification
+    | lt.alert.category_t.status_notification
+    | lt.alert.category_t.storage_notification
+    | lt.alert.category_t.tracker_notification
+    | lt.alert.category_t.block_progress_notification
+)
+BLOCK_SIZE = 16 * 1024
+_CHECKING = {"checking_files", "checking_resume_data", "queued_for_checking", "allocating"}
+_WEB = (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of one transfer; rates in bytes/s, `eta_seconds` None when unknown."""
+
+    done: int
+    total: int
+    download_rate: int
+    upload_rate: int
+    peers: int
+    seeds: int
+    state: str
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a finished download cost: payload bytes by source, hash failures, upload."""
+
+    seconds: float
+    total_bytes: int
+    bytes_from_peers: int
+    bytes_from_web_seeds: int
+    hash_failures: int
+    bytes_uploaded: int
+    info_hash: str = ""
+
+
+class _Torrent:
+    """Mutable state of one torrent in the session, written by the alert thread.
+
+    Guarded by the owning Swarm's condition; readers copy what they need under it.
+    """
+
+    def __init__(self, handle: Any, meta: TorrentMeta, resume_file: Path | None) -> None:
+        self.handle = handle
+        self.meta = meta
+        self.resume_file = resume_file
+        self.progress: Progress | None = None
+        self.list_peers = 0
+        self.payload_down = 0
+        self.payload_up = 0
+        self.hash_failures = 0
+        self.error: Exception | None = None
+        self.finished = False
+        self.resume_writes = 0
+        self.removed = False
+        self.web_endpoints: set[tuple[str, int]] = set()
+        self.web_bytes = 0
+        self.storage_size = meta.total_size
+
+    def block_length(self, piece: int, block: int) -> int:
+        """Bytes in one 16 KiB block (the torrent's last block may be short)."""
+        start = piece * self.meta.piece_size + block * BLOCK_SIZE
+        return max(0, min(BLOCK_SIZE, self.storage_size - start))
+
+
+class Transfer:
+    """A torrent the session keeps serving (a seed, or a download kept seeding)."""
+
+    def __init__(self, swarm: Swarm, state: _Torrent) -> None:
+        self._swarm = swarm
+        self._state = state
+
+    @property
+    def info_hash(self) -> str:
+        """The swarm's infohash (v1 hex, or v2 hex for a v2-only torrent)."""
+        return self._state.meta.info_hash
+
+    def progress(self) -> Progress | None:
+        """The latest snapshot, or None before the first state update."""
+        with self._swarm._cond:
+            return self._state.progress
+
+    def uploaded_bytes(self) -> int:
+        """Payload bytes sent to peers since this transfer started."""
+        if self._state.removed:
+            return self._state.payload_up
+        try:
+            return int(self._state.handle.status().total_payload_upload)
+        except RuntimeError:
+            return self._state.payload_up
+
+    def peers(self) -> tuple[tuple[str, int], ...]:
+        """Endpoints (ip, port) of the peers connected now."""
+        if self._state.removed:
+            return ()
+        try:
+            infos = self._state.handle.get_peer_info()
+        except RuntimeError:
+            return ()
+        return tuple((str(p.ip[0]), int(p.ip[1])) for p in infos if int(p.connection_type) == 1)
+
+    def stop(self) -> None:
+        """Stop serving; the files stay where they are."""
+        self._swarm._remove(self._state)
+
+    def __repr__(self) -> str:
+        return f"Transfer({self._state.meta.name!r}, info_hash={self.info_hash})"
+
+
+class Swarm:
+    """The process's libtorrent session; one per process (see `get_swarm`), more in tests.
+
+    `loopback` (uTP off) defaults to whether `listen_interface` is a loopback address.
+    `ssrf_mitigation` stays on unless a caller on loopback needs a tracker path other than
+    /announce. `announce_interval_hint` (the tracker's interval, seconds) lowers libtorrent's
+    300 s `min_announce_interval`, which otherwise overrides the tracker's.
+    """
+
+    def __init__(
+        self,
+        *,
+        listen_interface: str = "127.0.0.1",
+        port: int = 0,
+        upload_rate_limit: int = 0,
+        download_rate_limit: int = 0,
+        announce_interval_hint: int | None = None,
+        loopback: bool | None = None,
+        ssrf_mitigation: bool = True,
+        extra_settings: dict[str, Any] | None = None,
+    ) -> None:
+        if loopback is None:
+            loopback = listen_interface.startswith("127.") or listen_interface in (
+                "localhost",
+                "::1",
+                "[::1]",
+            )
+        iface = f"[{listen_interface}]" if ":" in listen_interface else listen_interface
+        settings: dict[str, Any] = {
+            "listen_interfaces": f"{iface}:{port}",
+            "alert_mask": int(_ALERT_MASK),
+            "alert_queue_size": 10000,
+            "user_agent": f"p2pdist libtorrent/{lt.__version__}",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "allow_multiple_connections_per_ip": True,
+            "enable_outgoing_utp": not loopback,
+            "enable_incoming_utp": not loopback,
+            "upload_rate_limit": int(upload_rate_limit),
+            "download_rate_limit": int(download_rate_limit),
+            "ssrf_mitigation": ssrf_mitigation,
+        }
+        if upload_rate_limit or download_rate_limit:
+            settings["ignore_limits_on_local_network"] = False
+        if announce_interval_hint is not None:
+            settings["min_announce_interval"] = max(1, int(announce_interval_hint))
+        settings.update(extra_settings or {})
+        try:
+            self._session = lt.session(settings)
+        except RuntimeError as exc:
+            raise SwarmError(f"cannot start a session on {iface}:{port}: {exc}") from exc
+        self._cond = threading.Condition()
+        self._torrents: dict[Any, _Torrent] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._alert_loop, name="p2pdist-swarm", daemon=True)
+        self._thread.start()
+
+    @property
+    def listen_port(self) -> int:
+        """The TCP port peers reach this session on."""
+        return int(self._session.listen_port())
+
+    def __enter__(self) -> Swarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- seeding
+
+    def seed(self, torrent: bytes, root: Path, *, verify_on_start: bool = False) -> Transfer:
+        """Serve the torrent's files from root/<relative path>, whatever the torrent's name.
+
+        By default the files are trusted (libtorrent's seed mode: each piece is hashed the
+        first time a peer asks for it, not all up front); `verify_on_start` checks them all
+        first and serves only the pieces that pass.
+        """
+        meta = read_torrent(torrent)
+        root = Path(root)
+        for rel, size in meta.files:
+            path = root / rel
+            if not path.is_file() or path.stat().st_size != size:
+                raise StoreError(f"{path}: missing or not {size} bytes; cannot seed {meta.name}")
+        atp = self._params(meta, root, use_web_seeds=True, resume=None)
+        if not verify_on_start:
+            atp.flags |= lt.torrent_flags.seed_mode
+        state = self._add(atp, meta, resume_file=None)
+        return Transfer(self, state)
+
+    def transfer(self, info_hash: str) -> Transfer | None:
+        """The transfer of that infohash still in the session, if any."""
+        with self._cond:
+            for state in self._torrents.values():
+                if info_hash in (state.meta.info_hash_v1, state.meta.info_hash_v2):
+                    return Transfer(self, state)
+        return None
+
+    # ------------------------------------------------------------- downloading
+
+    def download(
+        self,
+        torrent: bytes,
+        dest: Path,
+        *,
+        resume_file: Path | None = None,
+        use_web_seeds: bool = True,
+        peers: Sequence[tuple[str, int]] = (),
+        on_progress: Callable[[Progress], None] | None = None,
+        stall_timeout: float = 60.0,
+        keep_seeding: bool = False,
+    ) -> TransferResult:
+        """Download the torrent so that its files end up at dest/<relative path>; block.
+
+        Resume data goes to `resume_file` every RESUME_INTERVAL seconds and is read back on
+        the next call, so a killed fetch continues where it stopped; without it, pieces
+        already on disk are found by libtorrent's check. `peers` are dialled directly, in
+        addition to the torrent's trackers and web seeds. Raises SwarmError when nothing
+        arrives for `stall_timeout` seconds, StoreError when the files cannot be written.
+        With `keep_seeding` the torrent stays in the session (see `transfer()`); otherwise
+        it is removed and the resume file deleted once the download is complete.
+        """
+        meta = read_torrent(torrent)
+        dest = Path(dest)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{dest}: cannot create the download folder: {exc}") from exc
+        resume = None
+        if resume_file is not None and resume_file.is_file():
+            resume = _read_resume(resume_file, meta)
+        atp = self._params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
+        started = time.monotonic()
+        web_seeds = len(meta.web_seeds) if use_web_seeds else 0
+        endpoints = _web_endpoints(meta.web_seeds) if web_seeds else set()
+        state = self._add(atp, meta, resume_file=resume_file, web_endpoints=endpoints)
+        handle = state.handle
+        last_done, last_change, next_dial = -1, time.monotonic(), 0.0
+        seen: Progress | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if peers and now >= next_dial:
+                    for host, port in peers:
+                        handle.connect_peer((host, int(port)))
+                    next_dial = now + RECONNECT_INTERVAL
+                with self._cond:
+                    self._cond.wait(UPDATE_INTERVAL)
+                    error, finished = state.error, state.finished
+                    progress, known = state.progress, state.list_peers
+                    closed = self._closed
+                if error is not None:
+                    raise error
+                if closed:
+                    raise SwarmError(f"download of {meta.name}: the session was closed; retry")
+                if web_seeds:
+                    learned = _learn_web_endpoints(handle, state.web_endpoints)
+                    with self._cond:
+                        state.web_endpoints = learned
+                if progress is not None and progress is not seen:
+                    seen = progress
+                    if on_progress is not None:
+                        on_progress(progress)
+                    if progress.state in _CHECKING or progress.done > last_done:
+                        last_done, last_change = progress.done, now
+                    if progress.done >= meta.total_size and progress.state in (
+                        "finished",
+                        "seeding",
+                    ):
+                        finished = True
+                if finished:
+                    break
+                if now - last_change > stall_timeout:
+                    raise SwarmError(
+                        f"download of {meta.name} stalled: no data for {stall_timeout:g} s "
+                        f"with {known} peer(s) and {web_seeds} web seed(s) known; "
+                        "check that a seed or the origin is up"
+                    )
+        except BaseException:
+            self._save_and_remove(state)
+            raise
+        status = handle.status()
+        with self._cond:
+            from_web = state.web_bytes
+        result = TransferResult(
+            seconds=time.monotonic() - started,
+            total_bytes=meta.total_size,
+            bytes_from_peers=max(0, int(status.total_payload_download) - from_web),
+            bytes_from_web_seeds=from_web,
+            hash_failures=state.hash_failures,
+            bytes_uploaded=int(status.total_payload_upload),
+            info_hash=meta.info_hash,
+        )
+        with self._cond:
+            state.resume_file = None
+        if not keep_seeding:
+            self._remove(state)
+        if resume_file is not None:
+            resume_file.unlink(missing_ok=True)
+        return result
+
+    # --------------------------------------------------------------- shutdown
+
+    def close(self) -> None:
+        """Write resume data of unfinished downloads, then stop the session."""
+        with self._cond:
+            if self._closed:
+                return
+            pending = [
+                s for s in self._torrents.values() if s.resume_file is not None and not s.finished
+            ]
+        for state in pending:
+            self._save_resume(state, wait=True)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._session.pause()
+        for state in list(self._torrents.values()):
+            state.payload_up = _safe_upload(state.handle, state.payload_up)
+            state.removed = True
+        self._torrents.clear()
+        del self._session  # the destructor blocks until libtorrent has shut down
+
+    # -------------------------------------------------------------- internals
+
+    def _params(self, meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resume: Any) -> Any:
+        """add_torrent_params that put file i at folder/<its path without the root name>."""
+        data = meta.data
+        if not use_web_seeds and meta.web_seeds:
+            decoded = lt.bdecode(data)
+            decoded.pop(b"url-list", None)
+            decoded.pop(b"httpseeds", None)
+            data = lt.bencode(decoded)
+        ti = lt.torrent_info(data)
+        atp = resume if resume is not None else lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = str(folder)
+        layout = ti.layout()
+        prefix = meta.name + "/"
+        renames = {}
+        for index in range(layout.num_files()):
+            path = layout.file_path(index)
+            if path.startswith(prefix):
+                renames[index] = path[len(prefix) :]
+        atp.renamed_files = renames
+        if not use_web_seeds:
+            atp.url_seeds = []
+            atp.http_seeds = []
+            atp.flags |= lt.torrent_flags.override_web_seeds
+        atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+        atp.flags &= ~lt.torrent_flags.seed_mode
+        return atp
+
+    def _add(
+        self,
+        atp: Any,
+        meta: TorrentMeta,
+        *,
+        resume_file: Path | None,
+        web_endpoints: set[tuple[str, int]] | None = None,
+    ) -> _Torrent:
+        with self._cond:
+            if self._closed:
+                raise SwarmError(f"{meta.name}: the swarm is closed; start a new one")
+            try:
+                handle = self._session.add_torrent(atp)
+            except RuntimeError as exc:
+                raise SwarmError(f"cannot add {meta.name} ({meta.info_hash}): {exc}") from exc
+            state = _Torrent(handle, meta, resume_file)
+            state.web_endpoints = set(web_endpoints or ())
+            state.storage_size = int(atp.ti.layout().total_size())
+            self._torrents[handle] = state
+        return state
+
+    def _remove(self, state: _Torrent) -> None:
+        with self._cond:
+            if state.removed or self._torrents.get(state.handle) is not state:
+                return
+            state.payload_up = _safe_upload(state.handle, state.payload_up)
+            state.resume_file = None
+            self._session.remove_torrent(state.handle)
+            deadline = time.monotonic() + SHUTDOWN_WAIT
+            while not state.removed and time.monotonic() < deadline and not self._closed:
+                self._cond.wait(0.1)
+            state.removed = True
+            self._torrents.pop(state.handle, None)
+
+    def _save_and_remove(self, state: _Torrent) -> None:
+        if state.resume_file is not None and not self._closed:
+            self._save_resume(state, wait=True)
+        self._remove(state)
+
+    def _save_resume(self, state: _Torrent, *, wait: bool) -> None:
+        with self._cond:
+            before = state.resume_writes
+            try:
+                state.handle.save_resume_data(
+                    lt.torrent_handle.flush_disk_cache | lt.torrent_handle.save_info_dict
+                )
+            except RuntimeError:
+                return
+            deadline = time.monotonic() + SHUTDOWN_WAIT
+            while wait and state.resume_writes == before and time.monotonic() < deadline:
+                self._cond.wait(0.1)
+
+    def _alert_loop(self) -> None:
+        """Pop alerts, turn them into plain state, ask for updates and resume data."""
+        next_update = next_resume = 0.0
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+            self._session.wait_for_alert(int(UPDATE_INTERVAL * 500))
+            alerts = self._session.pop_alerts()
+            with self._cond:
+                for alert in alerts:
+                    self._dispatch(alert)
+                now = time.monotonic()
+                if now >= next_update:
+                    self._session.post_torrent_updates()
+                    next_update = now + UPDATE_INTERVAL
+                if now >= next_resume:
+                    for state in self._torrents.values():
+                        if state.resume_file is not None and not state.finished:
+                            state.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
+                    next_resume = now + RESUME_INTERVAL
+                self._cond.notify_all()
+
+    def _dispatch(self, alert: Any) -> None:
+        """Apply one alert to its torrent's state (called with the condition held)."""
+        if isinstance(alert, lt.state_update_alert):
+            for st in alert.status:
+                state = self._torrents.get(st.handle)
+                if state is not None:
+                    state.progress = _progress(st)
+                    state.list_peers = int(st.list_peers)
+                    state.payload_down = int(st.total_payload_download)
+                    state.payload_up = int(st.total_payload_upload)
+            return
+        state = self._torrents.get(getattr(alert, "handle", None))
+        if state is None:
+            return
+        if isinstance(alert, lt.block_finished_alert):
+            if state.web_endpoints and tuple(alert.endpoint) in state.web_endpoints:
+                state.web_bytes += state.block_length(alert.piece_index, alert.block_index)
+        elif isinstance(alert, lt.hash_failed_alert):
+            state.hash_failures += 1
+        elif isinstance(alert, lt.torrent_finished_alert):
+            state.finished = True
+        elif isinstance(alert, lt.save_resume_data_alert):
+            if state.resume_file is not None:
+                _write_atomic(state.resume_file, lt.write_resume_data_buf(alert.params))
+            state.resume_writes += 1
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            state.resume_writes += 1
+        elif isinstance(alert, lt.file_error_alert):
+            state.error = _file_error(state.meta, alert.error, alert.filename(), alert.message())
+        elif isinstance(alert, lt.torrent_error_alert):
+            state.error = _file_error(state.meta, alert.error, "", alert.message())
+        elif isinstance(alert, lt.torrent_removed_alert):
+            state.removed = True
+
+
+def _web_endpoints(urls: Sequence[str]) -> set[tuple[str, int]]:
+    """The (ip, port) each web seed URL resolves to, so its blocks can be told apart."""
+    found: set[tuple[str, int]] = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        found.update((str(info[4][0]), int(info[4][1])) for info in infos)
+    return found
+
+
+def _learn_web_endpoints(handle: Any, known: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Add the endpoints libtorrent reports for its web seed connections."""
+    try:
+        infos = handle.get_peer_info()
+    except RuntimeError:
+        return known
+    found = {(str(p.ip[0]), int(p.ip[1])) for p in infos if int(p.connection_type) in _WEB}
+    return known | found
+
+
+def _progress(st: Any) -> Progress:
+    rate = int(st.download_payload_rate)
+    left = int(st.total_wanted) - int(st.total_wanted_done)
+    return Progress(
+        done=int(st.total_wanted_done),
+        total=int(st.total_wanted),
+        download_rate=rate,
+        upload_rate=int(st.upload_payload_rate),
+        peers=int(st.num_peers),
+        seeds=int(st.num_seeds),
+        state=str(st.state).rsplit(".", 1)[-1],
+        eta_seconds=(left / rate) if rate > 0 else (0.0 if left == 0 else None),
+    )
+
+
+def _file_error(meta: TorrentMeta, error: Any, filename: str, message: str) -> Exception:
+    """A storage failure as StoreError (disk full, permissions), anything else as SwarmError."""
+    code = int(error.value()) if error is not None else 0
+    where = f"{filename}: " if filename else ""
+    if code == errno.ENOSPC:
+        return StoreError(f"{where}disk full while downloading {meta.name}; free space and retry")
+    if code and error.category().name() in ("system", "generic"):
+        return StoreError(f"{where}cannot write {meta.name}: {os.strerror(code)}; check the folder")
+    return SwarmError(f"{meta.name}: {message}")
+
+
+def _read_resume(path: Path, meta: TorrentMeta) -> Any:
+    """Resume data for this torrent, or None when it is unreadable or for another torrent."""
+    try:
+        atp = lt.read_resume_data(path.read_bytes())
+    except (OSError, RuntimeError):
+        return None
+    hashes = atp.info_hashes
+    v1 = str(hashes.v1) if hashes.has_v1() else None
+    v2 = str(hashes.v2) if hashes.has_v2() else None
+    if (v1 or v2) and (v1, v2) != (meta.info_hash_v1, meta.info_hash_v2):
+        return None
+    return atp
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _safe_upload(handle: Any, fallback: int) -> int:
+    try:
+        return int(handle.status().total_payload_upload)
+    except RuntimeError:
+        return fallback
+
+
+_SWARM: Swarm | None = None
+_SWARM_LOCK = threading.Lock()
+
+
+def get_swarm(**kwargs: Any) -> Swarm:
+    """The process-wide Swarm, created on first call with `kwargs` (later kwargs are ignored).
+
+    It is closed at interpreter exit, writing resume data of unfinished downloads.
+    """
+    global _SWARM
+    with _SWARM_LOCK:
+        if _SWARM is None or _SWARM._closed:
+            _SWARM = Swarm(**kwargs)
+            atexit.register(_SWARM.close)
+        return _SWARM
+
+
+__all__ = ["Progress", "Swarm", "Transfer", "TransferResult", "get_swarm"]

@@ -1,0 +1,456 @@
+"""p2pdist.swarm: real libtorrent sessions trading real bytes on 127.0.0.1.
+
+Peers find each other by direct connections (`peers=`), so these tests need no tracker.
+Every session, server and child process a test starts is stopped by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+from aiohttp import web
+
+from p2pdist.errors import StoreError, SwarmError
+from p2pdist.swarm import Progress, Swarm, TransferResult
+from p2pdist.torrent import TorrentMeta, make_torrent
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+MiB = 1024 * KiB
+LOCAL = "127.0.0.1"
+
+# A downloader in its own process: prints {"port": N}, optionally reads the peer list from
+# stdin, downloads, prints the TransferResult as JSON, then seeds until stdin says stop.
+CHILD = r"""
+import dataclasses, json, sys
+from pathlib import Path
+from p2pdist.swarm import Swarm
+cfg = json.loads(sys.argv[1])
+with Swarm() as swarm:
+    print(json.dumps({"port": swarm.listen_port}), flush=True)
+    peers = json.loads(sys.stdin.readline()) if cfg.get("wait_peers") else cfg["peers"]
+    result = swarm.download(
+        Path(cfg["torrent"]).read_bytes(),
+        Path(cfg["dest"]),
+        resume_file=Path(cfg["resume"]) if cfg.get("resume") else None,
+        peers=[tuple(p) for p in peers],
+        keep_seeding=True,
+    )
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def write_model(root: Path, sizes: dict[str, int], seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    for rel, size in sizes.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+    return sorted(sizes)
+
+
+def same_files(meta: TorrentMeta, a: Path, b: Path) -> bool:
+    return all((a / rel).read_bytes() == (b / rel).read_bytes() for rel, _ in meta.files)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> tuple[TorrentMeta, Path]:
+    """A 4 MiB model in three files (64 KiB pieces: 64 pieces to trade)."""
+    root = tmp_path / "origin" / "v1"
+    files = write_model(
+        root,
+        {
+            "model-00001-of-00002.safetensors": 2 * MiB + 333,
+            "model-00002-of-00002.safetensors": 2 * MiB - 333 - 1000,
+            "config.json": 1000,
+        },
+    )
+    return make_torrent(root, files, name="org-model-v1", piece_size=64 * KiB), root
+
+
+class StaticServer:
+    """aiohttp serving `folder` at /models/<name>/ (Range honoured) in a thread, counting GETs."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._name = name
+        self._folder = folder
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}/models/"
+
+    async def _start(self) -> web.AppRunner:
+        @web.middleware
+        async def count(request: web.Request, handler: object) -> web.StreamResponse:
+            self.requests += 1
+            return await handler(request)  # type: ignore[operator]
+
+        app = web.Application(middlewares=[count])
+        app.router.add_static(f"/models/{self._name}", self._folder)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, LOCAL, 0).start()
+        self.port = runner.addresses[0][1]
+        return runner
+
+    def __enter__(self) -> StaticServer:
+        self._thread.start()
+        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_seed_and_one_download(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    meta, root = model
+    seen: list[Progress] = []
+    with Swarm() as seeder, Swarm() as leecher:
+        transfer = seeder.seed(meta.data, root)
+        assert transfer.info_hash == meta.info_hash_v1
+        result = leecher.download(
+            meta.data,
+            tmp_path / "dest",
+            peers=[(LOCAL, seeder.listen_port)],
+            on_progress=seen.append,
+        )
+        assert isinstance(result, TransferResult)
+        assert same_files(meta, root, tmp_path / "dest")
+        assert result.total_bytes == meta.total_size
+        assert result.bytes_from_peers >= meta.total_size
+        assert result.bytes_from_web_seeds == 0 and result.hash_failures == 0
+        assert transfer.uploaded_bytes() >= meta.total_size
+        assert seen and all(p.total == meta.total_size for p in seen)
+        assert leecher.transfer(meta.info_hash) is None  # removed once complete
+        transfer.stop()
+        assert seeder.transfer(meta.info_hash) is None
+
+
+def test_seed_and_three_downloaders_trade(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    """With the seed capped, the downloaders must also serve each other."""
+    meta, root = model
+    with Swarm(upload_rate_limit=2 * MiB) as seeder:
+        seeder.seed(meta.data, root)
+        swarms = [Swarm() for _ in range(3)]
+        try:
+            ports = [seeder.listen_port] + [s.listen_port for s in swarms]
+            results: dict[int, TransferResult | BaseException] = {}
+
+            def fetch(i: int) -> None:
+                try:
+                    results[i] = swarms[i].download(
+                        meta.data,
+                        tmp_path / f"dest{i}",
+                        peers=[(LOCAL, p) for p in ports if p != swarms[i].listen_port],
+                        keep_seeding=True,
+                        stall_timeout=30,
+                    )
+                except BaseException as exc:
+                    results[i] = exc
+
+            threads = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            for s in swarms:
+                s.close()
+    for i in range(3):
+        result = results[i]
+        assert isinstance(result, TransferResult), result
+        assert same_files(meta, root, tmp_path / f"dest{i}")
+    shared = sum(r.bytes_uploaded for r in results.values() if isinstance(r, TransferResult))
+    assert shared > 0, "the downloaders never served each other"
+
+
+def test_downloads_in_separate_processes(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    """One seed here, three downloaders in three processes that all dial each other."""
+    meta, root = model
+    torrent = tmp_path / "m.torrent"
+    torrent.write_bytes(meta.data)
+    children: list[subprocess.Popen[str]] = []
+    with Swarm(upload_rate_limit=2 * MiB) as seeder:
+        seeder.seed(meta.data, root)
+        try:
+            for i in range(3):
+                cfg = {"torrent": str(torrent), "dest": str(tmp_path / f"p{i}"), "wait_peers": 1}
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", CHILD, json.dumps(cfg)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+            ports = [json.loads(c.stdout.readline())["port"] for c in children]  # type: ignore[union-attr]
+            for child, port in zip(children, ports, strict=False):
+                others = [[LOCAL, p] for p in [seeder.listen_port, *ports] if p != port]
+                child.stdin.write(json.dumps(others) + "\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+            results = [json.loads(c.stdout.readline()) for c in children]  # type: ignore[union-attr]
+        finally:
+            for child in children:
+                if child.stdin:
+                    child.stdin.close()
+            for child in children:
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                if child.stdout:
+                    child.stdout.close()
+    assert [c.returncode for c in children] == [0, 0, 0]
+    for i, result in enumerate(results):
+        assert result["total_bytes"] == meta.total_size
+        assert same_files(meta, root, tmp_path / f"p{i}")
+    assert sum(r["bytes_uploaded"] for r in results) > 0
+
+
+def test_download_finishes_from_another_downloader(
+    model: tuple[TorrentMeta, Path], tmp_path: Path
+) -> None:
+    """The seed leaves when the first downloader completes; the second finishes from it."""
+    meta, root = model
+    with (
+        Swarm(upload_rate_limit=4 * MiB) as seeder,
+        Swarm() as first,
+        Swarm(download_rate_limit=1 * MiB) as second,
+    ):
+        seed = seeder.seed(meta.data, root)
+        out: dict[str, object] = {}
+
+        def slow() -> None:
+            try:
+                out["second"] = second.download(
+                    meta.data,
+                    tmp_path / "second",
+                    peers=[(LOCAL, seeder.listen_port), (LOCAL, first.listen_port)],
+                    on_progress=lambda p: out.__setitem__("progress", p),
+                    stall_timeout=30,
+                )
+            except BaseException as exc:
+                out["second"] = exc
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        try:
+            result = first.download(
+                meta.data,
+                tmp_path / "first",
+                peers=[(LOCAL, seeder.listen_port)],
+                keep_seeding=True,
+            )
+            seed.stop()
+            at_stop = out.get("progress")
+        finally:
+            thread.join(120)
+        assert isinstance(out["second"], TransferResult), out["second"]
+        assert isinstance(at_stop, Progress) and at_stop.done < meta.total_size
+        assert same_files(meta, root, tmp_path / "second")
+        kept = first.transfer(meta.info_hash)
+        assert kept is not None and result.info_hash == meta.info_hash
+        assert kept.uploaded_bytes() >= meta.total_size - at_stop.done
+
+
+def test_corrupt_peer_is_survived(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    """A peer that sends bad pieces: they fail the hash check, a good peer fills them in."""
+    meta, root = model
+    bad_root = tmp_path / "bad"
+    shutil.copytree(root, bad_root)
+    with Swarm() as bad, Swarm(upload_rate_limit=1 * MiB) as good, Swarm() as leecher:
+        liar = bad.seed(meta.data, bad_root, verify_on_start=True)
+        wait_for(lambda: getattr(liar.progress(), "state", "") == "seeding", 30, "the check")
+        # Corrupt every piece of the big files after the check: libtorrent now serves them
+        # as they are on disk (seed mode would re-hash them first and send nothing bad).
+        for rel, size in meta.files[1:]:
+            with open(bad_root / rel, "r+b") as f:
+                for offset in range(100, size, meta.piece_size):
+                    f.seek(offset)
+                    f.write(b"\xde\xad" * 8)
+        good.seed(meta.data, root)
+        result = leecher.download(
+            meta.data,
+            tmp_path / "dest",
+            peers=[(LOCAL, bad.listen_port), (LOCAL, good.listen_port)],
+            stall_timeout=30,
+        )
+    assert result.hash_failures > 0
+    assert same_files(meta, root, tmp_path / "dest")
+
+
+def test_seed_mode_over_corrupt_copy_sends_nothing_bad(
+    model: tuple[TorrentMeta, Path], tmp_path: Path
+) -> None:
+    """seed() trusts files lazily: a piece is hashed before its first upload, never sent bad."""
+    meta, root = model
+    bad_root = tmp_path / "bad"
+    for rel, _ in meta.files:
+        data = bytearray((root / rel).read_bytes())
+        for offset in range(7, len(data), 2 * meta.piece_size):
+            data[offset] ^= 0xFF
+        (bad_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bad_root / rel).write_bytes(bytes(data))
+    with Swarm() as bad, Swarm(upload_rate_limit=2 * MiB) as good, Swarm() as leecher:
+        bad.seed(meta.data, bad_root)
+        good.seed(meta.data, root)
+        result = leecher.download(
+            meta.data,
+            tmp_path / "dest",
+            peers=[(LOCAL, bad.listen_port), (LOCAL, good.listen_port)],
+            stall_timeout=30,
+        )
+    assert result.hash_failures == 0
+    assert same_files(meta, root, tmp_path / "dest")
+
+
+def resume_pieces(path: Path) -> int:
+    try:
+        return sum(lt.read_resume_data(path.read_bytes()).have_pieces)
+    except (OSError, RuntimeError):
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_resume_file", [True, False])
+def test_killed_download_resumes(
+    model: tuple[TorrentMeta, Path], tmp_path: Path, keep_resume_file: bool
+) -> None:
+    """SIGKILL a downloading process mid-way; the next download fetches only the rest.
+
+    With the resume file the have-pieces come from it; without it, from libtorrent's check
+    of the partial files already at dest.
+    """
+    meta, root = model
+    torrent = tmp_path / "m.torrent"
+    torrent.write_bytes(meta.data)
+    dest, resume = tmp_path / "dest", tmp_path / "resume.dat"
+    pieces = -(-meta.total_size // meta.piece_size)
+    with Swarm(upload_rate_limit=1 * MiB) as slow:
+        slow.seed(meta.data, root)
+        cfg = {
+            "torrent": str(torrent),
+            "dest": str(dest),
+            "resume": str(resume),
+            "peers": [[LOCAL, slow.listen_port]],
+        }
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            wait_for(lambda: resume_pieces(resume) >= pieces * 0.4, 60, "40% in the resume file")
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            if child.stdin:
+                child.stdin.close()
+    assert child.returncode == -signal.SIGKILL
+    had = resume_pieces(resume)
+    assert had < pieces, "the child finished before it was killed; slow the seed down"
+    if not keep_resume_file:
+        resume.unlink()
+    with Swarm() as fast, Swarm() as leecher:
+        fast.seed(meta.data, root)
+        result = leecher.download(
+            meta.data, dest, resume_file=resume, peers=[(LOCAL, fast.listen_port)]
+        )
+    assert same_files(meta, root, dest)
+    assert result.bytes_from_peers <= meta.total_size - had * meta.piece_size + meta.piece_size
+    assert result.bytes_from_peers <= 0.6 * meta.total_size
+    assert not resume.exists()
+
+
+def test_web_seed_alone_completes(tmp_path: Path) -> None:
+    root = tmp_path / "v1"
+    files = write_model(root, {"a.safetensors": 1 * MiB + 5, "sub/b.json": 70 * KiB})
+    with StaticServer("m", root) as origin:
+        meta = make_torrent(root, files, name="m", piece_size=64 * KiB, web_seeds=[origin.url])
+        with Swarm() as leecher:
+            result = leecher.download(meta.data, tmp_path / "dest", stall_timeout=30)
+        assert origin.requests > 0
+    assert same_files(meta, root, tmp_path / "dest")
+    assert result.bytes_from_web_seeds >= meta.total_size
+    assert result.bytes_from_peers == 0
+
+
+def test_no_web_seed_no_peer_stalls_with_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "v1"
+    files = write_model(root, {"a.safetensors": 256 * KiB})
+    with StaticServer("m", root) as origin:
+        meta = make_torrent(root, files, name="m", web_seeds=[origin.url])
+        started = time.monotonic()
+        with Swarm() as leecher, pytest.raises(SwarmError) as err:
+            leecher.download(
+                meta.data,
+                tmp_path / "dest",
+                use_web_seeds=False,
+                stall_timeout=1.5,
+                resume_file=tmp_path / "resume.dat",
+            )
+        elapsed = time.monotonic() - started
+        assert origin.requests == 0
+    message = str(err.value)
+    assert "stalled" in message and "m" in message
+    assert "0 peer(s) and 0 web seed(s)" in message
+    assert elapsed < 30
+    assert (tmp_path / "resume.dat").is_file()  # a later call continues from there
+
+
+def test_unwritable_file_is_a_store_error(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    meta, root = model
+    dest = tmp_path / "dest"
+    (dest / meta.files[0][0]).mkdir(parents=True)  # a folder where a file must go
+    with Swarm() as seeder, Swarm() as leecher:
+        seeder.seed(meta.data, root)
+        with pytest.raises(StoreError, match=meta.name):
+            leecher.download(meta.data, dest, peers=[(LOCAL, seeder.listen_port)], stall_timeout=30)
+
+
+def test_seed_refuses_missing_files(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    meta, _root = model
+    with Swarm() as seeder, pytest.raises(StoreError, match="cannot seed"):
+        seeder.seed(meta.data, tmp_path / "empty")
+
+
+def test_closed_swarm_refuses_work(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
+    meta, root = model
+    swarm = Swarm()
+    port = swarm.listen_port
+    assert port > 0
+    swarm.close()
+    swarm.close()  # idempotent
+    with pytest.raises(SwarmError, match="closed"):
+        swarm.seed(meta.data, root)

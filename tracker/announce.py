@@ -1,0 +1,265 @@
+"""The BitTorrent face: ``GET /announce`` (BEP 3, 7, 23) and ``GET /scrape`` (BEP 48).
+
+Both answer bencoded dictionaries with HTTP 200, a refusal included (``failure reason``),
+because clients (libtorrent among them) show the reason only from a 200 answer.
+
+The query string is parsed from ``request.rel_url.raw_query_string`` with
+``unquote_to_bytes``: ``info_hash`` and ``peer_id`` are 20 raw bytes that are rarely valid
+UTF-8, and aiohttp's ``request.query`` would decode and corrupt them. Every other parameter
+must be ASCII. A peer's address is the one its connection comes from; the ``ip`` and
+``ipv6`` parameters are ignored so that nobody can point a swarm at a third party.
+
+Private models' torrents announce to ``/announce/<passkey>`` (``p2pdist.client.passkey_for``
+of a token with read right on the model's namespace). libtorrent's ``ssrf_mitigation`` (on by
+default) refuses a loopback tracker whose path is not exactly ``/announce``: on loopback,
+passkey URLs need it off; on a routable address they work as they are.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from p2pdist.bencode import bencode
+from p2pdist.ref import ModelRef
+from p2pdist.tracker.db import TrackedHash
+from p2pdist.tracker.peers import Peer
+from p2pdist.tracker.state import STATE, TrackerState
+
+EVENTS = ("", "started", "completed", "stopped", "paused")
+MAX_SCRAPE_HASHES = 100
+_PASSKEY_RE = re.compile(r"^[0-9a-f]{32}$")
+_MAX_INT = 2**63 - 1
+_MAX_NUMWANT_ACCEPTED = 2**31 - 1
+"""numwant up to this is capped to the tracker's maximum; beyond it is refused as nonsense."""
+
+
+class Refusal(Exception):
+    """An announce or scrape that gets a bencoded ``failure reason``."""
+
+
+@dataclass(frozen=True)
+class Announce:
+    """One announce request, checked."""
+
+    info_hash: bytes
+    peer_id: bytes
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: str
+    numwant: int
+
+
+def parse_query(raw: str, max_len: int) -> dict[str, list[bytes]]:
+    """Split a raw query string into byte values per ASCII key; refuse oversized or odd ones."""
+    if len(raw) > max_len:
+        raise Refusal(f"query string longer than {max_len} bytes")
+    params: dict[str, list[bytes]] = {}
+    for part in raw.split("&"):
+        if not part:
+            continue
+        key_raw, _, value = part.partition("=")
+        try:
+            key = unquote_to_bytes(key_raw).decode("ascii")
+        except UnicodeDecodeError:
+            raise Refusal("query parameter names must be ASCII") from None
+        params.setdefault(key, []).append(unquote_to_bytes(value))
+    return params
+
+
+def _one(params: dict[str, list[bytes]], key: str, *, required: bool = True) -> bytes | None:
+    values = params.get(key)
+    if not values:
+        if required:
+            raise Refusal(f"missing parameter {key}")
+        return None
+    if len(values) > 1:
+        raise Refusal(f"parameter {key} given {len(values)} times")
+    return values[0]
+
+
+def _text(params: dict[str, list[bytes]], key: str, *, required: bool = True) -> str | None:
+    value = _one(params, key, required=required)
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise Refusal(f"parameter {key} is not ASCII text") from None
+
+
+def _integer(
+    params: dict[str, list[bytes]], key: str, *, default: int | None = None, limit: int = _MAX_INT
+) -> int:
+    text = _text(params, key, required=default is None)
+    if text is None:
+        assert default is not None
+        return default
+    if not text.isdigit() or len(text) > 19 or int(text) > limit:
+        raise Refusal(f"parameter {key}={text[:24]!r} is not an integer in 0..{limit}")
+    return int(text)
+
+
+def _hash20(params: dict[str, list[bytes]], key: str) -> bytes:
+    value = _one(params, key)
+    assert value is not None
+    if len(value) != 20:
+        raise Refusal(f"{key} must be 20 bytes, got {len(value)}")
+    return value
+
+
+def parse_announce(params: dict[str, list[bytes]], max_numwant: int, default_numwant: int) -> Announce:
+    """Check an announce's parameters (BEP 3); raise Refusal with the first problem found."""
+    info_hash = _hash20(params, "info_hash")
+    peer_id = _hash20(params, "peer_id")
+    port = _integer(params, "port", limit=65535)
+    if port == 0:
+        raise Refusal("port must be in 1..65535, got 0")
+    event = _text(params, "event", required=False) or ""
+    if event not in EVENTS:
+        raise Refusal(f"unknown event {event[:24]!r}: expected started, completed or stopped")
+    numwant_text = _text(params, "numwant", required=False)
+    if numwant_text is not None and numwant_text.startswith("-"):
+        raise Refusal(f"numwant must not be negative, got {numwant_text[:24]}")
+    numwant = _integer(params, "numwant", default=default_numwant, limit=_MAX_NUMWANT_ACCEPTED)
+    return Announce(
+        info_hash=info_hash,
+        peer_id=peer_id,
+        port=port,
+        uploaded=_integer(params, "uploaded"),
+        downloaded=_integer(params, "downloaded"),
+        left=_integer(params, "left"),
+        event=event,
+        numwant=min(numwant, max_numwant),
+    )
+
+
+def _bencoded(value: dict[str, object]) -> web.Response:
+    return web.Response(body=bencode(value), content_type="text/plain")
+
+
+def refusal(reason: str) -> web.Response:
+    """A bencoded ``failure reason`` answer."""
+    return _bencoded({"failure reason": reason})
+
+
+async def _may_track(
+    state: TrackerState, info_hash: bytes, passkey: str | None
+) -> TrackedHash | None:
+    """Return the registry entry of ``info_hash`` if this request may use it; else refuse."""
+    tracked = state.tracked.get(info_hash)
+    if tracked is None and not state.settings.track_unknown:
+        raise Refusal(
+            f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents published "
+            "to its registry"
+        )
+    if passkey is None:
+        if tracked is not None and tracked.private:
+            raise Refusal(
+                f"{tracked.model} is private: announce to /announce/<passkey> with the passkey "
+                "of a token that can read it"
+            )
+        return tracked
+    grant = await state.grant_for_passkey(passkey)
+    if grant is None:
+        raise Refusal("unknown passkey: get a token with `p2pdist tracker token`")
+    if tracked is not None and tracked.private:
+        namespace = ModelRef(tracked.model).namespace
+        if not grant.can_read(namespace):
+            raise Refusal(f"this passkey cannot read namespace {namespace}")
+    return tracked
+
+
+def _passkey(request: web.Request) -> str | None:
+    passkey = request.match_info.get("passkey")
+    if passkey is not None and not _PASSKEY_RE.match(passkey):
+        raise Refusal("malformed passkey in the announce URL")
+    return passkey
+
+
+async def announce(request: web.Request) -> web.Response:
+    """``GET /announce`` and ``GET /announce/{passkey}``."""
+    state = request.app[STATE]
+    settings = state.settings
+    try:
+        params = parse_query(request.rel_url.raw_query_string, settings.max_query)
+        query = parse_announce(params, settings.max_numwant, settings.default_numwant)
+        await _may_track(state, query.info_hash, _passkey(request))
+        host = request.remote
+        if not host:
+            raise Refusal("cannot tell the address this announce comes from")
+        try:
+            peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
+        except ValueError:
+            raise Refusal(f"cannot use the address {host[:64]!r}") from None
+        if not state.peers.announce(query.info_hash, peer, query.event, time.monotonic()):
+            raise Refusal("this swarm is full; try again later")
+    except Refusal as e:
+        state.metrics.announce_failures += 1
+        return refusal(str(e))
+    state.metrics.announces[query.event or "none"] += 1
+    counts = state.peers.counts(query.info_hash)
+    body: dict[str, object] = {
+        "interval": settings.interval,
+        "min interval": settings.effective_min_interval,
+        "complete": counts.complete,
+        "incomplete": counts.incomplete,
+        "downloaded": counts.downloaded,
+    }
+    if query.event == "stopped":
+        body["peers"] = b""
+    else:
+        sample = state.peers.sample(query.info_hash, peer, query.numwant)
+        body["peers"] = sample.peers
+        body["peers6"] = sample.peers6
+    return _bencoded(body)
+
+
+async def scrape(request: web.Request) -> web.Response:
+    """``GET /scrape?info_hash=...`` (BEP 48); unknown or unreadable hashes are left out."""
+    state = request.app[STATE]
+    try:
+        params = parse_query(request.rel_url.raw_query_string, state.settings.max_query)
+        hashes = params.get("info_hash") or []
+        if not hashes:
+            raise Refusal("scrape needs at least one info_hash (a full scrape is not offered)")
+        if len(hashes) > MAX_SCRAPE_HASHES:
+            raise Refusal(f"at most {MAX_SCRAPE_HASHES} info_hash values per scrape")
+        if any(len(h) != 20 for h in hashes):
+            raise Refusal("info_hash must be 20 bytes")
+        passkey = _passkey(request)
+        files: dict[bytes, dict[str, int]] = {}
+        for info_hash in hashes:
+            try:
+                await _may_track(state, info_hash, passkey)
+            except Refusal:
+                if passkey is not None and await state.grant_for_passkey(passkey) is None:
+                    raise
+                continue
+            counts = state.peers.counts(info_hash)
+            files[info_hash] = {
+                "complete": counts.complete,
+                "incomplete": counts.incomplete,
+                "downloaded": counts.downloaded,
+            }
+    except Refusal as e:
+        state.metrics.announce_failures += 1
+        return refusal(str(e))
+    state.metrics.scrapes += 1
+    return _bencoded({"files": files})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/announce", announce, name="announce")
+    app.router.add_get("/announce/{passkey}", announce, name="announce_passkey")
+    app.router.add_get("/scrape", scrape, name="scrape")
+    app.router.add_get("/scrape/{passkey}", scrape, name="scrape_passkey")
+
+
+__all__ = ["Announce", "Refusal", "add_routes", "announce", "parse_announce", "parse_query", "scrape"]

@@ -1,0 +1,199 @@
+"""Who is in which swarm: soft state with a time to live, behind a small interface.
+
+As in Kraken's tracker, peers are soft state: a peer that stops announcing disappears after
+its TTL (two announce intervals), and a restarted tracker starts empty and refills within one
+interval as peers re-announce. Nothing here is durable and nothing here touches the network;
+the announce handler turns requests into ``Peer`` values and responses from ``PeerSample``.
+
+Hand-out policy: a leecher gets a uniform random sample of the swarm's other peers, seeders
+and leechers alike; a seeder gets only leechers (a seeder has nothing to fetch from a seeder).
+Sampling is O(numwant), not O(swarm), so announces stay cheap in large swarms.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+MAX_PEERS_PER_SWARM = 50_000
+"""A swarm refuses new peers beyond this many (memory bound against a flood of peer ids)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One announcing peer: its id, its address in compact form (BEP 23 / BEP 7), seeding or not."""
+
+    peer_id: bytes
+    compact: bytes
+    """4-byte IPv4 or 16-byte IPv6 address followed by the 2-byte big-endian port."""
+    seeder: bool
+
+    @property
+    def is_ipv6(self) -> bool:
+        return len(self.compact) == 18
+
+    @classmethod
+    def from_address(cls, peer_id: bytes, host: str, port: int, seeder: bool) -> Peer:
+        """Build a peer from a textual address; IPv4-mapped IPv6 addresses become IPv4."""
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return cls(peer_id, address.packed + port.to_bytes(2, "big"), seeder)
+
+
+@dataclass(frozen=True)
+class SwarmCounts:
+    """Scrape figures of one swarm (BEP 48): seeders, leechers, completed downloads."""
+
+    complete: int = 0
+    incomplete: int = 0
+    downloaded: int = 0
+
+
+@dataclass(frozen=True)
+class PeerSample:
+    """Peers handed out in one announce response, already in compact form."""
+
+    peers: bytes
+    peers6: bytes
+
+
+class PeerStore(Protocol):
+    """What the announce handler needs from a peer store."""
+
+    def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
+        """Record ``peer`` (or remove it on ``stopped``); False when the swarm is full."""
+
+    def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
+        """Up to ``numwant`` peers of the swarm for ``peer``, following the hand-out policy."""
+
+    def counts(self, info_hash: bytes) -> SwarmCounts:
+        """Current seeders and leechers and the completed count of one swarm."""
+
+    def expire(self, now: float) -> int:
+        """Forget peers whose TTL has passed; return how many were removed."""
+
+    def total_peers(self) -> int:
+        """The number of (swarm, peer) entries held."""
+
+
+class _Bag:
+    """A set of peers with O(1) add, remove and indexed access (for O(k) random samples)."""
+
+    __slots__ = ("index", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Peer] = []
+        self.index: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, peer: Peer) -> None:
+        at = self.index.get(peer.peer_id)
+        if at is None:
+            self.index[peer.peer_id] = len(self.items)
+            self.items.append(peer)
+        else:
+            self.items[at] = peer
+
+    def remove(self, peer_id: bytes) -> bool:
+        at = self.index.pop(peer_id, None)
+        if at is None:
+            return False
+        last = self.items.pop()
+        if at < len(self.items):
+            self.items[at] = last
+            self.index[last.peer_id] = at
+        return True
+
+
+@dataclass
+class _Swarm:
+    seeders: _Bag = field(default_factory=_Bag)
+    leechers: _Bag = field(default_factory=_Bag)
+    expires: dict[bytes, float] = field(default_factory=dict)
+    downloaded: int = 0
+
+
+class MemoryPeerStore:
+    """The in-memory peer store: one dict of swarms, owned by the tracker's event loop."""
+
+    def __init__(
+        self, ttl: float, max_peers_per_swarm: int = MAX_PEERS_PER_SWARM, seed: int | None = None
+    ) -> None:
+        self.ttl = ttl
+        self.max_peers_per_swarm = max_peers_per_swarm
+        self._swarms: dict[bytes, _Swarm] = {}
+        self._random = random.Random(seed)
+
+    def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
+        swarm = self._swarms.get(info_hash)
+        if event == "stopped":
+            if swarm is not None:
+                self._drop(info_hash, swarm, peer.peer_id)
+            return True
+        if swarm is None:
+            swarm = self._swarms[info_hash] = _Swarm()
+        if peer.peer_id not in swarm.expires and len(swarm.expires) >= self.max_peers_per_swarm:
+            return False
+        if peer.seeder:
+            was_seeding = peer.peer_id in swarm.seeders.index
+            swarm.leechers.remove(peer.peer_id)
+            swarm.seeders.put(peer)
+            if event == "completed" and not was_seeding:
+                swarm.downloaded += 1
+        else:
+            swarm.seeders.remove(peer.peer_id)
+            swarm.leechers.put(peer)
+        swarm.expires[peer.peer_id] = now + self.ttl
+        return True
+
+    def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None or numwant <= 0:
+            return PeerSample(b"", b"")
+        pools = [swarm.leechers] if peer.seeder else [swarm.seeders, swarm.leechers]
+        size = sum(len(p) for p in pools)
+        picks = self._random.sample(range(size), min(size, numwant + 1))
+        v4: list[bytes] = []
+        v6: list[bytes] = []
+        first = len(pools[0])
+        for i in picks:
+            other = pools[0].items[i] if i < first else pools[-1].items[i - first]
+            if other.peer_id == peer.peer_id:
+                continue
+            (v6 if other.is_ipv6 else v4).append(other.compact)
+            if len(v4) + len(v6) == numwant:
+                break
+        return PeerSample(b"".join(v4), b"".join(v6))
+
+    def counts(self, info_hash: bytes) -> SwarmCounts:
+        swarm = self._swarms.get(info_hash)
+        if swarm is None:
+            return SwarmCounts()
+        return SwarmCounts(len(swarm.seeders), len(swarm.leechers), swarm.downloaded)
+
+    def expire(self, now: float) -> int:
+        removed = 0
+        for info_hash, swarm in list(self._swarms.items()):
+            stale = [pid for pid, t in swarm.expires.items() if t <= now]
+            for pid in stale:
+                self._drop(info_hash, swarm, pid)
+            removed += len(stale)
+        return removed
+
+    def total_peers(self) -> int:
+        return sum(len(s.expires) for s in self._swarms.values())
+
+    def _drop(self, info_hash: bytes, swarm: _Swarm, peer_id: bytes) -> None:
+        swarm.expires.pop(peer_id, None)
+        if not swarm.seeders.remove(peer_id):
+            swarm.leechers.remove(peer_id)
+        if not swarm.expires and not swarm.downloaded:
+            del self._swarms[info_hash]
+
+
+__all__ = ["MAX_PEERS_PER_SWARM", "MemoryPeerStore", "Peer", "PeerSample", "PeerStore", "SwarmCounts"]

@@ -1,0 +1,226 @@
+"""What the tracker's handlers share: settings, the database thread, peers, caches, metrics.
+
+One ``TrackerState`` lives in the application under ``STATE`` (a typed ``web.AppKey``). It is
+owned by the event loop; the only other thread is the database's, reached through
+``TrackerState.db_call``. The announce hot path touches no database: the infohashes the
+registry knows are mirrored in memory (loaded at start-up, updated on publish), and token
+grants found once are cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from p2pdist.errors import (
+    AuthError,
+    ConflictError,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    P2PDistError,
+    RefError,
+)
+from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
+from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
+
+T = TypeVar("T")
+
+DEFAULT_INTERVAL = 120
+"""Seconds between a peer's announces. Swarms of model weights are short-lived and eager:
+a seed learns of a new consumer at its next announce, so this is short by tracker standards."""
+
+MAX_WAIT = 60.0
+"""Longest long-poll of ``/v1/models/{name}/latest``."""
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How one tracker runs. ``data_dir`` holds the SQLite file."""
+
+    data_dir: Path
+    interval: int = DEFAULT_INTERVAL
+    min_interval: int | None = None
+    default_numwant: int = 50
+    max_numwant: int = 200
+    max_body: int = 64 * 1024 * 1024
+    max_query: int = 4096
+    track_unknown: bool = False
+    """Also track infohashes the registry does not know (an open tracker). Off by default."""
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / DB_FILENAME
+
+    @property
+    def effective_min_interval(self) -> int:
+        return self.min_interval if self.min_interval is not None else max(1, self.interval // 4)
+
+    @property
+    def peer_ttl(self) -> float:
+        """A peer that missed two announces (plus a quarter interval of slack) is forgotten."""
+        return 2 * self.interval + self.interval / 4
+
+
+class ApiError(Exception):
+    """A registry refusal with its HTTP status, turned into ``{"error": ...}`` by the middleware."""
+
+    def __init__(self, status: int, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+_STATUS_OF: tuple[tuple[type[P2PDistError], int], ...] = (
+    (RefError, 400),
+    (FormatError, 400),
+    (IntegrityError, 400),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (AuthError, 403),
+)
+
+
+def api_error(error: P2PDistError) -> ApiError:
+    """The HTTP refusal for one of p2pdist's errors."""
+    for cls, status in _STATUS_OF:
+        if isinstance(error, cls):
+            return ApiError(status, str(error), type(error).__name__)
+    return ApiError(500, str(error), type(error).__name__)
+
+
+class Metrics:
+    """Counters for /metrics; gauges are computed when scraped."""
+
+    def __init__(self) -> None:
+        self.announces: Counter[str] = Counter()
+        self.announce_failures = 0
+        self.scrapes = 0
+        self.registry_requests: Counter[tuple[str, int]] = Counter()
+        self.errors = 0
+
+
+class TrackerState:
+    """The tracker's shared state; see the module docstring."""
+
+    def __init__(self, settings: TrackerSettings, peers: PeerStore | None = None) -> None:
+        self.settings = settings
+        self.peers: PeerStore = peers or MemoryPeerStore(ttl=settings.peer_ttl)
+        self.metrics = Metrics()
+        self.tracked: dict[bytes, TrackedHash] = {}
+        self.closing = False
+        self._db: Database | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._token_grants: dict[str, Grant] = {}
+        self._passkey_grants: dict[str, Grant] = {}
+        self._published: dict[str, asyncio.Event] = {}
+        self._waiting: Counter[str] = Counter()
+
+    # -- lifecycle (driven by the app's cleanup_ctx) --------------------------------------
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tracker-db")
+        self._db = await self.db_call(Database, self.settings.db_path)
+        self.tracked = {t.info_hash: t for t in await self.db_call(Database.tracked_hashes)}
+
+    async def close(self) -> None:
+        self.wake_all()
+        if self._db is not None:
+            await self.db_call(Database.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def wake_all(self) -> None:
+        """Release every long-poll (shutdown must not wait for them)."""
+        self.closing = True
+        for event in self._published.values():
+            event.set()
+
+    # -- database ---------------------------------------------------------------------------
+    async def db_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(db, *args)`` (or ``fn(*args)`` before the database opens) on its thread."""
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        if self._db is None:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, fn, self._db, *args)
+
+    async def grant_for_token(self, token: str) -> Grant | None:
+        grant = self._token_grants.get(token)
+        if grant is None:
+            grant = await self.db_call(Database.grant_for_token, token)
+            if grant is not None:
+                self._token_grants[token] = grant
+        return grant
+
+    async def grant_for_passkey(self, passkey: str) -> Grant | None:
+        grant = self._passkey_grants.get(passkey)
+        if grant is None:
+            grant = await self.db_call(Database.grant_for_passkey, passkey)
+            if grant is not None:
+                self._passkey_grants[passkey] = grant
+        return grant
+
+    # -- swarms of versions -----------------------------------------------------------------
+    def track(self, hashes: list[TrackedHash]) -> None:
+        for tracked in hashes:
+            self.tracked[tracked.info_hash] = tracked
+
+    def version_counts(self, model: str, version: str, kind: str = "full") -> SwarmCounts:
+        """Live counts of one version's swarm; a hybrid torrent's two swarms count once (max)."""
+        best = SwarmCounts()
+        for info_hash, tracked in self.tracked.items():
+            if tracked.model == model and tracked.version == version and tracked.kind == kind:
+                counts = self.peers.counts(info_hash)
+                if counts.complete + counts.incomplete > best.complete + best.incomplete:
+                    best = counts
+        return best
+
+    def swarm_counts(self) -> dict[tuple[str, str, str], SwarmCounts]:
+        """Counts for every tracked (model, version, kind), in one pass over the swarms."""
+        out: dict[tuple[str, str, str], SwarmCounts] = {}
+        for info_hash, tracked in self.tracked.items():
+            key = (tracked.model, tracked.version, tracked.kind)
+            counts = self.peers.counts(info_hash)
+            old = out.get(key)
+            if old is None or counts.complete + counts.incomplete > old.complete + old.incomplete:
+                out[key] = counts
+        return out
+
+    # -- long-poll --------------------------------------------------------------------------
+    def publish_event(self, model: str) -> asyncio.Event:
+        """The event the next publish of ``model`` will set (take it before reading the db).
+
+        Every call is paired with ``release``, so names waited on but never published are
+        forgotten when their last waiter leaves.
+        """
+        event = self._published.get(model)
+        if event is None:
+            event = self._published[model] = asyncio.Event()
+        if self.closing:
+            event.set()
+        self._waiting[model] += 1
+        return event
+
+    def release(self, model: str, event: asyncio.Event) -> None:
+        self._waiting[model] -= 1
+        if self._waiting[model] <= 0:
+            del self._waiting[model]
+            if self._published.get(model) is event:
+                del self._published[model]
+
+    def published(self, model: str) -> None:
+        event = self._published.pop(model, None)
+        if event is not None:
+            event.set()
+
+
+STATE: web.AppKey[TrackerState] = web.AppKey("state", TrackerState)
+
+__all__ = ["MAX_WAIT", "STATE", "ApiError", "Metrics", "TrackerSettings", "TrackerState", "api_error"]
