@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -215,7 +214,7 @@ class RegistryClient:
                 return response.status, _read(response)
         except urllib.error.HTTPError as e:
             raise self._http_error(method, path, e) from None
-        except (urllib.error.URLError, OSError, socket.timeout) as e:
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackerError(
                 f"tracker at {self.base_url} is not reachable ({reason}); start it with "

@@ -215,6 +215,7 @@ class Swarm:
         self._cond = threading.Condition()
         self._torrents: dict[Any, _Torrent] = {}
         self._closed = False
+        self._cycles = 0
         self._thread = threading.Thread(target=self._alert_loop, name="p2pdist-swarm", daemon=True)
         self._thread.start()
 
@@ -343,6 +344,9 @@ class Swarm:
             raise
         status = handle.status()
         with self._cond:
+            cycle = self._cycles  # let the alert thread dispatch what came before the finish
+            while self._cycles < cycle + 2 and not self._closed:
+                self._cond.wait(UPDATE_INTERVAL)
             from_web = state.web_bytes
         result = TransferResult(
             seconds=time.monotonic() - started,
@@ -487,6 +491,7 @@ class Swarm:
                         if state.resume_file is not None and not state.finished:
                             state.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
                     next_resume = now + RESUME_INTERVAL
+                self._cycles += 1
                 self._cond.notify_all()
 
     def _dispatch(self, alert: Any) -> None:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
-
-from p2pdist.bencode import bencode
-from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import TrackedHash
 from p2pdist.tracker.peers import Peer
 from p2pdist.tracker.state import STATE, TrackerState
+
+from p2pdist.bencode import bencode
+from p2pdist.ref import ModelRef
 
 EVENTS = ("", "started", "completed", "stopped", "paused")
 MAX_SCRAPE_HASHES = 100
@@ -114,7 +114,9 @@ def _hash20(params: dict[str, list[bytes]], key: str) -> bytes:
     return value
 
 
-def parse_announce(params: dict[str, list[bytes]], max_numwant: int, default_numwant: int) -> Announce:
+def parse_announce(
+    params: dict[str, list[bytes]], max_numwant: int, default_numwant: int
+) -> Announce:
     """Check an announce's parameters (BEP 3); raise Refusal with the first problem found."""
     info_hash = _hash20(params, "info_hash")
     peer_id = _hash20(params, "peer_id")
@@ -262,4 +264,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/scrape/{passkey}", scrape, name="scrape_passkey")
 
 
-__all__ = ["Announce", "Refusal", "add_routes", "announce", "parse_announce", "parse_query", "scrape"]
+__all__ = [
+    "Announce",
+    "Refusal",
+    "add_routes",
+    "announce",
+    "parse_announce",
+    "parse_query",
+    "scrape",
+]

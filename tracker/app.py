@@ -14,11 +14,8 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-
 from p2pdist.tracker import announce, registry, status
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
-
-_JSON_BODY_SLACK = 1024 * 1024
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -52,7 +49,7 @@ async def _wake_long_polls(app: web.Application) -> None:
 def create_app(settings: TrackerSettings, state: TrackerState | None = None) -> web.Application:
     """Build the tracker application; nothing is opened until the app starts."""
     app = web.Application(
-        client_max_size=settings.max_body + _JSON_BODY_SLACK,
+        client_max_size=settings.max_body,
         middlewares=[registry.json_errors],
     )
     app[STATE] = state or TrackerState(settings)

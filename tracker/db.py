@@ -246,7 +246,9 @@ class Database:
         ).fetchone()
         return None if row is None else VersionInfo(*row)
 
-    def blob(self, model: str, version: str, what: Literal["manifest", "torrent", "delta"]) -> bytes:
+    def blob(
+        self, model: str, version: str, what: Literal["manifest", "torrent", "delta"]
+    ) -> bytes:
         """The manifest, full torrent or delta torrent of a version, exactly as published."""
         column = {"manifest": "manifest", "torrent": "torrent", "delta": "delta_torrent"}[what]
         row = self._conn.execute(
@@ -299,9 +301,14 @@ class Database:
                     f"{new.model}@{new.version} is already published with other bytes; "
                     "versions are immutable: publish a new version"
                 )
-            if new.parent is not None and conn.execute(
-                "SELECT 1 FROM versions WHERE model = ? AND version = ?", (new.model, new.parent)
-            ).fetchone() is None:
+            if (
+                new.parent is not None
+                and conn.execute(
+                    "SELECT 1 FROM versions WHERE model = ? AND version = ?",
+                    (new.model, new.parent),
+                ).fetchone()
+                is None
+            ):
                 raise NotFoundError(
                     f"{new.model}@{new.version}: parent version {new.parent} is not published; "
                     "publish it first"

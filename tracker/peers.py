@@ -196,4 +196,11 @@ class MemoryPeerStore:
             del self._swarms[info_hash]
 
 
-__all__ = ["MAX_PEERS_PER_SWARM", "MemoryPeerStore", "Peer", "PeerSample", "PeerStore", "SwarmCounts"]
+__all__ = [
+    "MAX_PEERS_PER_SWARM",
+    "MemoryPeerStore",
+    "Peer",
+    "PeerSample",
+    "PeerStore",
+    "SwarmCounts",
+]

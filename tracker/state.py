@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
+from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
 
 from p2pdist.errors import (
     AuthError,
@@ -28,8 +30,6 @@ from p2pdist.errors import (
     P2PDistError,
     RefError,
 )
-from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
-from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
 
 T = TypeVar("T")
 
@@ -223,4 +223,12 @@ class TrackerState:
 
 STATE: web.AppKey[TrackerState] = web.AppKey("state", TrackerState)
 
-__all__ = ["MAX_WAIT", "STATE", "ApiError", "Metrics", "TrackerSettings", "TrackerState", "api_error"]
+__all__ = [
+    "MAX_WAIT",
+    "STATE",
+    "ApiError",
+    "Metrics",
+    "TrackerSettings",
+    "TrackerState",
+    "api_error",
+]

@@ -10,7 +10,6 @@ import html
 from datetime import datetime, timezone
 
 from aiohttp import web
-
 from p2pdist.tracker.db import Database, ModelInfo, VersionInfo
 from p2pdist.tracker.peers import SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerState

@@ -1,0 +1,111 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2pdist.manifest import Manifest
+from p2pdist.store import Store
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pdist.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_help_lists_commands(p2p_home: Path) -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("keygen", "ls", "info", "verify", "gc", "publish", "fetch", "seed", "trust"):
+        assert command in result.stdout
+
+
+def test_keygen_then_refuses_to_overwrite(p2p_home: Path) -> None:
+    first = run("keygen")
+    assert first.returncode == 0, first.stderr
+    assert "Public key:" in first.stdout
+    again = run("keygen")
+    assert again.returncode == 1
+    assert again.stderr.strip().count("\n") == 0
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_ls_info_verify_on_a_stored_version(p2p_home: Path, stored_version: Manifest) -> None:
+    listing = run("ls", "--json")
+    assert listing.returncode == 0, listing.stderr
+    refs = [v["ref"] for v in json.loads(listing.stdout)["versions"]]
+    assert refs == ["org/model@v1"]
+    info = run("info", "org/model@latest", "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["full_bytes"] == stored_version.total_size
+    assert data["delta_bytes"] is None
+    assert len(data["files"]) == len(stored_version.files)
+    human = run("info", "org/model@v1")
+    assert "publisher key" in human.stdout
+    ok = run("verify", "org/model@v1")
+    assert ok.returncode == 0 and ok.stdout.startswith("OK org/model@v1")
+
+
+def test_verify_reports_a_tampered_file_in_one_line(
+    p2p_home: Path, stored_version: Manifest
+) -> None:
+    store = Store(p2p_home)
+    blob = store.blob_path(stored_version.file("model.safetensors").blake3)
+    raw = bytearray(blob.read_bytes())
+    raw[-1] ^= 1
+    blob.write_bytes(bytes(raw))
+    result = run("verify", "org/model@v1")
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith("Error: model.safetensors: blake3")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (("info", "Bad Ref@@"), 1, "name@v3"),
+        (("info", "org/model@v7"), 1, "p2pdist fetch org/model@v7"),
+        (("verify", "nothing@latest"), 1, "no version of nothing"),
+        (("trust", "m", "zz"), 1, "public key"),
+        (("info",), 2, "Missing argument"),
+        (("frobnicate",), 2, "No such command"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(
+    p2p_home: Path, args: tuple[str, ...], code: int, needle: str
+) -> None:
+    result = run(*args)
+    assert result.returncode == code, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gc_reports_freed_blobs(p2p_home: Path, stored_version: Manifest) -> None:
+    store = Store(p2p_home)
+    (store.blobs_dir / ("e" * 64)).write_bytes(b"x" * 2048)
+    result = run("gc")
+    assert result.returncode == 0
+    assert "Removed 1 unreferenced blobs (2.0 KiB)" in result.stdout
+    assert run("verify", "org/model@v1").returncode == 0
+
+
+def test_fetch_with_tracker_down_is_a_clear_error(p2p_home: Path) -> None:
+    from .conftest import free_port
+
+    result = run("fetch", "org/model@v1", "--tracker", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "not reachable" in result.stderr and "p2pdist tracker serve" in result.stderr
+    assert "Traceback" not in result.stderr
