@@ -58,3 +58,17 @@ def seed_all(store: Store, *, swarm: Any = None) -> list[Any]:
         for manifest in store.versions(name):
             transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
     return transfers
+
+
+def unseed_version(store: Store, name: str, version: str, *, swarm: Any = None) -> None:
+    """Stop seeding a version's torrents in this process (if they are seeded)."""
+    from p2pdist.torrent import read_torrent
+
+    swarm = swarm or process_swarm()
+    for kind in ("full", "delta"):
+        data = store.torrent(name, version, kind) if store.has(name, version) else None
+        if data is None:
+            continue
+        transfer = swarm.transfer(read_torrent(data).info_hash)
+        if transfer is not None:
+            transfer.stop()

@@ -106,7 +106,7 @@ class _Torrent:
         self.resume_writes = 0
         self.removed = False
         self.web_endpoints: set[tuple[str, int]] = set()
-        self.web_bytes = 0
+        self.peer_bytes = 0
         self.storage_size = meta.total_size
 
     def block_length(self, piece: int, block: int) -> int:
@@ -343,16 +343,21 @@ class Swarm:
             self._save_and_remove(state)
             raise
         status = handle.status()
-        with self._cond:
-            cycle = self._cycles  # let the alert thread dispatch what came before the finish
-            while self._cycles < cycle + 2 and not self._closed:
-                self._cond.wait(UPDATE_INTERVAL)
-            from_web = state.web_bytes
+        downloaded = int(status.total_payload_download)
+        from_peers = downloaded
+        if web_seeds:
+            # libtorrent does not post block alerts for every web seed block (those that
+            # span files go missing), so count the blocks from BitTorrent peers instead.
+            with self._cond:
+                cycle = self._cycles  # let the alert thread dispatch what came before
+                while self._cycles < cycle + 2 and not self._closed:
+                    self._cond.wait(UPDATE_INTERVAL)
+                from_peers = min(downloaded, state.peer_bytes)
         result = TransferResult(
             seconds=time.monotonic() - started,
             total_bytes=meta.total_size,
-            bytes_from_peers=max(0, int(status.total_payload_download) - from_web),
-            bytes_from_web_seeds=from_web,
+            bytes_from_peers=from_peers,
+            bytes_from_web_seeds=downloaded - from_peers,
             hash_failures=state.hash_failures,
             bytes_uploaded=int(status.total_payload_upload),
             info_hash=meta.info_hash,
@@ -509,8 +514,8 @@ class Swarm:
         if state is None:
             return
         if isinstance(alert, lt.block_finished_alert):
-            if state.web_endpoints and tuple(alert.endpoint) in state.web_endpoints:
-                state.web_bytes += state.block_length(alert.piece_index, alert.block_index)
+            if state.web_endpoints and tuple(alert.endpoint) not in state.web_endpoints:
+                state.peer_bytes += state.block_length(alert.piece_index, alert.block_index)
         elif isinstance(alert, lt.hash_failed_alert):
             state.hash_failures += 1
         elif isinstance(alert, lt.torrent_finished_alert):

@@ -1,0 +1,168 @@
+"""Following ``name@latest``: fetch every new version as it is published, by delta, in order.
+
+This is the weight-sync loop of reinforcement learning and of inference fleets that swap
+weights without restarting: the registry's long-poll (``/latest?after=V&wait=S``) wakes the
+follower the moment a version is published; the follower fetches each version it has not
+seen, oldest first (each one a small delta from the previous), and hands it to a callback.
+A tracker that goes away is waited for, with backoff, not treated as the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pdist.errors import NotFoundError, TrackerError
+from p2pdist.fetch import Fetcher, FetchResult
+from p2pdist.ref import parse_ref
+
+log = logging.getLogger(__name__)
+
+LONG_POLL_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Update:
+    """One new version, fetched and verified: where it is and how it came."""
+
+    name: str
+    version: str
+    path: Path
+    result: FetchResult
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def load(self, **kwargs: Any) -> dict[str, Any]:
+        """The version's tensors (``p2pdist.load`` options: device, dtype, verify)."""
+        from p2pdist.loader import load_folder
+
+        return load_folder(self.path, self.result.manifest, **kwargs)
+
+
+class Follower:
+    """A background thread that follows one model; ``stop()`` ends it, ``join()`` waits."""
+
+    def __init__(
+        self,
+        ref: str,
+        on_update: Callable[[Update], None],
+        *,
+        fetcher: Fetcher,
+        seed: bool = True,
+        poll_seconds: float = LONG_POLL_SECONDS,
+        start_after: str | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        parsed = parse_ref(ref)
+        self.name = parsed.name
+        self.fetcher = fetcher
+        self.on_update = on_update
+        self.on_error = on_error
+        self.seed = seed
+        self.poll_seconds = poll_seconds
+        self.current: str | None = start_after
+        self.updates = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"p2pdist-follow-{self.name}", daemon=True
+        )
+
+    def start(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def run_forever(self) -> None:
+        """Follow in the calling thread until ``stop()`` (or Ctrl-C)."""
+        self._run()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                newest = self.fetcher.client.wait_for_newer(
+                    self.name, self.current, self.poll_seconds
+                )
+                backoff = 0.5
+                if newest is not None and newest != self.current:
+                    self._catch_up()
+            except (TrackerError, NotFoundError) as e:
+                log.warning("follow %s: %s; retrying in %.1f s", self.name, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            except BaseException as e:  # surfaced to the caller, never swallowed
+                self.error = e
+                if self.on_error is not None:
+                    self.on_error(e)
+                log.error("follow %s stopped: %s", self.name, e)
+                return
+
+    def _catch_up(self) -> None:
+        """Fetch every version published after ``current``, oldest first."""
+        versions = [v["version"] for v in self.fetcher.client.list_versions(self.name)]
+        if self.current in versions:
+            pending = versions[versions.index(self.current) + 1 :]
+        else:
+            pending = versions[-1:]
+        for version in pending:
+            if self._stop.is_set():
+                return
+            result = self.fetcher.fetch(f"{self.name}@{version}", seed=self.seed)
+            self.current = version
+            self.updates += 1
+            self.on_update(Update(self.name, version, result.path, result))
+
+
+def follow(
+    ref: str,
+    on_update: Callable[[Update], None],
+    *,
+    home: str | Path | None = None,
+    tracker: str | None = None,
+    token: str | None = None,
+    seed: bool = True,
+    use_web_seeds: bool = True,
+    start_after: str | None = None,
+    background: bool = True,
+    poll_seconds: float = LONG_POLL_SECONDS,
+) -> Follower:
+    """Watch ``ref``'s model and call ``on_update`` with each new version, in publish order.
+
+    The first call delivers the current latest version (unless ``start_after`` names the
+    version the caller already has); each later one arrives as a delta. With ``background``
+    (the default) a daemon thread follows and the returned Follower controls it; otherwise
+    this call follows until the Follower is stopped from another thread or Ctrl-C.
+    """
+    fetcher = Fetcher(home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds)
+    follower = Follower(
+        ref,
+        on_update,
+        fetcher=fetcher,
+        seed=seed,
+        poll_seconds=poll_seconds,
+        start_after=start_after,
+    )
+    if background:
+        return follower.start()
+    try:
+        follower.run_forever()
+    except KeyboardInterrupt:
+        follower.stop()
+    return follower

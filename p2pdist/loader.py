@@ -1,0 +1,538 @@
+"""Verified loading: one call and the weights are on the device, proven to be what was signed.
+
+``load(ref, device=...)`` resolves a reference in the store (fetching it when absent),
+checks the manifest's signature, maps every shard (``mmap``, never read whole into Python
+memory), and hands out tensors only after their file hashed to the signed blake3:
+
+- CPU: the tensors are views on a private (copy-on-write) mapping of each shard, like
+  ``safetensors.torch.load_file`` and ``torch.load(mmap=True)``; verification is one blake3
+  pass over that same mapping, which also brings the pages into memory for the tensors.
+  ``copy=True`` gives tensors that own their memory instead (one more pass over the bytes,
+  with the hash overlapped). Why zero-copy is the default: docs/LOADING.md.
+- CUDA: each shard streams through two pinned staging buffers (host copy of chunk k+1 while
+  the DMA of chunk k runs on a side stream), while another thread hashes the same mapping.
+  The device tensors are returned after the stream finished and every hash matched.
+
+``load_into(module, ref)`` checks names and shapes from the headers alone (no bytes read)
+and, in strict mode, refuses before touching the module. ``open(ref)`` is the lazy form:
+one file is verified the first time one of its tensors is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p2pdist.errors import ConfigError, FormatError, NotFoundError, TrackerError
+from p2pdist.keys import TrustStore
+from p2pdist.manifest import MANIFEST_FILENAME, FileEntry, Manifest
+from p2pdist.ref import parse_ref
+from p2pdist.shards import (
+    INDEX_FILE,
+    MAX_HEADER_SIZE,
+    SafetensorsHeader,
+    TensorSpec,
+    parse_header,
+    shard_files,
+)
+from p2pdist.store import Store
+from p2pdist.verified import (
+    RECORDS_DIR,
+    FileIdentity,
+    VerifiedRecords,
+    VerifyPolicy,
+    check_digest,
+    check_policy,
+    check_size,
+    hash_buffer,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+STAGING_BUFFERS = 2
+_CONVERTIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "F32": torch.float32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F64": torch.float64,
+}
+
+
+# -- devices ----------------------------------------------------------------------------------
+def parse_device(device: str | torch.device) -> torch.device:
+    """A concrete torch device that exists here, or ConfigError / NotFoundError saying why not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a device name ({e}); use 'cpu' or 'cuda:N'")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ConfigError(f"device {device!r}: p2pdist loads onto 'cpu' or 'cuda[:N]' only")
+    if not torch.cuda.is_available():
+        raise NotFoundError(
+            f"device {device!r} does not exist: torch sees no CUDA device here (torch "
+            f"{torch.__version__}, built with CUDA {torch.version.cuda}); load with device='cpu'"
+        )
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if not 0 <= index < count:
+        raise NotFoundError(
+            f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device("cuda", index)
+
+
+# -- chunk planning (pure) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Piece:
+    """Bytes ``[buf_offset, buf_offset+length)`` of a chunk go to ``dst_offset`` of tensor ``index``."""
+
+    index: int
+    dst_offset: int
+    buf_offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One staged copy: source bytes ``[start, end)`` of the file, split into tensor pieces."""
+
+    start: int
+    end: int
+    pieces: tuple[Piece, ...]
+
+
+def plan_chunks(ranges: Sequence[tuple[int, int]], chunk_bytes: int) -> list[Chunk]:
+    """Cut contiguous, ordered byte ranges (one per tensor) into chunks of at most chunk_bytes.
+
+    Empty ranges get no piece. Every byte of every range lands in exactly one piece, so a
+    chunk is one host copy of ``end - start`` bytes and one device copy per piece.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    chunks: list[Chunk] = []
+    nonempty = [(i, s, e) for i, (s, e) in enumerate(ranges) if e > s]
+    for (_, _, prev_end), (_, start, _) in zip(nonempty, nonempty[1:]):
+        if start != prev_end:
+            raise ValueError("ranges must be contiguous and in file order")
+    if not nonempty:
+        return chunks
+    pos, end_all = nonempty[0][1], nonempty[-1][2]
+    k = 0
+    while pos < end_all:
+        chunk_end = min(pos + chunk_bytes, end_all)
+        pieces = []
+        while k < len(nonempty) and nonempty[k][1] < chunk_end:
+            index, start, end = nonempty[k]
+            lo, hi = max(start, pos), min(end, chunk_end)
+            pieces.append(Piece(index, lo - start, lo - pos, hi - lo))
+            if end > chunk_end:
+                break
+            k += 1
+        chunks.append(Chunk(pos, chunk_end, tuple(pieces)))
+        pos = chunk_end
+    return chunks
+
+
+# -- copying --------------------------------------------------------------------------------
+class StagedCopier:
+    """Moves byte ranges of a mapping into device tensors through double-buffered staging.
+
+    On CUDA the staging buffers are pinned and the device copies run on a side stream: the
+    host copy into one buffer overlaps the DMA out of the other, and a buffer is refilled
+    only after the event recorded behind its last DMA completed. On CPU the same code runs
+    with plain buffers and no stream (the tests use that to exercise the plan and the
+    buffer rotation).
+    """
+
+    def __init__(self, device: torch.device, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.device = device
+        self.chunk_bytes = chunk_bytes
+        cuda = device.type == "cuda"
+        self.buffers = [
+            torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda)
+            for _ in range(STAGING_BUFFERS)
+        ]
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        self._events: list[Any] = [None] * STAGING_BUFFERS
+        self._turn = 0
+        self.lock = threading.Lock()
+
+    def copy(self, source: torch.Tensor, chunks: Sequence[Chunk], dsts: Sequence[torch.Tensor]) -> None:
+        """Copy ``source[chunk.start:chunk.end]`` pieces into the flat uint8 tensors ``dsts``."""
+        stream = self.stream
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+        for chunk in chunks:
+            b = self._turn
+            self._turn = (b + 1) % STAGING_BUFFERS
+            if self._events[b] is not None:
+                self._events[b].synchronize()
+            staging = self.buffers[b][: chunk.end - chunk.start]
+            staging.copy_(source[chunk.start : chunk.end])
+            if stream is None:
+                self._scatter(staging, chunk, dsts)
+                continue
+            with torch.cuda.stream(stream):
+                self._scatter(staging, chunk, dsts)
+                event = torch.cuda.Event()
+                event.record(stream)
+            self._events[b] = event
+
+    @staticmethod
+    def _scatter(staging: torch.Tensor, chunk: Chunk, dsts: Sequence[torch.Tensor]) -> None:
+        for p in chunk.pieces:
+            dst = dsts[p.index][p.dst_offset : p.dst_offset + p.length]
+            dst.copy_(staging[p.buf_offset : p.buf_offset + p.length], non_blocking=True)
+
+    def finish(self) -> None:
+        """Block until every device copy issued so far has landed."""
+        if self.stream is not None:
+            self.stream.synchronize()
+
+
+_COPIERS: dict[torch.device, StagedCopier] = {}
+_COPIERS_LOCK = threading.Lock()
+
+
+def _copier(device: torch.device) -> StagedCopier:
+    """The process's staging buffers for ``device`` (pinning memory is slow: reuse it)."""
+    with _COPIERS_LOCK:
+        copier = _COPIERS.get(device)
+        if copier is None:
+            copier = _COPIERS[device] = StagedCopier(device)
+        return copier
+
+
+def _empty_like_spec(spec: TensorSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh tensor for ``spec`` on ``device`` and its flat uint8 view."""
+    raw = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
+    return raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape), raw
+
+
+def _view(base: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A zero-copy tensor over ``spec``'s bytes of the mapping (a copy if misaligned)."""
+    dtype = TORCH_DTYPES[spec.dtype]
+    if spec.nbytes == 0:
+        return torch.empty(spec.shape, dtype=dtype)
+    raw = base[spec.start : spec.end]
+    if spec.start % dtype.itemsize:  # the mapping is page-aligned: only the offset matters
+        raw = raw.clone()
+    return raw.view(dtype).view(spec.shape)
+
+
+# -- mapped files ---------------------------------------------------------------------------
+class MappedShard:
+    """One safetensors file of a version: its entry, a private mapping, its validated header."""
+
+    def __init__(self, folder: Path, entry: FileEntry) -> None:
+        self.entry = entry
+        path = folder / entry.path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFoundError(f"{entry.path}: missing from {folder}") from None
+        try:
+            st = os.fstat(fd)
+            check_size(entry, st.st_size)
+            self.identity = FileIdentity.from_stat(st)
+            if st.st_size < 8:
+                raise FormatError(f"{entry.path}: not a safetensors file (shorter than 8 bytes)")
+            self.mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+        # Writable private mapping: torch.frombuffer accepts it silently, writes stay private.
+        self.base = torch.frombuffer(self.mm, dtype=torch.uint8)
+        self.verified = False
+        self._header: SafetensorsHeader | None = None
+        self.header_error: FormatError | None = None
+        size = st.st_size
+        header_size = int.from_bytes(self.mm[:8], "little")
+        raw = self.mm[: 8 + min(header_size, MAX_HEADER_SIZE, size - 8)]
+        try:
+            self._header = parse_header(raw, size, source=entry.path)
+        except FormatError as e:
+            self.header_error = e
+
+    @property
+    def header(self) -> SafetensorsHeader:
+        if self._header is None:
+            assert self.header_error is not None
+            raise self.header_error
+        return self._header
+
+    def verify(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
+        """Hash the mapping against the manifest (or trust a matching verify-once record)."""
+        if self.verified:
+            return
+        if policy == "once" and records is not None:
+            if records.matches(self.entry.blake3, self.identity):
+                self.verified = True
+                return
+        check_digest(self.entry, hash_buffer(memoryview(self.mm)))
+        if policy == "once" and records is not None:
+            records.record(self.entry.blake3, self.identity)
+        self.verified = True
+
+    def tensor(self, spec: TensorSpec) -> torch.Tensor:
+        return _view(self.base, spec)
+
+
+def _check_signature(manifest: Manifest) -> None:
+    manifest.verify_signature(trusted_key=TrustStore().get(manifest.name))
+
+
+def _open_shards(folder: Path, manifest: Manifest) -> list[MappedShard]:
+    """Map every safetensors file of the version, after checking the index file it names."""
+    folder = Path(folder)
+    known = {e.path: e for e in manifest.files}
+    if (folder / INDEX_FILE).is_file():
+        if INDEX_FILE not in known:
+            raise FormatError(f"{folder}: {INDEX_FILE} is not listed in the signed manifest")
+        data = (folder / INDEX_FILE).read_bytes()  # small JSON: verified before it is trusted
+        check_size(known[INDEX_FILE], len(data))
+        check_digest(known[INDEX_FILE], hash_buffer(data))
+    names = shard_files(folder)
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise FormatError(f"{folder}: {', '.join(missing)} not listed in the signed manifest")
+    shards = [MappedShard(folder, known[n]) for n in names]
+    seen: dict[str, str] = {}
+    for shard in shards:
+        if shard.header_error is not None:
+            continue
+        for spec in shard.header.tensors:
+            if spec.name in seen:
+                raise FormatError(
+                    f"{folder}: tensor {spec.name!r} appears in both {seen[spec.name]} and "
+                    f"{shard.entry.path}"
+                )
+            seen[spec.name] = shard.entry.path
+    return shards
+
+
+def _raise_header_errors(shards: Sequence[MappedShard], policy: VerifyPolicy, records: Any) -> None:
+    """A bad header of a file that also fails its hash is reported as the integrity error."""
+    for shard in shards:
+        if shard.header_error is not None:
+            shard.verify(policy, records)
+            raise shard.header_error
+
+
+def _convert(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or tensor.dtype == dtype or tensor.dtype not in _CONVERTIBLE:
+        return tensor
+    return tensor.to(dtype)
+
+
+# -- the core -------------------------------------------------------------------------------
+def load_folder(
+    folder: str | Path,
+    manifest: Manifest,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    verify: VerifyPolicy = "always",
+    store: Store | None = None,
+    copy: bool = False,
+    names: Collection[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load the tensors of a version folder, verified against its signed ``manifest``.
+
+    ``dtype`` converts floating-point tensors (fp16, bf16, fp32, fp64) only; integer, bool
+    and fp8 tensors keep their dtype. ``verify="once"`` records and trusts file identities
+    under ``store`` (without a store it hashes every time). ``copy`` (CPU only) returns
+    tensors that own their memory instead of views on the mapping. ``names`` restricts the
+    result (every file is still verified whole: a hash covers a file).
+    """
+    dev = parse_device(device)
+    policy = check_policy(verify)
+    _check_signature(manifest)
+    records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
+    shards = _open_shards(Path(folder), manifest)
+    _raise_header_errors(shards, policy, records)
+    wanted = None if names is None else set(names)
+    if dev.type == "cpu" and not copy:
+        for shard in shards:
+            shard.verify(policy, records)
+        return {
+            spec.name: _convert(shard.tensor(spec), dtype)
+            for shard in shards
+            for spec in shard.header.tensors
+            if wanted is None or spec.name in wanted
+        }
+    return _load_copied(shards, dev, dtype, policy, records, wanted)
+
+
+def _load_copied(
+    shards: Sequence[MappedShard],
+    dev: torch.device,
+    dtype: torch.dtype | None,
+    policy: VerifyPolicy,
+    records: VerifiedRecords | None,
+    wanted: set[str] | None,
+) -> dict[str, torch.Tensor]:
+    """Copy to ``dev`` (through staging on CUDA) while a thread hashes the same mappings."""
+    out: dict[str, torch.Tensor] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-verify") as pool:
+        hashes: list[Future[None]] = [pool.submit(s.verify, policy, records) for s in shards]
+        try:
+            if dev.type == "cuda":
+                copier = _copier(dev)
+                with copier.lock:
+                    for shard in shards:
+                        out.update(_stage_shard(copier, shard, dev, wanted))
+                    copier.finish()
+            else:
+                for shard in shards:
+                    for spec in shard.header.tensors:
+                        if wanted is None or spec.name in wanted:
+                            tensor, raw = _empty_like_spec(spec, dev)
+                            raw.copy_(shard.base[spec.start : spec.end])
+                            out[spec.name] = tensor
+        finally:
+            for future in hashes:  # the first IntegrityError wins; nothing is handed out
+                future.result()
+    return {name: _convert(t, dtype) for name, t in out.items()}
+
+
+def _stage_shard(
+    copier: StagedCopier, shard: MappedShard, dev: torch.device, wanted: set[str] | None
+) -> dict[str, torch.Tensor]:
+    specs = [s for s in shard.header.tensors if wanted is None or s.name in wanted]
+    out: dict[str, torch.Tensor] = {}
+    raws: list[torch.Tensor] = []
+    for spec in specs:
+        tensor, raw = _empty_like_spec(spec, dev)
+        out[spec.name] = tensor
+        raws.append(raw)
+    # Each run of adjacent wanted tensors is one contiguous range of the file.
+    run: list[int] = []
+    for i, spec in enumerate(specs):
+        if run and specs[run[-1]].end != spec.start:
+            _stage_run(copier, shard, specs, raws, run)
+            run = []
+        run.append(i)
+    if run:
+        _stage_run(copier, shard, specs, raws, run)
+    return out
+
+
+def _stage_run(
+    copier: StagedCopier,
+    shard: MappedShard,
+    specs: Sequence[TensorSpec],
+    raws: Sequence[torch.Tensor],
+    run: Sequence[int],
+) -> None:
+    chunks = plan_chunks([(specs[i].start, specs[i].end) for i in run], copier.chunk_bytes)
+    copier.copy(shard.base, chunks, [raws[i] for i in run])
+
+
+# -- references -----------------------------------------------------------------------------
+def resolve(ref: str, *, home: str | Path | None = None, fetch: bool = True) -> tuple[Path, Manifest, Store]:
+    """The version folder, manifest and store for ``ref``; fetches when asked and needed.
+
+    A concrete version already stored is used with no network at all. ``latest`` asks the
+    network (through fetch) when ``fetch`` is true, and falls back to the newest stored
+    version when fetch is off or the tracker cannot be reached.
+    """
+    mref = parse_ref(ref)
+    store = Store(home)
+    if not mref.is_latest and store.has(mref.name, mref.version):
+        return store.snapshot(mref.name, mref.version), store.manifest(mref.name, mref.version), store
+    stored_latest = store.latest(mref.name) if mref.is_latest else None
+    if not fetch:
+        if stored_latest is not None:
+            return store.snapshot(mref.name, stored_latest.version), stored_latest, store
+        raise NotFoundError(
+            f"{mref} is not in the store at {store.root}; fetch it first with "
+            f"`p2pdist fetch {mref}`, or call load(..., fetch=True)"
+        )
+    from p2pdist.fetch import fetch as fetch_version
+
+    try:
+        path = Path(fetch_version(str(mref), home=store.root))
+    except TrackerError as e:
+        if stored_latest is None:
+            raise
+        log.warning("%s; using the newest stored version %s", e, stored_latest.version)
+        return store.snapshot(mref.name, stored_latest.version), stored_latest, store
+    for candidate in (path.parent / MANIFEST_FILENAME, path / MANIFEST_FILENAME):
+        if candidate.is_file():
+            return path, Manifest.read(candidate), store
+    raise NotFoundError(f"{path}: fetched, but no {MANIFEST_FILENAME} beside it")
+
+
+def _seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threading.Thread:
+    """Start seeding the version from this process, off the caller's path."""
+
+    def run() -> None:
+        try:
+            torrent = store.torrent(manifest.name, manifest.version)
+            if torrent is None:
+                log.warning(
+                    "%s@%s has no torrent in the store; not seeding it", manifest.name, manifest.version
+                )
+                return
+            from p2pdist.swarm import get_swarm
+
+            get_swarm().seed(torrent, folder)
+        except Exception as e:  # seeding is a courtesy: never fail the load for it
+            log.warning("cannot seed %s@%s: %s", manifest.name, manifest.version, e)
+
+    thread = threading.Thread(target=run, name="p2pdist-seed", daemon=True)
+    thread.start()
+    return thread
+
+
+def load(
+    ref: str,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    verify: VerifyPolicy = "always",
+    seed: bool = False,
+    home: str | Path | None = None,
+    fetch: bool = True,
+    copy: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every tensor of ``ref`` on ``device``, verified against the signed manifest.
+
+    ``seed=True`` keeps serving the version to other hosts from a background thread, started
+    after the tensors are handed over. See ``load_folder`` for ``dtype``, ``verify``, ``copy``.
+    """
+    dev = parse_device(device)
+    check_policy(verify)
+    folder, manifest, store = resolve(ref, home=home, fetch=fetch)
+    tensors = load_folder(
+        folder, manifest, device=dev, dtype=dtype, verify=verify, store=store, copy=copy
+    )
+    if seed:
+        _seed_in_background(store, manifest, folder)
+    return tensors
