@@ -1,0 +1,91 @@
+"""p2pdist: peer-to-peer model weight distribution.
+
+The public surface::
+
+    p2pdist.fetch("org/gpt@v3") -> Path              # verified, into the local store
+    p2pdist.load("org/gpt@latest", device="cuda")    # dict of tensors, verified
+    p2pdist.load_into(module, "org/gpt@v3")          # strict by default
+    p2pdist.open("org/gpt@v3")                       # lazy per-tensor access
+    p2pdist.follow("org/gpt@latest", on_update)      # every new version, by delta
+    p2pdist.trainer.CheckpointPublisher("org/gpt").publish(model)
+
+Heavy modules (torch, libtorrent) load on first use, so ``import p2pdist`` and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from p2pdist.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    P2PDistError,
+    RefError,
+    SignatureError,
+    StoreError,
+    SwarmError,
+    TrackerError,
+    UnsafePathError,
+)
+from p2pdist.manifest import FileEntry, Manifest
+from p2pdist.ref import ModelRef, parse_ref
+
+if TYPE_CHECKING:
+    from p2pdist.fetch import fetch
+    from p2pdist.follow import Update, follow
+    from p2pdist.loader import load, load_into, open
+    from p2pdist.publish import publish
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fetch": "p2pdist.fetch",
+    "follow": "p2pdist.follow",
+    "Update": "p2pdist.follow",
+    "load": "p2pdist.loader",
+    "load_into": "p2pdist.loader",
+    "open": "p2pdist.loader",
+    "publish": "p2pdist.publish",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2pdist' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConflictError",
+    "FileEntry",
+    "FormatError",
+    "IntegrityError",
+    "Manifest",
+    "ModelRef",
+    "NotFoundError",
+    "P2PDistError",
+    "RefError",
+    "SignatureError",
+    "StoreError",
+    "SwarmError",
+    "TrackerError",
+    "UnsafePathError",
+    "Update",
+    "fetch",
+    "follow",
+    "load",
+    "load_into",
+    "open",
+    "parse_ref",
+    "publish",
+]

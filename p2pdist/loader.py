@@ -20,9 +20,8 @@ one file is verified the first time one of its tensors is asked for.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import mmap
-import os
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,27 +32,20 @@ from typing import Any
 import torch
 
 from p2pdist.errors import ConfigError, FormatError, NotFoundError, TrackerError
-from p2pdist.keys import TrustStore
-from p2pdist.manifest import MANIFEST_FILENAME, FileEntry, Manifest
+from p2pdist.manifest import MANIFEST_FILENAME, Manifest
 from p2pdist.ref import parse_ref
-from p2pdist.shards import (
-    INDEX_FILE,
-    MAX_HEADER_SIZE,
-    SafetensorsHeader,
-    TensorSpec,
-    parse_header,
-    shard_files,
-)
+from p2pdist.shards import TensorSpec
 from p2pdist.store import Store
 from p2pdist.verified import (
     RECORDS_DIR,
-    FileIdentity,
+    TORCH_DTYPES,
+    MappedShard,
     VerifiedRecords,
     VerifyPolicy,
-    check_digest,
     check_policy,
-    check_size,
-    hash_buffer,
+    check_signature,
+    open_shards,
+    raise_header_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -62,24 +54,6 @@ DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 STAGING_BUFFERS = 2
 _CONVERTIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I16": torch.int16,
-    "U16": torch.uint16,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I32": torch.int32,
-    "U32": torch.uint32,
-    "F32": torch.float32,
-    "I64": torch.int64,
-    "U64": torch.uint64,
-    "F64": torch.float64,
-}
-
 
 # -- devices ----------------------------------------------------------------------------------
 def parse_device(device: str | torch.device) -> torch.device:
@@ -87,7 +61,9 @@ def parse_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device {device!r} is not a device name ({e}); use 'cpu' or 'cuda:N'")
+        raise ConfigError(
+            f"device {device!r} is not a device name ({e}); use 'cpu' or 'cuda:N'"
+        ) from None
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type != "cuda":
@@ -137,7 +113,7 @@ def plan_chunks(ranges: Sequence[tuple[int, int]], chunk_bytes: int) -> list[Chu
         raise ValueError("chunk_bytes must be positive")
     chunks: list[Chunk] = []
     nonempty = [(i, s, e) for i, (s, e) in enumerate(ranges) if e > s]
-    for (_, _, prev_end), (_, start, _) in zip(nonempty, nonempty[1:]):
+    for (_, _, prev_end), (_, start, _) in itertools.pairwise(nonempty):
         if start != prev_end:
             raise ValueError("ranges must be contiguous and in file order")
     if not nonempty:
@@ -183,7 +159,9 @@ class StagedCopier:
         self._turn = 0
         self.lock = threading.Lock()
 
-    def copy(self, source: torch.Tensor, chunks: Sequence[Chunk], dsts: Sequence[torch.Tensor]) -> None:
+    def copy(
+        self, source: torch.Tensor, chunks: Sequence[Chunk], dsts: Sequence[torch.Tensor]
+    ) -> None:
         """Copy ``source[chunk.start:chunk.end]`` pieces into the flat uint8 tensors ``dsts``."""
         stream = self.stream
         if stream is not None:
@@ -235,115 +213,6 @@ def _empty_like_spec(spec: TensorSpec, device: torch.device) -> tuple[torch.Tens
     return raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape), raw
 
 
-def _view(base: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
-    """A zero-copy tensor over ``spec``'s bytes of the mapping (a copy if misaligned)."""
-    dtype = TORCH_DTYPES[spec.dtype]
-    if spec.nbytes == 0:
-        return torch.empty(spec.shape, dtype=dtype)
-    raw = base[spec.start : spec.end]
-    if spec.start % dtype.itemsize:  # the mapping is page-aligned: only the offset matters
-        raw = raw.clone()
-    return raw.view(dtype).view(spec.shape)
-
-
-# -- mapped files ---------------------------------------------------------------------------
-class MappedShard:
-    """One safetensors file of a version: its entry, a private mapping, its validated header."""
-
-    def __init__(self, folder: Path, entry: FileEntry) -> None:
-        self.entry = entry
-        path = folder / entry.path
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFoundError(f"{entry.path}: missing from {folder}") from None
-        try:
-            st = os.fstat(fd)
-            check_size(entry, st.st_size)
-            self.identity = FileIdentity.from_stat(st)
-            if st.st_size < 8:
-                raise FormatError(f"{entry.path}: not a safetensors file (shorter than 8 bytes)")
-            self.mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY)
-        finally:
-            os.close(fd)
-        # Writable private mapping: torch.frombuffer accepts it silently, writes stay private.
-        self.base = torch.frombuffer(self.mm, dtype=torch.uint8)
-        self.verified = False
-        self._header: SafetensorsHeader | None = None
-        self.header_error: FormatError | None = None
-        size = st.st_size
-        header_size = int.from_bytes(self.mm[:8], "little")
-        raw = self.mm[: 8 + min(header_size, MAX_HEADER_SIZE, size - 8)]
-        try:
-            self._header = parse_header(raw, size, source=entry.path)
-        except FormatError as e:
-            self.header_error = e
-
-    @property
-    def header(self) -> SafetensorsHeader:
-        if self._header is None:
-            assert self.header_error is not None
-            raise self.header_error
-        return self._header
-
-    def verify(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
-        """Hash the mapping against the manifest (or trust a matching verify-once record)."""
-        if self.verified:
-            return
-        if policy == "once" and records is not None:
-            if records.matches(self.entry.blake3, self.identity):
-                self.verified = True
-                return
-        check_digest(self.entry, hash_buffer(memoryview(self.mm)))
-        if policy == "once" and records is not None:
-            records.record(self.entry.blake3, self.identity)
-        self.verified = True
-
-    def tensor(self, spec: TensorSpec) -> torch.Tensor:
-        return _view(self.base, spec)
-
-
-def _check_signature(manifest: Manifest) -> None:
-    manifest.verify_signature(trusted_key=TrustStore().get(manifest.name))
-
-
-def _open_shards(folder: Path, manifest: Manifest) -> list[MappedShard]:
-    """Map every safetensors file of the version, after checking the index file it names."""
-    folder = Path(folder)
-    known = {e.path: e for e in manifest.files}
-    if (folder / INDEX_FILE).is_file():
-        if INDEX_FILE not in known:
-            raise FormatError(f"{folder}: {INDEX_FILE} is not listed in the signed manifest")
-        data = (folder / INDEX_FILE).read_bytes()  # small JSON: verified before it is trusted
-        check_size(known[INDEX_FILE], len(data))
-        check_digest(known[INDEX_FILE], hash_buffer(data))
-    names = shard_files(folder)
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise FormatError(f"{folder}: {', '.join(missing)} not listed in the signed manifest")
-    shards = [MappedShard(folder, known[n]) for n in names]
-    seen: dict[str, str] = {}
-    for shard in shards:
-        if shard.header_error is not None:
-            continue
-        for spec in shard.header.tensors:
-            if spec.name in seen:
-                raise FormatError(
-                    f"{folder}: tensor {spec.name!r} appears in both {seen[spec.name]} and "
-                    f"{shard.entry.path}"
-                )
-            seen[spec.name] = shard.entry.path
-    return shards
-
-
-def _raise_header_errors(shards: Sequence[MappedShard], policy: VerifyPolicy, records: Any) -> None:
-    """A bad header of a file that also fails its hash is reported as the integrity error."""
-    for shard in shards:
-        if shard.header_error is not None:
-            shard.verify(policy, records)
-            raise shard.header_error
-
-
 def _convert(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is None or tensor.dtype == dtype or tensor.dtype not in _CONVERTIBLE:
         return tensor
@@ -372,10 +241,10 @@ def load_folder(
     """
     dev = parse_device(device)
     policy = check_policy(verify)
-    _check_signature(manifest)
+    check_signature(manifest)
     records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
-    shards = _open_shards(Path(folder), manifest)
-    _raise_header_errors(shards, policy, records)
+    shards = open_shards(Path(folder), manifest)
+    raise_header_errors(shards, policy, records)
     wanted = None if names is None else set(names)
     if dev.type == "cpu" and not copy:
         for shard in shards:
@@ -396,14 +265,19 @@ def _load_copied(
     policy: VerifyPolicy,
     records: VerifiedRecords | None,
     wanted: set[str] | None,
+    copier: StagedCopier | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Copy to ``dev`` (through staging on CUDA) while a thread hashes the same mappings."""
+    """Copy to ``dev`` while a thread hashes the same mappings; hand out after both finish.
+
+    CUDA goes through the staged copier (``copier`` lets the tests drive it on the CPU).
+    """
     out: dict[str, torch.Tensor] = {}
+    if copier is None and dev.type == "cuda":
+        copier = _copier(dev)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-verify") as pool:
         hashes: list[Future[None]] = [pool.submit(s.verify, policy, records) for s in shards]
         try:
-            if dev.type == "cuda":
-                copier = _copier(dev)
+            if copier is not None:
                 with copier.lock:
                     for shard in shards:
                         out.update(_stage_shard(copier, shard, dev, wanted))
@@ -455,7 +329,9 @@ def _stage_run(
 
 
 # -- references -----------------------------------------------------------------------------
-def resolve(ref: str, *, home: str | Path | None = None, fetch: bool = True) -> tuple[Path, Manifest, Store]:
+def resolve(
+    ref: str, *, home: str | Path | None = None, fetch: bool = True
+) -> tuple[Path, Manifest, Store]:
     """The version folder, manifest and store for ``ref``; fetches when asked and needed.
 
     A concrete version already stored is used with no network at all. ``latest`` asks the
@@ -465,7 +341,11 @@ def resolve(ref: str, *, home: str | Path | None = None, fetch: bool = True) -> 
     mref = parse_ref(ref)
     store = Store(home)
     if not mref.is_latest and store.has(mref.name, mref.version):
-        return store.snapshot(mref.name, mref.version), store.manifest(mref.name, mref.version), store
+        return (
+            store.snapshot(mref.name, mref.version),
+            store.manifest(mref.name, mref.version),
+            store,
+        )
     stored_latest = store.latest(mref.name) if mref.is_latest else None
     if not fetch:
         if stored_latest is not None:
@@ -497,7 +377,9 @@ def _seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threa
             torrent = store.torrent(manifest.name, manifest.version)
             if torrent is None:
                 log.warning(
-                    "%s@%s has no torrent in the store; not seeding it", manifest.name, manifest.version
+                    "%s@%s has no torrent in the store; not seeding it",
+                    manifest.name,
+                    manifest.version,
                 )
                 return
             from p2pdist.swarm import get_swarm
@@ -536,3 +418,236 @@ def load(
     if seed:
         _seed_in_background(store, manifest, folder)
     return tensors
+
+
+# -- into a module --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A tensor whose stored shape differs from the module's."""
+
+    name: str
+    expected: tuple[int, ...]
+    found: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How a stored state dict fits a module: what loaded, what is missing or left over."""
+
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    mismatched: tuple[ShapeMismatch, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.loaded)} tensors fit"]
+        if self.missing:
+            lines.append(
+                f"missing from the version ({len(self.missing)}): {', '.join(self.missing)}"
+            )
+        if self.unexpected:
+            lines.append(
+                f"not in the module ({len(self.unexpected)}): {', '.join(self.unexpected)}"
+            )
+        for m in self.mismatched:
+            lines.append(f"shape of {m.name}: module {list(m.expected)}, version {list(m.found)}")
+        return "; ".join(lines)
+
+
+class StateDictMismatchError(FormatError):
+    """A version whose tensors do not fit the module (strict ``load_into``); ``.report`` says how."""
+
+    def __init__(self, message: str, report: LoadReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _module_device(module: torch.nn.Module) -> str:
+    devices = {t.device for t in module.state_dict().values()}
+    return str(devices.pop()) if len(devices) == 1 else "cpu"
+
+
+def fit_report(targets: Mapping[str, torch.Tensor], specs: Mapping[str, TensorSpec]) -> LoadReport:
+    """Compare a module's state dict with stored tensor specs (names and shapes only).
+
+    A name the version lacks is not missing when it shares its tensor with one the version
+    has (tied weights such as GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``).
+    """
+    provided = {id(targets[n]) for n in targets if n in specs}
+    loaded, missing, mismatched = [], [], []
+    for name, target in targets.items():
+        spec = specs.get(name)
+        if spec is None:
+            if id(target) not in provided:
+                missing.append(name)
+        elif tuple(target.shape) != spec.shape:
+            mismatched.append(ShapeMismatch(name, tuple(target.shape), spec.shape))
+        else:
+            loaded.append(name)
+    unexpected = sorted(set(specs) - set(targets))
+    return LoadReport(tuple(loaded), tuple(sorted(missing)), tuple(unexpected), tuple(mismatched))
+
+
+def load_into(
+    module: torch.nn.Module, ref: str, *, strict: bool = True, **load_kwargs: Any
+) -> LoadReport:
+    """Load ``ref`` into ``module``'s parameters and buffers (in place); return the report.
+
+    Names and shapes are checked from the headers before any tensor bytes are read. Strict
+    mode raises StateDictMismatchError on any missing, unexpected or mismatched tensor and
+    leaves the module untouched; otherwise the tensors that fit are copied and the rest is
+    in the report. Values are cast to the module's dtypes; ``device`` defaults to the
+    module's device. Other keywords go to ``load``.
+    """
+    load_kwargs.setdefault("device", _module_device(module))
+    targets = module.state_dict(keep_vars=True)
+    with open(ref, **load_kwargs) as reader:
+        report = fit_report(targets, {n: reader.spec(n) for n in reader.keys()})
+        if strict and not report.ok:
+            raise StateDictMismatchError(
+                f"{ref} does not fit {type(module).__name__}: {report}; nothing was loaded "
+                "(pass strict=False to load what fits)",
+                report,
+            )
+        tensors = reader.load(report.loaded)
+    with torch.no_grad():
+        for name in report.loaded:
+            targets[name].copy_(tensors[name])
+    return report
+
+
+# -- lazy -----------------------------------------------------------------------------------
+class VerifiedReader:
+    """Lazy, per-tensor access to a version; each file is verified before its first tensor.
+
+    A context manager; ``keys()``, ``spec(name)``, ``metadata``, ``reader[name]``, and
+    ``load(names)`` for many tensors at once through the same path as ``load``.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        manifest: Manifest,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        verify: VerifyPolicy = "always",
+        store: Store | None = None,
+        copy: bool = False,
+    ) -> None:
+        self.device = parse_device(device)
+        self.dtype = dtype
+        self.policy = check_policy(verify)
+        self.copy = copy
+        self.folder = Path(folder)
+        self.manifest = manifest
+        check_signature(manifest)
+        self.records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
+        self._shards = open_shards(self.folder, manifest)
+        raise_header_errors(self._shards, self.policy, self.records)
+        self._where: dict[str, tuple[MappedShard, TensorSpec]] = {
+            spec.name: (shard, spec) for shard in self._shards for spec in shard.header.tensors
+        }
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` of the shards, merged (unverified until a tensor is read)."""
+        merged: dict[str, str] = {}
+        for shard in self._shards:
+            merged.update(shard.header.metadata)
+        return merged
+
+    def spec(self, name: str) -> TensorSpec:
+        return self._lookup(name)[1]
+
+    def _lookup(self, name: str) -> tuple[MappedShard, TensorSpec]:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise NotFoundError(
+                f"{self.manifest.name}@{self.manifest.version}: no tensor {name!r}"
+            ) from None
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self.load([name])[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.get_tensor(name)
+
+    def load(self, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The named tensors (all by default), each file verified first."""
+        wanted = set(self._where) if names is None else set(names)
+        for name in wanted:
+            self._lookup(name)
+        shards = [s for s in self._shards if any(t.name in wanted for t in s.header.tensors)]
+        if self.device.type == "cpu" and not self.copy:
+            for shard in shards:
+                shard.verify(self.policy, self.records)
+            return {
+                spec.name: _convert(shard.tensor(spec), self.dtype)
+                for shard in shards
+                for spec in shard.header.tensors
+                if spec.name in wanted
+            }
+        return _load_copied(shards, self.device, self.dtype, self.policy, self.records, wanted)
+
+    def close(self) -> None:
+        """Drop the mappings (tensors already handed out keep theirs alive)."""
+        self._shards = []
+        self._where = {}
+
+    def __enter__(self) -> VerifiedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(
+    ref: str, *, home: str | Path | None = None, fetch: bool = True, **kwargs: Any
+) -> VerifiedReader:
+    """A lazy reader of ``ref`` (see VerifiedReader); keywords as for ``load``."""
+    seed = kwargs.pop("seed", False)
+    if "device" in kwargs:
+        kwargs["device"] = parse_device(kwargs["device"])
+    check_policy(kwargs.get("verify", "always"))
+    folder, manifest, store = resolve(ref, home=home, fetch=fetch)
+    reader = VerifiedReader(folder, manifest, store=store, **kwargs)
+    if seed:
+        _seed_in_background(store, manifest, folder)
+    return reader
+
+
+__all__ = [
+    "Chunk",
+    "LoadReport",
+    "Piece",
+    "ShapeMismatch",
+    "StagedCopier",
+    "StateDictMismatchError",
+    "VerifiedReader",
+    "fit_report",
+    "load",
+    "load_folder",
+    "load_into",
+    "open",
+    "parse_device",
+    "plan_chunks",
+    "resolve",
+]

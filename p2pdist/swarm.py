@@ -232,7 +232,14 @@ class Swarm:
 
     # ----------------------------------------------------------------- seeding
 
-    def seed(self, torrent: bytes, root: Path, *, verify_on_start: bool = False) -> Transfer:
+    def seed(
+        self,
+        torrent: bytes,
+        root: Path,
+        *,
+        verify_on_start: bool = False,
+        super_seeding: bool = False,
+    ) -> Transfer:
         """Serve the torrent's files from root/<relative path>, whatever the torrent's name.
 
         By default the files are trusted (libtorrent's seed mode: each piece is hashed the
@@ -248,6 +255,8 @@ class Swarm:
         atp = self._params(meta, root, use_web_seeds=True, resume=None)
         if not verify_on_start:
             atp.flags |= lt.torrent_flags.seed_mode
+        if super_seeding:
+            atp.flags |= lt.torrent_flags.super_seeding
         state = self._add(atp, meta, resume_file=None)
         return Transfer(self, state)
 

@@ -1,7 +1,9 @@
-"""Proving a mapped file against its manifest entry, and the verify-once records.
+"""Proving mapped shards against their signed manifest, and the verify-once records.
 
-The loader hands out a file's tensors only after the file's bytes hashed to the blake3 the
-signed manifest lists. Two policies:
+A version's safetensors files are mapped privately (``MappedShard``): the header is parsed
+from the mapping, the blake3 is computed over the same mapping, and CPU tensors are views
+on it. The loader hands out a file's tensors only after the file's bytes hashed to the
+blake3 the signed manifest lists. Two policies:
 
 - ``always`` (default): every load re-hashes every file it reads. Costs one pass of blake3
   over the bytes (overlapped with the copy to the device); catches any change, however made.
@@ -20,18 +22,30 @@ See docs/LOADING.md for the trade-off in numbers.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import blake3
+import torch
 
 from p2pdist.digest import is_digest
-from p2pdist.errors import ConfigError, IntegrityError
-from p2pdist.manifest import FileEntry
+from p2pdist.errors import ConfigError, FormatError, IntegrityError, NotFoundError
+from p2pdist.keys import TrustStore
+from p2pdist.manifest import FileEntry, Manifest
+from p2pdist.shards import (
+    INDEX_FILE,
+    MAX_HEADER_SIZE,
+    SafetensorsHeader,
+    TensorSpec,
+    parse_header,
+    shard_files,
+)
 
 VerifyPolicy = Literal["always", "once"]
 POLICIES: tuple[str, ...] = ("always", "once")
@@ -145,13 +159,148 @@ class VerifiedRecords:
         self._path(digest).unlink(missing_ok=True)
 
 
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "F32": torch.float32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F64": torch.float64,
+}
+
+
+def tensor_view(base: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """A zero-copy tensor over ``spec``'s bytes of the mapping (a copy if misaligned)."""
+    dtype = TORCH_DTYPES[spec.dtype]
+    if spec.nbytes == 0:
+        return torch.empty(spec.shape, dtype=dtype)
+    raw = base[spec.start : spec.end]
+    if spec.start % dtype.itemsize:  # the mapping is page-aligned: only the offset matters
+        raw = raw.clone()
+    return raw.view(dtype).view(spec.shape)
+
+
+class MappedShard:
+    """One safetensors file of a version: its entry, a private mapping, its validated header."""
+
+    def __init__(self, folder: Path, entry: FileEntry) -> None:
+        self.entry = entry
+        path = folder / entry.path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFoundError(f"{entry.path}: missing from {folder}") from None
+        try:
+            st = os.fstat(fd)
+            check_size(entry, st.st_size)
+            self.identity = FileIdentity.from_stat(st)
+            if st.st_size < 8:
+                raise FormatError(f"{entry.path}: not a safetensors file (shorter than 8 bytes)")
+            self.mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+        # Writable private mapping: torch.frombuffer accepts it silently, writes stay private.
+        self.base = torch.frombuffer(self.mm, dtype=torch.uint8)
+        self.verified = False
+        self._header: SafetensorsHeader | None = None
+        self.header_error: FormatError | None = None
+        size = st.st_size
+        header_size = int.from_bytes(self.mm[:8], "little")
+        raw = self.mm[: 8 + min(header_size, MAX_HEADER_SIZE, size - 8)]
+        try:
+            self._header = parse_header(raw, size, source=entry.path)
+        except FormatError as e:
+            self.header_error = e
+
+    @property
+    def header(self) -> SafetensorsHeader:
+        if self._header is None:
+            assert self.header_error is not None
+            raise self.header_error
+        return self._header
+
+    def verify(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
+        """Hash the mapping against the manifest (or trust a matching verify-once record)."""
+        if self.verified:
+            return
+        if policy == "once" and records is not None:
+            if records.matches(self.entry.blake3, self.identity):
+                self.verified = True
+                return
+        check_digest(self.entry, hash_buffer(memoryview(self.mm)))
+        if policy == "once" and records is not None:
+            records.record(self.entry.blake3, self.identity)
+        self.verified = True
+
+    def tensor(self, spec: TensorSpec) -> torch.Tensor:
+        return tensor_view(self.base, spec)
+
+
+def check_signature(manifest: Manifest) -> None:
+    manifest.verify_signature(trusted_key=TrustStore().get(manifest.name))
+
+
+def open_shards(folder: Path, manifest: Manifest) -> list[MappedShard]:
+    """Map every safetensors file of the version, after checking the index file it names."""
+    folder = Path(folder)
+    known = {e.path: e for e in manifest.files}
+    if (folder / INDEX_FILE).is_file():
+        if INDEX_FILE not in known:
+            raise FormatError(f"{folder}: {INDEX_FILE} is not listed in the signed manifest")
+        check_size(known[INDEX_FILE], (folder / INDEX_FILE).stat().st_size)
+        data = (folder / INDEX_FILE).read_bytes()  # small JSON: verified before it is trusted
+        check_digest(known[INDEX_FILE], hash_buffer(data))
+    names = shard_files(folder)
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise FormatError(f"{folder}: {', '.join(missing)} not listed in the signed manifest")
+    shards = [MappedShard(folder, known[n]) for n in names]
+    seen: dict[str, str] = {}
+    for shard in shards:
+        if shard.header_error is not None:
+            continue
+        for spec in shard.header.tensors:
+            if spec.name in seen:
+                raise FormatError(
+                    f"{folder}: tensor {spec.name!r} appears in both {seen[spec.name]} and "
+                    f"{shard.entry.path}"
+                )
+            seen[spec.name] = shard.entry.path
+    return shards
+
+
+def raise_header_errors(
+    shards: Sequence[MappedShard], policy: VerifyPolicy, records: VerifiedRecords | None
+) -> None:
+    """A bad header of a file that also fails its hash is reported as the integrity error."""
+    for shard in shards:
+        if shard.header_error is not None:
+            shard.verify(policy, records)
+            raise shard.header_error
+
+
 __all__ = [
     "POLICIES",
+    "TORCH_DTYPES",
     "FileIdentity",
+    "MappedShard",
     "VerifiedRecords",
     "VerifyPolicy",
     "check_digest",
     "check_policy",
+    "check_signature",
     "check_size",
     "hash_buffer",
+    "open_shards",
+    "raise_header_errors",
+    "tensor_view",
 ]

@@ -1,34 +1,34 @@
 """Builders the tracker tests share: signed versions with real torrents, tokens, raw queries.
 
-This module holds no tests; the tracker's test modules import it (``from test_tracker_world
-import ...``; pytest puts tests/ on sys.path). Everything is real: ed25519 keys, bencoded
+This module holds no tests; the tracker's test modules import it
+(``from tests.test_tracker_world import ...``). Everything is real: ed25519 keys, bencoded
 torrents whose infohashes the manifest signs, tokens written to the tracker's SQLite file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
-import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote_from_bytes
 
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.bencode import bencode, infohashes
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef
+from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
+from tests.conftest import free_port
 
 PIECE = 16 * 1024
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_torrent(root: str, files: dict[str, bytes], announce: str = "http://x/announce") -> bytes:
@@ -145,3 +145,30 @@ def announce_query(
 
 def peer_id(n: int) -> bytes:
     return b"-PD0001-" + f"{n:012d}".encode()
+
+
+@contextlib.contextmanager
+def running_tracker(settings: TrackerSettings) -> Iterator[str]:
+    """Serve the tracker app in a thread on a free loopback port; yield its base URL."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        runner = web.AppRunner(create_app(settings), shutdown_timeout=2.0)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        box["stop"], box["loop"] = asyncio.Event(), asyncio.get_running_loop()
+        box["url"] = f"http://127.0.0.1:{port}"
+        ready.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(30), "tracker thread did not start"
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
-from p2pdist.tracker.db import TrackedHash
-from p2pdist.tracker.peers import Peer
-from p2pdist.tracker.state import STATE, TrackerState
 
 from p2pdist.bencode import bencode
 from p2pdist.ref import ModelRef
+from p2pdist.tracker.db import TrackedHash
+from p2pdist.tracker.peers import Peer
+from p2pdist.tracker.state import STATE, TrackerState
 
 EVENTS = ("", "started", "completed", "stopped", "paused")
 MAX_SCRAPE_HASHES = 100

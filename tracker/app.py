@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+
 from p2pdist.tracker import announce, registry, status
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import click
 from aiohttp import web
-from p2pdist.tracker.app import create_app
-from p2pdist.tracker.db import DB_FILENAME, Database
-from p2pdist.tracker.state import DEFAULT_INTERVAL, TrackerSettings
 
 from p2pdist import config
 from p2pdist.errors import P2PDistError
 from p2pdist.ref import validate_name
+from p2pdist.tracker.app import create_app
+from p2pdist.tracker.db import DB_FILENAME, Database
+from p2pdist.tracker.state import DEFAULT_INTERVAL, TrackerSettings
 
 
 def default_data_dir() -> Path:

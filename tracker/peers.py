@@ -12,6 +12,7 @@ Sampling is O(numwant), not O(swarm), so announces stay cheap in large swarms.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from dataclasses import dataclass, field
@@ -37,10 +38,16 @@ class Peer:
     @classmethod
     def from_address(cls, peer_id: bytes, host: str, port: int, seeder: bool) -> Peer:
         """Build a peer from a textual address; IPv4-mapped IPv6 addresses become IPv4."""
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return cls(peer_id, address.packed + port.to_bytes(2, "big"), seeder)
+        return cls(peer_id, _packed(host) + port.to_bytes(2, "big"), seeder)
+
+
+@functools.lru_cache(maxsize=65536)
+def _packed(host: str) -> bytes:
+    """The 4 or 16 address bytes of ``host`` (ValueError if it is not an IP address)."""
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.packed
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ import math
 from typing import Any, Literal
 
 from aiohttp import web
-from p2pdist.tracker.db import Database, Grant, ModelInfo, NewVersion, TrackedHash
-from p2pdist.tracker.state import MAX_WAIT, STATE, ApiError, TrackerState, api_error
 
 from p2pdist.bencode import infohashes
 from p2pdist.errors import FormatError, P2PDistError
 from p2pdist.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
+from p2pdist.tracker.db import Database, Grant, ModelInfo, NewVersion, TrackedHash
+from p2pdist.tracker.state import MAX_WAIT, STATE, ApiError, TrackerState, api_error
 
 NAME = r"{name:[^/]+(?:/[^/]+)?}"
 _PUBLISH_FIELDS = {"manifest", "torrent", "delta_torrent", "private"}

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
-from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
-from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
 
 from p2pdist.errors import (
     AuthError,
@@ -30,6 +28,8 @@ from p2pdist.errors import (
     P2PDistError,
     RefError,
 )
+from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
+from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
 
 T = TypeVar("T")
 

@@ -10,6 +10,7 @@ import html
 from datetime import datetime, timezone
 
 from aiohttp import web
+
 from p2pdist.tracker.db import Database, ModelInfo, VersionInfo
 from p2pdist.tracker.peers import SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerState
@@ -97,7 +98,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:
 h1{font-size:1.4rem;margin-bottom:.2rem} h2{font-size:1.1rem;margin:1.6rem 0 .4rem}
 .sub{color:#666;margin-top:0} table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}
-th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4} table{table-layout:fixed} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .live{color:#0a7d32;font-weight:600} .empty{color:#888}
 """
 

@@ -1,0 +1,292 @@
+"""Swarm benchmark (issue 5): N consumers of an F-byte model, every peer's upload capped at u.
+
+For each consumer count N and piece size it measures the wall time from "go" until every
+consumer holds the whole model, and compares it with, in the same run:
+
+- the fluid lower bound max(F/u_seed, N*F/(u_seed + N*u)) (the seed must send every byte once;
+  all uploads together must deliver N*F bytes), here with u_seed = u;
+- a single HTTP origin (aiohttp, same files, one token bucket of rate u shared by all
+  requests) serving the same N consumers concurrently: N*F/u in theory.
+
+Consumers run in separate processes (a few libtorrent sessions each, 2 cores cannot host 32
+processes), and find each other by direct dials: consumer i dials the seed and consumers
+0..i-1, so the swarm is a full mesh without a tracker. Every consumer keeps seeding until all
+have finished. Run:
+
+    .venv/bin/python bench/swarm.py --consumers 4 16 --size-mib 32 --rate-mb 4 \
+        --piece-kib 256 1024 4096 --json swarm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import random
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from p2pdist.swarm import Swarm
+from p2pdist.torrent import choose_piece_size, make_torrent
+
+MiB = 1024 * 1024
+LOCAL = "127.0.0.1"
+SUPER = bool(os.environ.get("SUPER"))
+
+
+def write_model(root: Path, size: int, files: int) -> list[str]:
+    """`files` shards of random bytes adding up to `size`."""
+    rng = random.Random(5)
+    names = []
+    for i in range(files):
+        part = size // files + (size % files if i == files - 1 else 0)
+        name = f"model-{i + 1:05d}-of-{files:05d}.safetensors"
+        (root / name).write_bytes(rng.randbytes(part))
+        names.append(name)
+    return names
+
+
+def consumer_process(
+    first: int,
+    count: int,
+    torrent: bytes,
+    workdir: str,
+    rate: int,
+    control: Any,
+    results: Any,
+) -> None:
+    """Host `count` consumers (sessions) with global indices first..first+count-1."""
+    swarms = [Swarm(upload_rate_limit=rate) for _ in range(count)]
+    try:
+        results.put(("ports", first, [s.listen_port for s in swarms]))
+        _, ports, seed_port = control.get()
+
+        def fetch(k: int) -> None:
+            index = first + k
+            peers = [(LOCAL, seed_port)] + [(LOCAL, ports[j]) for j in range(index)]
+            try:
+                result = swarms[k].download(
+                    torrent,
+                    Path(workdir) / f"consumer{index}",
+                    peers=peers,
+                    keep_seeding=True,
+                    stall_timeout=120,
+                )
+                results.put(("done", index, time.time(), dataclasses.asdict(result)))
+            except Exception as exc:
+                results.put(("error", index, time.time(), f"{type(exc).__name__}: {exc}"))
+
+        threads = [threading.Thread(target=fetch, args=(k,)) for k in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        control.get()  # stop: every consumer has finished
+    finally:
+        for s in swarms:
+            s.close()
+
+
+def run_swarm(
+    root: Path, files: list[str], n: int, rate: int, piece_size: int, per_process: int
+) -> dict[str, Any]:
+    """One swarm run; returns the wall time and the traffic split."""
+    meta = make_torrent(root, files, name="bench-model", piece_size=piece_size)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    workdir = tempfile.mkdtemp(prefix="p2pdist-bench-")
+    procs, controls = [], []
+    try:
+        with Swarm(upload_rate_limit=rate) as seeder:
+            seed = seeder.seed(meta.data, root, super_seeding=SUPER)
+            for first in range(0, n, per_process):
+                control = ctx.Queue()
+                count = min(per_process, n - first)
+                args = (first, count, meta.data, workdir, rate, control, results)
+                proc = ctx.Process(target=consumer_process, args=args)
+                proc.start()
+                procs.append(proc)
+                controls.append(control)
+            ports = [0] * n
+            for _ in procs:
+                _, first, got = results.get(timeout=120)
+                ports[first : first + len(got)] = got
+            start = time.time()
+            for control in controls:
+                control.put(("go", ports, seeder.listen_port))
+            finished: dict[int, float] = {}
+            downloaded = 0
+            errors = []
+            while len(finished) + len(errors) < n:
+                try:
+                    kind, index, when, payload = results.get(timeout=300)
+                except queue.Empty as exc:
+                    raise SystemExit(f"consumers silent for 300 s ({len(finished)}/{n})") from exc
+                if kind == "done":
+                    finished[index] = when - start
+                    downloaded += payload["bytes_from_peers"]
+                else:
+                    errors.append(payload)
+            seed_sent = seed.uploaded_bytes()
+            for control in controls:
+                control.put(("stop",))
+            for proc in procs:
+                proc.join(60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if errors:
+        raise SystemExit(f"{len(errors)} consumer(s) failed: {errors[0]}")
+    times = sorted(finished.values())
+    return {
+        "seconds": times[-1],
+        "first_done_s": times[0],
+        "median_done_s": times[len(times) // 2],
+        "seed_copies": seed_sent / meta.total_size,
+        "overhead": downloaded / (n * meta.total_size),
+        "pieces": -(-meta.total_size // piece_size),
+    }
+
+
+class TokenBucket:
+    """`rate` bytes/s shared by every request, handed out first come first served."""
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, n: int) -> None:
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= n:
+                    self.tokens -= n
+                    return
+                await asyncio.sleep((n - self.tokens) / self.rate)
+
+
+async def http_origin(root: Path, files: list[str], n: int, rate: int, dest: Path) -> float:
+    """N concurrent clients fetch every file from one rate-capped aiohttp origin."""
+    chunk = 64 * 1024
+    bucket = TokenBucket(rate, burst=chunk)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = root / request.match_info["name"]
+        response = web.StreamResponse()
+        response.content_length = path.stat().st_size
+        await response.prepare(request)
+        with open(path, "rb") as f:
+            while data := f.read(chunk):
+                await bucket.take(len(data))
+                await response.write(data)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, LOCAL, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        folder = dest / f"client{i}"
+        folder.mkdir(parents=True)
+        for name in files:
+            async with session.get(f"http://{LOCAL}:{port}/{name}") as response:
+                response.raise_for_status()
+                with open(folder / name, "wb") as f:
+                    async for data in response.content.iter_chunked(chunk):
+                        f.write(data)
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            start = time.monotonic()
+            await asyncio.gather(*(client(i, session) for i in range(n)))
+            return time.monotonic() - start
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--consumers", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--rate-mb", type=float, default=4.0, help="upload cap per peer, MB/s")
+    parser.add_argument("--piece-kib", type=int, nargs="+", default=None)
+    parser.add_argument("--per-process", type=int, default=4, help="sessions per process")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP origin baseline")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    size, rate = args.size_mib * MiB, int(args.rate_mb * 1_000_000)
+    pieces = [k * 1024 for k in args.piece_kib] if args.piece_kib else [choose_piece_size(size)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="p2pdist-bench-model-") as tmp:
+        root = Path(tmp) / "model"
+        root.mkdir()
+        files = write_model(root, size, args.files)
+        print(
+            f"model {size / MiB:.0f} MiB in {args.files} files, upload cap u = {rate / 1e6:g} MB/s "
+            f"per peer (seed included), {os.cpu_count()} CPUs, {platform.platform()}"
+        )
+        print(
+            f"{'N':>3} {'piece':>6} {'pieces':>6} {'swarm s':>8} {'bound s':>8} {'x bound':>8} "
+            f"{'http s':>8} {'http/swarm':>10} {'seed copies':>11} {'median s':>8}"
+        )
+        for n in args.consumers:
+            bound = max(size / rate, n * size / (rate + n * rate))
+            http_s = None
+            if not args.no_http:
+                dest = Path(tmp) / f"http{n}"
+                http_s = asyncio.run(http_origin(root, files, n, rate, dest))
+                shutil.rmtree(dest)
+            for piece in pieces:
+                got = run_swarm(root, files, n, rate, piece, args.per_process)
+                row = {
+                    "consumers": n,
+                    "size_bytes": size,
+                    "rate_bytes_s": rate,
+                    "piece_bytes": piece,
+                    "bound_s": bound,
+                    "ratio_to_bound": got["seconds"] / bound,
+                    "http_s": http_s,
+                    "http_over_swarm": (http_s / got["seconds"]) if http_s else None,
+                    **got,
+                }
+                rows.append(row)
+                http_txt = f"{http_s:8.1f} {http_s / got['seconds']:10.2f}" if http_s else " " * 19
+                print(
+                    f"{n:>3} {piece // 1024:>5}K {got['pieces']:>6} {got['seconds']:8.1f} "
+                    f"{bound:8.1f} {row['ratio_to_bound']:8.2f} {http_txt} "
+                    f"{got['seed_copies']:11.2f} {got['median_done_s']:8.1f}",
+                    flush=True,
+                )
+    if args.json:
+        args.json.write_text(json.dumps({"bench": "swarm", "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Guards on the public surface (httpx's habit): __all__ sorted, complete, and importable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import p2pdist
+from p2pdist import errors
+
+
+def test_all_is_sorted_and_resolves() -> None:
+    assert p2pdist.__all__ == sorted(p2pdist.__all__)
+    for name in p2pdist.__all__:
+        assert getattr(p2pdist, name) is not None, name
+
+
+def test_every_error_is_exported_and_rooted() -> None:
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.P2PDistError)
+        assert name in p2pdist.__all__
+
+
+def test_import_is_light() -> None:
+    code = "import sys, p2pdist; print('torch' in sys.modules, 'libtorrent' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

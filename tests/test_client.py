@@ -1,0 +1,140 @@
+"""RegistryClient against a real tracker in a thread, a dead port, and servers that lie."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist.client import RegistryClient, passkey_for
+from p2pdist.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    FormatError,
+    NotFoundError,
+    SignatureError,
+    TrackerError,
+)
+from p2pdist.tracker import TrackerSettings
+from tests.conftest import free_port
+from tests.test_tracker_world import make_token, make_version, running_tracker
+
+MODEL = "acme/llm"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    data_dir = tmp_path_factory.mktemp("tracker")
+    with running_tracker(TrackerSettings(data_dir=data_dir)) as url:
+        yield url, data_dir
+
+
+def test_publish_and_read_back(world: tuple[str, Path]) -> None:
+    url, data_dir = world
+    key = Ed25519PrivateKey.generate()
+    token = make_token(data_dir, "acme")
+    client = RegistryClient(url, token=token)
+    assert client.health()
+    v1 = make_version(key, MODEL, "v1")
+    v2 = make_version(key, MODEL, "v2", parent="v1")
+    assert client.publish(v1.manifest_bytes, v1.torrent, None)["created"] is True
+    assert client.publish(v1.manifest_bytes, v1.torrent, None)["created"] is False
+    client.publish(v2.manifest_bytes, v2.torrent, v2.delta_torrent)
+    anonymous = RegistryClient(url)
+    assert {"name": MODEL, "private": False, "latest": "v2", "versions": 2} in (
+        anonymous.list_models()
+    )
+    assert [v["version"] for v in anonymous.list_versions(MODEL)] == ["v1", "v2"]
+    assert anonymous.latest(MODEL) == "v2"
+    assert anonymous.manifest_bytes(MODEL, "v2") == v2.manifest_bytes
+    assert anonymous.torrent(MODEL, "v2") == v2.torrent
+    assert anonymous.torrent(MODEL, "v2", kind="delta") == v2.delta_torrent
+    assert anonymous.wait_for_newer(MODEL, "v1", wait=5) == "v2"
+    assert anonymous.wait_for_newer(MODEL, "v2", wait=0.2) is None
+    assert anonymous.wait_for_newer(MODEL, None, wait=0) == "v2"
+
+    other = make_version(key, MODEL, "v1", content=b"different")
+    with pytest.raises(ConflictError, match="immutable"):
+        client.publish(other.manifest_bytes, other.torrent, None)
+    with pytest.raises(AuthError):
+        anonymous.publish(other.manifest_bytes, other.torrent, None)
+    intruder = make_version(Ed25519PrivateKey.generate(), MODEL, "v3", parent="v2")
+    with pytest.raises(SignatureError, match="pinned"):
+        client.publish(intruder.manifest_bytes, intruder.torrent, intruder.delta_torrent)
+    with pytest.raises(NotFoundError):
+        anonymous.manifest_bytes(MODEL, "v9")
+    with pytest.raises(NotFoundError):
+        anonymous.latest("acme/nothing")
+    with pytest.raises(FormatError):
+        client.publish(b"not json", b"", None)
+
+
+def test_private_model_and_announce_urls(world: tuple[str, Path]) -> None:
+    url, data_dir = world
+    token = make_token(data_dir, "secret")
+    client = RegistryClient(url + "/", token=token)
+    v1 = make_version(Ed25519PrivateKey.generate(), "secret/m", "v1")
+    client.publish(v1.manifest_bytes, v1.torrent, None, private=True)
+    assert client.manifest_bytes("secret/m", "v1") == v1.manifest_bytes
+    with pytest.raises(AuthError, match="private"):
+        RegistryClient(url).manifest_bytes("secret/m", "v1")
+    assert "secret/m" not in [m["name"] for m in RegistryClient(url).list_models()]
+    assert client.announce_url() == f"{url}/announce"
+    assert client.announce_url(private=True) == f"{url}/announce/{passkey_for(token)}"
+    with pytest.raises(ConfigError):
+        RegistryClient(url).announce_url(private=True)
+
+
+def test_down_tracker_is_a_clear_error() -> None:
+    client = RegistryClient(f"http://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(TrackerError, match=r"not reachable.*p2pdist tracker serve"):
+        client.list_models()
+    assert client.health() is False
+    with pytest.raises(ConfigError):
+        RegistryClient("ftp://example.org")
+
+
+class _Liar(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>I am a web server</html>" if self.path == "/v1/models" else b'{"x": 1}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_nonsense_answers_are_tracker_errors() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = RegistryClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+        with pytest.raises(TrackerError, match="not JSON"):
+            client.list_models()
+        with pytest.raises(TrackerError, match="without a version"):
+            client.latest("acme/llm")
+        with pytest.raises(TrackerError, match="bencoded"):
+            client.torrent("acme/llm", "v1")
+        assert client.health() is False
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_silent_tracker_times_out() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = RegistryClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.3)
+        with pytest.raises(TrackerError, match="not reachable"):
+            client.list_models()

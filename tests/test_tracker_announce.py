@@ -1,0 +1,258 @@
+"""The BitTorrent face (/announce, /scrape) on a real aiohttp server, and the peer store."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_from_bytes
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist.bencode import bdecode
+from p2pdist.client import passkey_for
+from p2pdist.tracker import STATE, TrackerSettings, create_app
+from p2pdist.tracker.db import DB_FILENAME, Database
+from p2pdist.tracker.peers import MemoryPeerStore, Peer
+from p2pdist.tracker.registry import check_publish
+from tests.test_tracker_world import announce_query, make_token, make_version, peer_id
+
+LOCAL = b"\x7f\x00\x00\x01"
+
+
+def _publish(data_dir: Path, name: str, version: str, private: bool = False) -> bytes:
+    """Publish straight into the database (the registry's own check included); return the v1 id."""
+    v = make_version(Ed25519PrivateKey.generate(), name, version)
+    body = v.body(private=private)
+    new = check_publish(name, version, json.dumps(body).encode())
+    db = Database(data_dir / DB_FILENAME)
+    try:
+        db.publish(new)
+    finally:
+        db.close()
+    return v.v1
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "tracker"
+
+
+@pytest.fixture
+def public_hash(data_dir: Path) -> bytes:
+    return _publish(data_dir, "acme/public", "v1")
+
+
+@pytest.fixture
+def private_hash(data_dir: Path) -> bytes:
+    return _publish(data_dir, "acme/secret", "v1", private=True)
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Any, data_dir: Path, public_hash: bytes, private_hash: bytes
+) -> Any:
+    settings = TrackerSettings(data_dir=data_dir, interval=60, max_numwant=3)
+    return await aiohttp_client(create_app(settings))
+
+
+async def get(client: Any, query: str, path: str = "/announce") -> dict[bytes, Any]:
+    r = await client.get(f"{path}?{query}")
+    assert r.status == 200
+    return bdecode(await r.read())
+
+
+async def test_peers_find_each_other(client: Any, public_hash: bytes) -> None:
+    first = await get(client, announce_query(public_hash, peer_id(1), port=7001))
+    assert first[b"peers"] == b"" and first[b"incomplete"] == 1
+    assert first[b"interval"] == 60 and 0 < first[b"min interval"] <= 60
+    second = await get(client, announce_query(public_hash, peer_id(2), port=7002, left=0))
+    assert second[b"peers"] == LOCAL + (7001).to_bytes(2, "big")
+    assert (second[b"complete"], second[b"incomplete"]) == (1, 1)
+    assert second[b"peers6"] == b""
+    # a seeder is not handed to a seeder
+    third = await get(client, announce_query(public_hash, peer_id(3), port=7003, left=0))
+    assert third[b"peers"] == LOCAL + (7001).to_bytes(2, "big")
+
+
+async def test_stopped_and_completed(client: Any, public_hash: bytes) -> None:
+    await get(client, announce_query(public_hash, peer_id(1), port=7001))
+    await get(client, announce_query(public_hash, peer_id(2), port=7002))
+    done = await get(client, announce_query(public_hash, peer_id(1), port=7001, left=0,
+                                            event="completed"))  # fmt: skip
+    assert (done[b"complete"], done[b"incomplete"], done[b"downloaded"]) == (1, 1, 1)
+    gone = await get(client, announce_query(public_hash, peer_id(2), port=7002, event="stopped"))
+    assert gone[b"peers"] == b"" and gone[b"incomplete"] == 0
+    scrape = await get(client, f"info_hash={quote_from_bytes(public_hash, safe='')}", "/scrape")
+    assert scrape[b"files"] == {public_hash: {b"complete": 1, b"incomplete": 0, b"downloaded": 1}}
+
+
+async def test_numwant_is_capped(client: Any, public_hash: bytes) -> None:
+    for n in range(6):
+        await get(client, announce_query(public_hash, peer_id(n), port=7000 + n))
+    answer = await get(client, announce_query(public_hash, peer_id(99), numwant="1000000"))
+    assert len(answer[b"peers"]) == 3 * 6
+    answer = await get(client, announce_query(public_hash, peer_id(99), numwant="0"))
+    assert answer[b"peers"] == b""
+
+
+async def test_unknown_info_hash_is_refused(client: Any) -> None:
+    answer = await get(client, announce_query(b"\x01" * 20, peer_id(1)))
+    assert b"unknown info_hash" in answer[b"failure reason"]
+
+
+def _q(h: bytes) -> str:
+    return quote_from_bytes(h, safe="")
+
+
+BAD_ANNOUNCES = {
+    "short info_hash": lambda h: announce_query(h[:19], peer_id(1)),
+    "long peer_id": lambda h: announce_query(h, peer_id(1) + b"x"),
+    "port 0": lambda h: announce_query(h, peer_id(1), port=0),
+    "port 65536": lambda h: announce_query(h, peer_id(1), port=65536),
+    "negative port": lambda h: announce_query(h, peer_id(1), port=-1),
+    "negative numwant": lambda h: announce_query(h, peer_id(1), numwant="-5"),
+    "huge numwant": lambda h: announce_query(h, peer_id(1), numwant="9" * 30),
+    "numwant not a number": lambda h: announce_query(h, peer_id(1), numwant="lots"),
+    "missing info_hash": lambda h: (
+        f"peer_id={_q(peer_id(1))}&port=1&uploaded=0&downloaded=0&left=0"
+    ),
+    "missing peer_id": lambda h: f"info_hash={_q(h)}&port=1&uploaded=0&downloaded=0&left=0",
+    "missing port": lambda h: (
+        f"info_hash={_q(h)}&peer_id={_q(peer_id(1))}&uploaded=0&downloaded=0&left=0"
+    ),
+    "missing left": lambda h: (
+        f"info_hash={_q(h)}&peer_id={_q(peer_id(1))}&port=1&uploaded=0&downloaded=0"
+    ),
+    "no query": lambda h: "",
+    "non-ASCII port": lambda h: announce_query(h, peer_id(1)).replace("port=6881", "port=%FF%FE"),
+    "non-ASCII key": lambda h: announce_query(h, peer_id(1)) + "&%C3%28=1",
+    "negative left": lambda h: announce_query(h, peer_id(1), left=-1),
+    "unknown event": lambda h: announce_query(h, peer_id(1), event="exploded"),
+    "repeated info_hash": lambda h: announce_query(h, peer_id(1)) + f"&info_hash={_q(h)}",
+    "oversized query": lambda h: announce_query(h, peer_id(1), pad="x" * 5000),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ANNOUNCES))
+async def test_bad_announce_gets_a_failure_reason(
+    client: Any, public_hash: bytes, case: str
+) -> None:
+    await get(client, announce_query(public_hash, peer_id(50), port=7050))
+    answer = await get(client, BAD_ANNOUNCES[case](public_hash))
+    assert set(answer) == {b"failure reason"}
+    assert answer[b"failure reason"].decode("utf-8")
+    state = client.app[STATE]
+    assert state.peers.counts(public_hash).incomplete == 1
+    assert state.peers.total_peers() == 1
+    ok = await get(client, announce_query(public_hash, peer_id(51), port=7051))
+    assert ok[b"peers"] == LOCAL + (7050).to_bytes(2, "big")
+
+
+async def test_private_swarm_needs_a_passkey(
+    client: Any, data_dir: Path, private_hash: bytes
+) -> None:
+    query = announce_query(private_hash, peer_id(1))
+    assert b"private" in (await get(client, query))[b"failure reason"]
+    reader = passkey_for(make_token(data_dir, "acme", publish=False))
+    stranger = passkey_for(make_token(data_dir, "other"))
+    assert b"failure reason" not in await get(client, query, f"/announce/{reader}")
+    refused = await get(client, query, f"/announce/{stranger}")
+    assert b"cannot read" in refused[b"failure reason"]
+    assert (
+        b"unknown passkey" in (await get(client, query, f"/announce/{'0' * 32}"))[b"failure reason"]
+    )
+    assert b"malformed" in (await get(client, query, "/announce/NOT-HEX"))[b"failure reason"]
+    # a scrape without the passkey does not reveal the private swarm
+    scrape = await get(client, f"info_hash={_q(private_hash)}", "/scrape")
+    assert scrape[b"files"] == {}
+    scrape = await get(client, f"info_hash={_q(private_hash)}", f"/scrape/{reader}")
+    assert scrape[b"files"][private_hash][b"incomplete"] == 1
+
+
+async def test_scrape_refusals(client: Any, public_hash: bytes) -> None:
+    assert b"failure reason" in await get(client, "", "/scrape")
+    assert b"failure reason" in await get(client, f"info_hash={_q(public_hash[:5])}", "/scrape")
+    many = "&".join(f"info_hash={_q(public_hash)}" for _ in range(101))
+    assert b"failure reason" in await get(client, many, "/scrape")
+    unknown = await get(client, f"info_hash={_q(b'z' * 20)}", "/scrape")
+    assert unknown == {b"files": {}}
+
+
+async def test_silent_peers_expire_after_two_intervals(client: Any, public_hash: bytes) -> None:
+    state = client.app[STATE]
+    await get(client, announce_query(public_hash, peer_id(1), port=7001))
+    await get(client, announce_query(public_hash, peer_id(2), port=7002))
+    now = time.monotonic()
+    assert state.peers.expire(now + 60) == 0  # one missed interval: kept
+    assert state.peers.expire(now + 2 * 60 + 60) == 2
+    answer = await get(client, announce_query(public_hash, peer_id(3), port=7003))
+    assert answer[b"peers"] == b""
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_peers_come_back_in_peers6(
+    aiohttp_client: Any, data_dir: Path, public_hash: bytes
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    server = TestServer(create_app(TrackerSettings(data_dir=data_dir)), host="::1")
+    client = await aiohttp_client(server)
+    await get(client, announce_query(public_hash, peer_id(1), port=7001))
+    answer = await get(client, announce_query(public_hash, peer_id(2), port=7002))
+    assert answer[b"peers"] == b""
+    assert answer[b"peers6"] == b"\x00" * 15 + b"\x01" + (7001).to_bytes(2, "big")
+
+
+# -- the peer store on its own ---------------------------------------------------------------
+def _peer(n: int, seeder: bool = False, host: str = "10.0.0.1") -> Peer:
+    return Peer.from_address(peer_id(n), host, 1000 + n, seeder)
+
+
+def test_peer_addresses_are_compact() -> None:
+    assert _peer(1).compact == bytes([10, 0, 0, 1]) + (1001).to_bytes(2, "big")
+    assert (
+        Peer.from_address(b"x" * 20, "::ffff:1.2.3.4", 80, False).compact
+        == b"\x01\x02\x03\x04\x00P"
+    )
+    v6 = Peer.from_address(b"x" * 20, "2001:db8::1", 80, False)
+    assert v6.is_ipv6 and len(v6.compact) == 18
+
+
+def test_store_samples_without_self_and_expires() -> None:
+    store = MemoryPeerStore(ttl=10, seed=1)
+    h = b"h" * 20
+    for n in range(50):
+        assert store.announce(h, _peer(n, seeder=n % 2 == 0), "started", now=0)
+    me = _peer(7)
+    sample = store.sample(h, me, 49)
+    got = {sample.peers[i : i + 6] for i in range(0, len(sample.peers), 6)}
+    assert len(got) == 49 and me.compact not in got
+    seeder_view = store.sample(h, _peer(0, seeder=True), 50)
+    assert len(seeder_view.peers) == 25 * 6  # leechers only
+    store.announce(h, _peer(3), "", now=8)  # re-announce keeps peer 3 alive
+    assert store.expire(now=10) == 49
+    assert store.counts(h).incomplete == 1
+    store.announce(h, _peer(3), "stopped", now=9)
+    assert store.total_peers() == 0
+
+
+def test_store_bounds_a_swarm() -> None:
+    store = MemoryPeerStore(ttl=10, max_peers_per_swarm=3)
+    h = b"h" * 20
+    assert all(store.announce(h, _peer(n), "started", 0) for n in range(3))
+    assert not store.announce(h, _peer(9), "started", 0)
+    assert store.announce(h, _peer(1, seeder=True), "completed", 0)  # known peers still update
+    assert store.counts(h) == type(store.counts(h))(1, 2, 1)
