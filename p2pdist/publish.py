@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist import delta as delta_codec
 from p2pdist.errors import ConflictError, FormatError, NotFoundError
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
 from p2pdist.ref import ModelRef, validate_name, validate_version
@@ -152,6 +151,8 @@ def _encode_delta(
     entries: tuple[FileEntry, ...],
     stage: Path,
 ) -> tuple[FileEntry, ...]:
+    from p2pdist import delta as delta_codec
+
     delta_dir.mkdir(parents=True)
     written = delta_codec.encode(parent_snapshot, folder, delta_dir)
     delta_entries = describe_files(delta_dir, written)

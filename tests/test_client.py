@@ -23,7 +23,7 @@ from p2pdist.errors import (
 )
 from p2pdist.tracker import TrackerSettings
 from tests.conftest import free_port
-from tests.test_tracker_world import make_token, make_version, running_tracker
+from tests.tracker_world import make_token, make_version, running_tracker
 
 MODEL = "acme/llm"
 

@@ -18,7 +18,7 @@ from p2pdist.tracker import STATE, TrackerSettings, create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.peers import MemoryPeerStore, Peer
 from p2pdist.tracker.registry import check_publish
-from tests.test_tracker_world import announce_query, make_token, make_version, peer_id
+from tests.tracker_world import announce_query, make_token, make_version, peer_id
 
 LOCAL = b"\x7f\x00\x00\x01"
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.manifest import FileEntry
 from p2pdist.tracker import STATE, TrackerSettings, create_app
-from tests.test_tracker_world import make_token, make_torrent, make_version
+from tests.tracker_world import make_token, make_torrent, make_version
 
 MODEL = "acme/llm"
 URL = f"/v1/models/{MODEL}/versions"

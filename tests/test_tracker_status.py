@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.tracker import TrackerSettings, create_app
-from tests.test_tracker_world import announce_query, make_token, make_version, peer_id
+from tests.tracker_world import announce_query, make_token, make_version, peer_id
 
 
 async def _world(aiohttp_client: Any, tmp_path: Path) -> tuple[Any, Any]:

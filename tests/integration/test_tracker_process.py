@@ -27,7 +27,7 @@ from p2pdist.bencode import bdecode, infohashes
 from p2pdist.client import RegistryClient
 from p2pdist.manifest import Manifest, TorrentRef, describe_files, list_files
 from tests.conftest import free_port
-from tests.test_tracker_world import announce_query, make_version, peer_id
+from tests.tracker_world import announce_query, make_version, peer_id
 
 pytestmark = pytest.mark.integration
 

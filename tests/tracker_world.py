@@ -1,7 +1,7 @@
 """Builders the tracker tests share: signed versions with real torrents, tokens, raw queries.
 
 This module holds no tests; the tracker's test modules import it
-(``from tests.test_tracker_world import ...``). Everything is real: ed25519 keys, bencoded
+(``from tests.tracker_world import ...``). Everything is real: ed25519 keys, bencoded
 torrents whose infohashes the manifest signs, tokens written to the tracker's SQLite file.
 """
 
