@@ -43,7 +43,6 @@ from p2pdist.torrent import choose_piece_size, make_torrent
 
 MiB = 1024 * 1024
 LOCAL = "127.0.0.1"
-SUPER = bool(os.environ.get("SUPER"))
 
 
 def write_model(root: Path, size: int, files: int) -> list[str]:
@@ -100,7 +99,13 @@ def consumer_process(
 
 
 def run_swarm(
-    root: Path, files: list[str], n: int, rate: int, piece_size: int, per_process: int
+    root: Path,
+    files: list[str],
+    n: int,
+    rate: int,
+    piece_size: int,
+    per_process: int,
+    super_seeding: bool = False,
 ) -> dict[str, Any]:
     """One swarm run; returns the wall time and the traffic split."""
     meta = make_torrent(root, files, name="bench-model", piece_size=piece_size)
@@ -110,7 +115,7 @@ def run_swarm(
     procs, controls = [], []
     try:
         with Swarm(upload_rate_limit=rate) as seeder:
-            seed = seeder.seed(meta.data, root, super_seeding=SUPER)
+            seed = seeder.seed(meta.data, root, super_seeding=super_seeding)
             for first in range(0, n, per_process):
                 control = ctx.Queue()
                 count = min(per_process, n - first)
@@ -237,6 +242,7 @@ def main() -> None:
     parser.add_argument("--rate-mb", type=float, default=4.0, help="upload cap per peer, MB/s")
     parser.add_argument("--piece-kib", type=int, nargs="+", default=None)
     parser.add_argument("--per-process", type=int, default=4, help="sessions per process")
+    parser.add_argument("--super-seeding", action="store_true", help="seed with BEP 16")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP origin baseline")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -264,7 +270,7 @@ def main() -> None:
                 http_s = asyncio.run(http_origin(root, files, n, rate, dest))
                 shutil.rmtree(dest)
             for piece in pieces:
-                got = run_swarm(root, files, n, rate, piece, args.per_process)
+                got = run_swarm(root, files, n, rate, piece, args.per_process, args.super_seeding)
                 row = {
                     "consumers": n,
                     "size_bytes": size,

@@ -126,7 +126,7 @@ class Store:
     def lock(self, name: str, version: str) -> FileLock:
         """A cross-process lock on one version (adding it, or fetching it)."""
         label = f"{ModelRef(validate_name(name)).folder_name}@{validate_version(version)}.lock"
-        return FileLock(str(self.locks_dir / label))
+        return FileLock(str(self.locks_dir / label), is_singleton=True)
 
     def _gc_lock(self) -> FileLock:
         return FileLock(str(self.locks_dir / "gc.lock"))

@@ -12,10 +12,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from p2pdist.bencode import bdecode, infohashes
 from p2pdist.client import RegistryClient
 from p2pdist.manifest import Manifest, TorrentRef, describe_files, list_files
 from tests.conftest import free_port
+from tests.integration.harness import Tracker
 from tests.tracker_world import announce_query, make_version, peer_id
 
 pytestmark = pytest.mark.integration
@@ -41,49 +40,6 @@ LT_SETTINGS = {
     "enable_incoming_utp": False,
     "listen_interfaces": "127.0.0.1:0",
 }
-
-
-class Tracker:
-    """``python -m p2pdist.tracker serve`` in a subprocess."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "p2pdist.tracker", *args, "--data", str(self.data_dir)],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        return out.stdout.strip()
-
-    def start(self) -> list[str]:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
-             "--data", str(self.data_dir), "--interval", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        lines = [self.proc.stdout.readline().strip(), self.proc.stdout.readline().strip()]
-        assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
-        return lines
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=30)
-        code, self.proc = self.proc.returncode, None
-        return code, out
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(tmp_path / "tracker-data", free_port())
-    t.start()
-    yield t
-    if t.proc is not None:
-        t.stop(signal.SIGKILL)
 
 
 def _announce(url: str, info_hash: bytes, n: int) -> dict[bytes, Any]:

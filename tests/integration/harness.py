@@ -1,0 +1,135 @@
+"""Real processes for integration tests: a tracker subprocess and p2pdist nodes (CLI hosts).
+
+Each Node is one host: its own store, config dir (signing key, pinned keys) and the tracker's
+URL and token in its environment, listening on 127.0.0.1 only. Everything started here is
+stopped by ``close()``, which the fixtures call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
+
+
+class Tracker:
+    """``python -m p2pdist.tracker serve`` in a subprocess."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, interval: int = 2) -> None:
+        self.data_dir, self.port, self.interval = data_dir, port or free_port(), interval
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "p2pdist.tracker", *args, "--data", str(self.data_dir)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def token(self, namespace: str | None = None) -> str:
+        return self.cli("token", *(("--namespace", namespace) if namespace else ()))
+
+    def start(self) -> list[str]:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
+             "--data", str(self.data_dir), "--interval", str(self.interval)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        lines = [self.proc.stdout.readline().strip(), self.proc.stdout.readline().strip()]
+        assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
+        return lines
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        code, self.proc = self.proc.returncode, None
+        return code, out
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.stop(signal.SIGKILL)
+
+
+class Node:
+    """One p2pdist host driven through its CLI."""
+
+    def __init__(self, root: Path, tracker: Tracker, token: str | None, **env: str) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.env = {
+            **os.environ,
+            "P2PDIST_HOME": str(self.home),
+            "P2PDIST_CONFIG_DIR": str(root / "config"),
+            "P2PDIST_TRACKER": tracker.url,
+            "P2PDIST_LISTEN": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        if token:
+            self.env["P2PDIST_TOKEN"] = token
+        else:
+            self.env.pop("P2PDIST_TOKEN", None)
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "p2pdist.cli", *args],
+            capture_output=True, text=True, env=self.env, timeout=timeout,
+        )  # fmt: skip
+
+    def fetch_json(self, *args: str, timeout: float = 120) -> dict[str, Any]:
+        result = self.run("fetch", *args, "--json", timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pdist.cli", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def start_seeding(self, *args: str, timeout: float = 120) -> subprocess.Popen[str]:
+        """Start a command that ends up seeding (publish, fetch --seed, seed); wait until it is."""
+        proc = self.start(*args)
+        wait_for_line(proc, "Seeding", timeout)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+        self.procs.clear()
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """Read the process's stderr until a line contains ``needle``; fail with what it said."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()
+            if line:
+                seen.append(line)
+                if needle in line:
+                    return line
+                continue
+        if proc.poll() is not None:
+            rest = proc.stderr.read()
+            raise AssertionError(f"process exited {proc.returncode}: {''.join(seen)}{rest}")
+    raise AssertionError(f"no {needle!r} within {timeout} s: {''.join(seen)}")

@@ -1,0 +1,202 @@
+"""publish -> tracker -> fetch, each host its own process, real swarm on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from safetensors.torch import load_file
+
+from p2pdist.manifest import Manifest
+from tests.conftest import make_version_folder
+from tests.integration.harness import Node, Tracker
+
+pytestmark = pytest.mark.integration
+
+NAME = "org/model"
+
+
+def model_state(seed: int = 0, rows: int = 512) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(rows, 256, generator=g),
+        "layers.0.weight": torch.randn(256, 256, generator=g).to(torch.bfloat16),
+        "layers.0.bias": torch.randn(256, generator=g),
+        "head.weight": torch.randn(rows, 256, generator=g).to(torch.float16),
+    }
+
+
+def updated(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A few optimizer steps later: small changes to some tensors, the embedding frozen."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for name in ("layers.0.weight", "layers.0.bias", "head.weight"):
+        t = state[name]
+        out[name] = (t.float() + 1e-3 * torch.randn(t.shape, generator=g)).to(t.dtype)
+    return out
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+def test_publish_then_three_consumers_in_parallel(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state(), max_shard_size=600_000)
+    publisher = nodes("publisher", publisher=True)
+    publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    consumers = [nodes(f"consumer{i}") for i in range(3)]
+    results: dict[int, dict] = {}
+
+    def fetch(i: int) -> None:
+        results[i] = consumers[i].fetch_json(f"{NAME}@latest", "--out", str(tmp_path / f"out{i}"))
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert sorted(results) == [0, 1, 2]
+    for i, r in results.items():
+        assert r["ref"] == f"{NAME}@v1" and r["plan"] == "full"
+        assert r["pinned_key"] is True
+        assert r["bytes_from_peers"] >= r["full_bytes"] - 1  # everything came over the swarm
+        assert_same_files(src, tmp_path / f"out{i}")
+        verify = consumers[i].run("verify", f"{NAME}@v1")
+        assert verify.returncode == 0, verify.stderr
+    shards = sorted(Path(results[0]["path"]).glob("model-*.safetensors"))
+    assert len(shards) > 1
+    assert torch.equal(load_file(shards[0])["embed.weight"], model_state()["embed.weight"])
+
+
+def test_delta_fetch_downloads_only_the_delta(nodes: Callable[..., Node], tmp_path: Path) -> None:
+    v1 = model_state()
+    src1 = make_version_folder(tmp_path / "v1", v1)
+    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    publisher = nodes("publisher", publisher=True)
+    p1 = publisher.start_seeding("publish", str(src1), "--name", NAME, "--version", "v1")
+    consumer = nodes("consumer")
+    assert consumer.fetch_json(f"{NAME}@v1")["plan"] == "full"
+    p1.kill()
+    publisher.start_seeding(
+        "publish", str(src2), "--name", NAME, "--version", "v2", "--parent", "v1"
+    )
+    info = json.loads(publisher.run("info", f"{NAME}@v2", "--json").stdout)
+    assert 0 < info["delta_bytes"] < info["full_bytes"] / 2  # the embedding is free
+    result = consumer.fetch_json(f"{NAME}@latest")
+    assert result["plan"] == "delta" and result["chain"] == ["v2"] and result["base"] == "v1"
+    assert result["bytes_from_peers"] <= info["delta_bytes"] + 64 * 1024
+    assert_same_files(src2, Path(result["path"]))
+    assert consumer.run("verify", f"{NAME}@v2").returncode == 0
+
+
+def test_consumer_gets_data_only_from_other_consumers(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state())
+    publisher = nodes("publisher", publisher=True)
+    origin = publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    first = nodes("first")
+    first.start_seeding("fetch", f"{NAME}@v1", "--seed")
+    origin.kill()  # the publisher is gone after the first consumer completed
+    origin.communicate(timeout=30)
+    late = nodes("late")
+    result = late.fetch_json(f"{NAME}@v1", "--no-origin")
+    assert result["bytes_from_peers"] >= result["full_bytes"] - 1
+    assert_same_files(src, Path(result["path"]))
+
+
+def _tamper(tracker: Tracker, column: str, mutate: Callable[[bytes], bytes]) -> None:
+    db = sqlite3.connect(tracker.data_dir / "tracker.sqlite3")
+    (value,) = db.execute(f"SELECT {column} FROM versions WHERE model=?", (NAME,)).fetchone()
+    db.execute(f"UPDATE versions SET {column}=? WHERE model=?", (mutate(bytes(value)), NAME))
+    db.commit()
+    db.close()
+
+
+def test_tampered_registry_is_refused_before_any_download(
+    nodes: Callable[..., Node], tracker: Tracker, tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state())
+    other = make_version_folder(tmp_path / "other", model_state(seed=5))
+    publisher = nodes("publisher", publisher=True)
+    assert (
+        publisher.run(
+            "publish", str(src), "--name", NAME, "--version", "v1", "--no-seed"
+        ).returncode
+        == 0
+    )
+    assert (
+        publisher.run(
+            "publish", str(other), "--name", "org/other", "--version", "v1", "--no-seed"
+        ).returncode
+        == 0
+    )
+    tracker.stop()  # a compromised registry: its database altered behind its back
+
+    def bigger_file(raw: bytes) -> bytes:
+        obj = json.loads(raw)
+        obj["files"][0]["size"] += 1
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+    _tamper(tracker, "manifest", bigger_file)
+    tracker.start()
+    consumer = nodes("consumer")
+    result = consumer.run("fetch", f"{NAME}@v1")
+    assert result.returncode == 1
+    assert "signature does not verify" in result.stderr and "Traceback" not in result.stderr
+    assert not (consumer.home / "partial").exists() or not any(
+        (consumer.home / "partial").iterdir()
+    )
+
+    tracker.stop()
+    db = sqlite3.connect(tracker.data_dir / "tracker.sqlite3")
+    good = Manifest.read(publisher.home / "models" / "org--model" / "v1" / "p2pdist.json")
+    (other_torrent,) = db.execute("SELECT torrent FROM versions WHERE model='org/other'").fetchone()
+    db.execute(
+        "UPDATE versions SET manifest=?, torrent=? WHERE model=?",
+        (good.to_bytes(), other_torrent, NAME),
+    )
+    db.commit()
+    db.close()
+    tracker.start()
+    swapped = consumer.run("fetch", f"{NAME}@v1")
+    assert swapped.returncode == 1
+    assert "not the one the signed manifest names" in swapped.stderr
+    assert not (consumer.home / "partial").exists() or not any(
+        (consumer.home / "partial").iterdir()
+    )
+
+
+def test_publisher_key_rotation_is_refused_until_trusted(
+    nodes: Callable[..., Node], tracker: Tracker, tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state())
+    publisher = nodes("publisher", publisher=True)
+    publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    good = Manifest.read(publisher.home / "models" / "org--model" / "v1" / "p2pdist.json")
+    rotated = good.signed(Ed25519PrivateKey.generate())  # same files and torrents, another key
+    consumer = nodes("consumer")
+    assert consumer.run("trust", NAME, good.public_key or "").returncode == 0
+    tracker.stop()
+    db = sqlite3.connect(tracker.data_dir / "tracker.sqlite3")
+    db.execute("UPDATE versions SET manifest=? WHERE model=?", (rotated.to_bytes(), NAME))
+    db.commit()
+    db.close()
+    tracker.start()
+    refused = consumer.run("fetch", f"{NAME}@v1")
+    assert refused.returncode == 1
+    assert f"p2pdist trust {NAME} {rotated.public_key}" in refused.stderr
+    assert consumer.run("trust", NAME, rotated.public_key or "").returncode == 0
+    accepted = consumer.fetch_json(f"{NAME}@v1")
+    assert_same_files(src, Path(accepted["path"]))
