@@ -65,9 +65,10 @@ def consumer_process(
     rate: int,
     control: Any,
     results: Any,
+    settings: dict[str, Any],
 ) -> None:
     """Host `count` consumers (sessions) with global indices first..first+count-1."""
-    swarms = [Swarm(upload_rate_limit=rate) for _ in range(count)]
+    swarms = [Swarm(upload_rate_limit=rate, extra_settings=settings) for _ in range(count)]
     try:
         results.put(("ports", first, [s.listen_port for s in swarms]))
         _, ports, seed_port = control.get()
@@ -106,20 +107,22 @@ def run_swarm(
     piece_size: int,
     per_process: int,
     super_seeding: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One swarm run; returns the wall time and the traffic split."""
     meta = make_torrent(root, files, name="bench-model", piece_size=piece_size)
+    settings = settings or {}
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     workdir = tempfile.mkdtemp(prefix="p2pdist-bench-")
     procs, controls = [], []
     try:
-        with Swarm(upload_rate_limit=rate) as seeder:
+        with Swarm(upload_rate_limit=rate, extra_settings=settings) as seeder:
             seed = seeder.seed(meta.data, root, super_seeding=super_seeding)
             for first in range(0, n, per_process):
                 control = ctx.Queue()
                 count = min(per_process, n - first)
-                args = (first, count, meta.data, workdir, rate, control, results)
+                args = (first, count, meta.data, workdir, rate, control, results, settings)
                 proc = ctx.Process(target=consumer_process, args=args)
                 proc.start()
                 procs.append(proc)
@@ -243,6 +246,7 @@ def main() -> None:
     parser.add_argument("--piece-kib", type=int, nargs="+", default=None)
     parser.add_argument("--per-process", type=int, default=4, help="sessions per process")
     parser.add_argument("--super-seeding", action="store_true", help="seed with BEP 16")
+    parser.add_argument("--settings", type=json.loads, default={}, help="extra libtorrent settings")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP origin baseline")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

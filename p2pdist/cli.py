@@ -379,6 +379,17 @@ def seed(home: Path | None) -> None:
     _wait_forever(f"Seeding {len(transfers)} torrents from {store.root}; press Ctrl-C to stop.")
 
 
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's temporary folder for inspection.")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=40, show_default=True,
+              help="Training steps between versions.")  # fmt: skip
+def demo(keep: bool, steps: int) -> None:
+    """Train a small LM, publish v1..v3 (deltas) to consumers over a local swarm, and report."""
+    from p2pdist.demo import run_demo
+
+    sys.exit(run_demo(keep=keep, steps=steps))
+
+
 def _mount_optional_groups() -> None:
     try:
         from p2pdist.tracker.cli import tracker_group

@@ -1,4 +1,6 @@
-"""The arithmetic of one delta segment: bytes in, byte planes out, and back, losslessly.
+"""The delta format as values: segment arithmetic, plane coding, codec tables, the index.
+
+Nothing here touches a file; ``delta.py`` does the I/O (mapping, spooling, atomic renames).
 
 A *segment* is a run of bytes of a target file (a tensor, a slice of a large tensor, a
 header, a side file) rebuilt from an optional *base* run of the same length in the parent
@@ -26,13 +28,23 @@ zstd and numpy release the GIL, so ``delta.py`` runs segments on a thread pool.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zstandard
 
 from p2pdist.errors import FormatError
+from p2pdist.manifest import FileEntry, canonical_json, safe_relpath
+
+INDEX_FILE = "delta.json"
+FORMAT_NAME = "p2pdist-delta"
+FORMAT_VERSION = 1
+META_KEY = "p2pdist.delta"
+MAX_SEGMENT = 64 << 20
+"""The decoder refuses a segment that must be decompressed and is larger than this."""
 
 WORD_TYPES: dict[int, type[np.unsignedinteger]] = {
     1: np.uint8,
@@ -90,7 +102,9 @@ class Transform:
                 and 1 <= bits <= 16
                 and shift + bits <= 8 * self.word
             ):
-                raise FormatError(f"delta: invalid order key {self.order!r} for {self.word}-byte words")
+                raise FormatError(
+                    f"delta: invalid order key {self.order!r} for {self.word}-byte words"
+                )
 
 
 @dataclass(frozen=True)
@@ -119,9 +133,9 @@ def _words(buf: np.ndarray, word: int) -> np.ndarray:
 
 def _order(base_words: np.ndarray, order: tuple[int, int]) -> np.ndarray:
     shift, bits = order
-    key = (base_words >> WORD_TYPES[base_words.itemsize](shift)) & WORD_TYPES[
-        base_words.itemsize
-    ]((1 << bits) - 1)
+    key = (base_words >> WORD_TYPES[base_words.itemsize](shift)) & WORD_TYPES[base_words.itemsize](
+        (1 << bits) - 1
+    )
     key = key.astype(np.uint8 if bits <= 8 else np.uint16)
     return np.argsort(key, kind="stable")
 
@@ -143,9 +157,7 @@ def forward(new: np.ndarray, base: np.ndarray | None, t: Transform) -> list[np.n
             z = words ^ base_words
         else:
             d = (words - base_words).view(SIGNED_TYPES[w])
-            z = ((d << SIGNED_TYPES[w](1)) ^ (d >> SIGNED_TYPES[w](8 * w - 1))).view(
-                WORD_TYPES[w]
-            )
+            z = ((d << SIGNED_TYPES[w](1)) ^ (d >> SIGNED_TYPES[w](8 * w - 1))).view(WORD_TYPES[w])
         if not z.any():
             return [None] * w
         if t.order is not None:
@@ -225,7 +237,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def _sample_entropy(plane: np.ndarray) -> float:
-    sample = plane[:_SAMPLE] if plane.size > _SAMPLE else plane
+    sample = plane[:: plane.size // _SAMPLE] if plane.size >= 2 * _SAMPLE else plane
     counts = np.bincount(sample, minlength=256)
     p = counts[counts > 0] / sample.size
     return float(-(p * np.log2(p)).sum())
@@ -274,10 +286,213 @@ def decode_plane(codec: str, payload: memoryview | bytes | None, n: int) -> np.n
     return np.frombuffer(data, dtype=np.uint8)
 
 
+# --------------------------------------------------------------------------- segments
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where a segment's base lies: ``offset`` bytes into tensor ``tensor`` of parent ``file``."""
+
+    file: str
+    tensor: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``size`` bytes of a target file, rebuilt from ``planes`` and an optional base."""
+
+    size: int
+    transform: Transform
+    base: BaseRef | None
+    planes: tuple[tuple[str, str | None], ...]
+    """(codec, payload tensor name or None) per byte plane."""
+    tensor: str | None = None
+    """The target tensor this segment belongs to (informative)."""
+
+    @property
+    def is_copy(self) -> bool:
+        return self.base is not None and all(c == "zero" for c, _ in self.planes)
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.transform
+        return {
+            "size": self.size,
+            "op": t.op,
+            "word": t.word,
+            "order": None if t.order is None else list(t.order),
+            "base": None
+            if self.base is None
+            else {"file": self.base.file, "tensor": self.base.tensor, "offset": self.base.offset},
+            "planes": [
+                {"codec": c} if p is None else {"codec": c, "payload": p} for c, p in self.planes
+            ],
+            "tensor": self.tensor,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, *, where: str) -> Segment:
+        keys = {"size", "op", "word", "order", "base", "planes", "tensor"}
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise FormatError(f"{where}: a segment must have exactly {sorted(keys)}")
+        size, order, base, planes = obj["size"], obj["order"], obj["base"], obj["planes"]
+        if not _is_count(size) or size == 0:
+            raise FormatError(f"{where}: invalid segment size {size!r}")
+        if order is not None and not (isinstance(order, list) and len(order) == 2):
+            raise FormatError(f"{where}: invalid order {order!r}")
+        transform = Transform(obj["op"], obj["word"], None if order is None else tuple(order))
+        if size % transform.word:
+            raise FormatError(f"{where}: size {size} is not a multiple of word {transform.word}")
+        ref = None
+        if base is not None:
+            if not (
+                isinstance(base, dict)
+                and set(base) == {"file", "tensor", "offset"}
+                and isinstance(base["tensor"], str)
+                and _is_count(base["offset"])
+            ):
+                raise FormatError(f"{where}: invalid base {base!r}")
+            ref = BaseRef(safe_relpath(base["file"]), base["tensor"], base["offset"])
+        elif transform.order is not None:
+            raise FormatError(f"{where}: an order key without a base")
+        if not isinstance(planes, list) or len(planes) != transform.word:
+            raise FormatError(f"{where}: need {transform.word} planes")
+        parsed = []
+        for p in planes:
+            codec = p.get("codec") if isinstance(p, dict) else None
+            if codec not in PLANE_CODECS:
+                raise FormatError(f"{where}: invalid plane {p!r}")
+            if codec == "zero":
+                if set(p) != {"codec"}:
+                    raise FormatError(f"{where}: a zero plane has no payload")
+                parsed.append((codec, None))
+            else:
+                if set(p) != {"codec", "payload"} or not isinstance(p["payload"], str):
+                    raise FormatError(f"{where}: a {codec} plane needs a payload name")
+                parsed.append((codec, p["payload"]))
+        tensor = obj["tensor"]
+        if tensor is not None and not isinstance(tensor, str):
+            raise FormatError(f"{where}: invalid tensor name {tensor!r}")
+        seg = cls(size, transform, ref, tuple(parsed), tensor)
+        if size > MAX_SEGMENT and not seg.is_copy:
+            raise FormatError(f"{where}: segment of {size} bytes (limit {MAX_SEGMENT})")
+        return seg
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@dataclass(frozen=True)
+class DeltaTarget:
+    """A file of the new version and how the delta rebuilds it: ``copy`` xor ``delta``."""
+
+    path: str
+    size: int
+    blake3: str
+    copy: str | None = None
+    delta: str | None = None
+
+    @property
+    def entry(self) -> FileEntry:
+        return FileEntry(self.path, self.size, self.blake3)
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = self.entry.to_json()
+        if self.copy is not None:
+            obj["copy"] = self.copy
+        else:
+            obj["delta"] = self.delta
+        return obj
+
+
+@dataclass(frozen=True)
+class DeltaIndex:
+    """The content of ``delta.json``: which parent it applies to, and how to rebuild each file."""
+
+    parent_files: tuple[FileEntry, ...]
+    files: tuple[DeltaTarget, ...]
+
+    @property
+    def delta_files(self) -> list[str]:
+        """Every file of the delta folder, ``delta.json`` first."""
+        return [INDEX_FILE, *sorted(t.delta for t in self.files if t.delta is not None)]
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "parent_files": [e.to_json() for e in self.parent_files],
+                "files": [t.to_json() for t in self.files],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = INDEX_FILE) -> DeltaIndex:
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{source}: not valid UTF-8 JSON ({e})") from None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+            raise FormatError(f"{source}: not a p2pdist delta index")
+        if obj.get("version") != FORMAT_VERSION:
+            raise FormatError(
+                f"{source}: delta format version {obj.get('version')!r}; this p2pdist reads "
+                f"{FORMAT_VERSION}: upgrade p2pdist"
+            )
+        if set(obj) != {"format", "version", "parent_files", "files"}:
+            raise FormatError(f"{source}: unexpected fields {sorted(obj)}")
+        parents = obj["parent_files"]
+        if not isinstance(parents, list):
+            raise FormatError(f"{source}: parent_files must be a list")
+        parent_files = tuple(FileEntry.from_json(p, where=source) for p in parents)
+        files = obj["files"]
+        if not isinstance(files, list):
+            raise FormatError(f"{source}: files must be a list")
+        targets = []
+        parent_paths = {p.path for p in parent_files}
+        for f in files:
+            if not isinstance(f, dict):
+                raise FormatError(f"{source}: file entry is not an object")
+            how = set(f) - {"path", "size", "blake3"}
+            if how not in ({"copy"}, {"delta"}):
+                raise FormatError(f"{source}: file entry needs exactly one of copy and delta")
+            entry = FileEntry.from_json(
+                {k: f.get(k) for k in ("path", "size", "blake3")}, where=source
+            )
+            copy, delta = f.get("copy"), f.get("delta")
+            if copy is not None and safe_relpath(copy) not in parent_paths:
+                raise FormatError(
+                    f"{source}: {entry.path} copies {copy!r}, not a listed parent file"
+                )
+            if delta is not None and (safe_relpath(delta) == INDEX_FILE):
+                raise FormatError(f"{source}: {entry.path} names the index as its delta file")
+            targets.append(DeltaTarget(entry.path, entry.size, entry.blake3, copy, delta))
+        paths = [t.path for t in targets]
+        deltas = [t.delta for t in targets if t.delta is not None]
+        if len(set(paths)) != len(paths) or len(set(deltas)) != len(deltas):
+            raise FormatError(f"{source}: duplicate file or delta file")
+        if len({p.path for p in parent_files}) != len(parent_files):
+            raise FormatError(f"{source}: duplicate parent file")
+        return cls(parent_files, tuple(targets))
+
+
 __all__ = [
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "MAX_SEGMENT",
+    "META_KEY",
     "OPS",
     "PLANE_CODECS",
+    "BaseRef",
+    "DeltaIndex",
+    "DeltaTarget",
     "Plane",
+    "Segment",
     "Transform",
     "decode_plane",
     "encode_plane",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pdist.errors import NotFoundError, TrackerError
+from p2pdist.errors import NotFoundError, SwarmError, TrackerError
 from p2pdist.fetch import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
 
@@ -97,17 +97,22 @@ class Follower:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                newest = self.fetcher.client.wait_for_newer(
-                    self.name, self.current, self.poll_seconds
-                )
-                backoff = 0.5
+                try:
+                    newest = self.fetcher.client.wait_for_newer(
+                        self.name, self.current, self.poll_seconds
+                    )
+                except NotFoundError:  # the model is not published yet: keep waiting
+                    newest = None
+                    self._stop.wait(backoff)
                 if newest is not None and newest != self.current:
                     self._catch_up()
-            except (TrackerError, NotFoundError) as e:
+                backoff = 0.5
+            except (TrackerError, SwarmError) as e:
+                # Transient: the tracker restarts, or no peer is up yet. Wait and try again.
                 log.warning("follow %s: %s; retrying in %.1f s", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except BaseException as e:  # surfaced to the caller, never swallowed
+            except BaseException as e:  # anything else ends the follower, visibly
                 self.error = e
                 if self.on_error is not None:
                     self.on_error(e)
@@ -142,6 +147,7 @@ def follow(
     start_after: str | None = None,
     background: bool = True,
     poll_seconds: float = LONG_POLL_SECONDS,
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> Follower:
     """Watch ``ref``'s model and call ``on_update`` with each new version, in publish order.
 
@@ -158,6 +164,7 @@ def follow(
         seed=seed,
         poll_seconds=poll_seconds,
         start_after=start_after,
+        on_error=on_error,
     )
     if background:
         return follower.start()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from p2pdist.trainer import lm
 from safetensors.torch import load_file, save_file
 
 from p2pdist.errors import ConfigError, FormatError
+from p2pdist.trainer import lm
 
 # A model small enough that most tests cost milliseconds.
 MICRO = lm.LMConfig(d_model=32, n_layer=2, n_head=2, seq_len=32, d_ff=48)
@@ -86,6 +86,8 @@ def test_presets_have_the_promised_sizes() -> None:
     assert tiny.num_params() < 2_000_000
     assert 25_000_000 <= lm.LMConfig.preset("bench").num_params() <= 100_000_000
     assert lm.LMConfig.preset("tiny", n_layer=2).n_layer == 2
+    assert lm.LMConfig.preset("tiny", d_model=64).d_ff == 256
+    assert lm.LMConfig.preset("tiny", d_model=64, d_ff=100).d_ff == 100
 
 
 def test_parameter_names_are_stable_and_hf_like() -> None:

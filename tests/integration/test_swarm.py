@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 import pytest
@@ -82,36 +84,23 @@ def model(tmp_path: Path) -> tuple[TorrentMeta, Path]:
     return make_torrent(root, files, name="org-model-v1", piece_size=64 * KiB), root
 
 
-class StaticServer:
-    """aiohttp serving `folder` at /models/<name>/ (Range honoured) in a thread, counting GETs."""
+class AppServer:
+    """An aiohttp application on 127.0.0.1 in its own thread and event loop."""
 
-    def __init__(self, name: str, folder: Path) -> None:
-        self.requests = 0
+    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+        self._make_app = make_app
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._name = name
-        self._folder = folder
         self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://{LOCAL}:{self.port}/models/"
-
     async def _start(self) -> web.AppRunner:
-        @web.middleware
-        async def count(request: web.Request, handler: object) -> web.StreamResponse:
-            self.requests += 1
-            return await handler(request)  # type: ignore[operator]
-
-        app = web.Application(middlewares=[count])
-        app.router.add_static(f"/models/{self._name}", self._folder)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(self._make_app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, LOCAL, 0).start()
         self.port = runner.addresses[0][1]
         return runner
 
-    def __enter__(self) -> StaticServer:
+    def __enter__(self) -> AppServer:
         self._thread.start()
         self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -121,6 +110,30 @@ class StaticServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+class StaticServer(AppServer):
+    """aiohttp serving `folder` at /models/<name>/ (Range honoured), counting requests."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        super().__init__(self._app)
+        self.requests = 0
+        self._name = name
+        self._folder = folder
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}/models/"
+
+    def _app(self) -> web.Application:
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.requests += 1
+            return await handler(request)  # type: ignore[no-any-return]
+
+        app = web.Application(middlewares=[count])
+        app.router.add_static(f"/models/{self._name}", self._folder)
+        return app
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -454,3 +467,38 @@ def test_closed_swarm_refuses_work(model: tuple[TorrentMeta, Path], tmp_path: Pa
     swarm.close()  # idempotent
     with pytest.raises(SwarmError, match="closed"):
         swarm.seed(meta.data, root)
+
+
+def test_peers_found_through_the_tracker(tmp_path: Path) -> None:
+    """No direct dials: a seed and two downloaders meet through p2pdist's own tracker."""
+    tracker = pytest.importorskip("p2pdist.tracker")
+    settings = tracker.TrackerSettings(
+        data_dir=tmp_path / "tracker", interval=2, track_unknown=True
+    )
+    root = tmp_path / "v1"
+    files = write_model(root, {"a.safetensors": 1 * MiB, "b.safetensors": 512 * KiB})
+    with AppServer(lambda: tracker.create_app(settings)) as server:
+        announce = f"http://{LOCAL}:{server.port}/announce"
+        meta = make_torrent(root, files, name="m", piece_size=64 * KiB, announce=[announce])
+        with (
+            Swarm(announce_interval_hint=2) as seeder,
+            Swarm(announce_interval_hint=2) as a,
+            Swarm(announce_interval_hint=2) as b,
+        ):
+            seeder.seed(meta.data, root)
+            out: dict[str, object] = {}
+
+            def fetch(name: str, swarm: Swarm) -> None:
+                try:
+                    out[name] = swarm.download(meta.data, tmp_path / name, stall_timeout=30)
+                except BaseException as exc:
+                    out[name] = exc
+
+            threads = [threading.Thread(target=fetch, args=x) for x in (("a", a), ("b", b))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+    for name in ("a", "b"):
+        assert isinstance(out[name], TransferResult), out[name]
+        assert same_files(meta, root, tmp_path / name)

@@ -1,0 +1,161 @@
+"""Delta benchmark: p2pdist deltas against zstd --patch-from and plain zstd on real checkpoints.
+
+Trains the project's byte-level language model (p2pdist.trainer.lm, preset ``bench``: about
+43 M parameters) with AdamW at lr 1e-4, saves checkpoints k, k+10 and k+100 steps apart (fp32,
+and the same weights cast to bf16), and a pair where the embeddings are frozen for the 10
+steps. For each pair, in the same run and on the same files::
+
+    delta bytes / full bytes         p2pdist.delta.encode (default, and group=False)
+    zstd --patch-from=OLD NEW --long=31 -3   (bytes / full)
+    zstd -3 NEW                      (bytes / full)
+    encode and decode MB/s of model bytes (decode verifies the parent and every output blake3)
+
+Needs the ``zstd`` command line tool (apt-get install zstd). Run from the repository root::
+
+    .venv/bin/python bench/delta.py [--k 20] [--batch-size 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p2pdist import delta
+from p2pdist.manifest import describe_files, list_files
+from p2pdist.shards import save_state_dict
+from p2pdist.trainer import lm
+
+SINGLE_SHARD = 1 << 40
+
+
+def _save(sd: dict[str, torch.Tensor], folder: Path, dtype: torch.dtype) -> Path:
+    save_state_dict({k: v.to(dtype) for k, v in sd.items()}, folder, max_shard_size=SINGLE_SHARD)
+    return folder
+
+
+def _size(folder: Path) -> int:
+    return sum((folder / f).stat().st_size for f in list_files(folder))
+
+
+def _zstd(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["zstd", "-q", "-f", *args], check=True)
+    return time.perf_counter() - t0
+
+
+def measure(old: Path, new: Path, work: Path) -> dict[str, Any]:
+    """Every figure of one checkpoint pair (single-file versions)."""
+    full = _size(new)
+    expected = describe_files(new, list_files(new))
+    row: dict[str, Any] = {"full_bytes": full}
+    for label, group in (("delta", True), ("delta_fast", False)):
+        out = work / label
+        t0 = time.perf_counter()
+        delta.encode(old, new, out, group=group)
+        enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        delta.decode(old, out, work / f"{label}-out", expected=expected)
+        dec = time.perf_counter() - t0
+        size = delta.delta_size(out)
+        row[label] = {
+            "bytes": size,
+            "ratio": size / full,
+            "encode_MBps": full / enc / 1e6,
+            "decode_MBps": full / dec / 1e6,
+        }
+        shutil.rmtree(out)
+        shutil.rmtree(work / f"{label}-out")
+    name = "model.safetensors"
+    patch = work / "patch.zst"
+    t = _zstd([f"--patch-from={old / name}", str(new / name), "--long=31", "-3", "-o", str(patch)])
+    row["zstd_patch_from"] = {"bytes": patch.stat().st_size, "encode_MBps": full / t / 1e6}
+    plain = work / "plain.zst"
+    t = _zstd(["-3", str(new / name), "-o", str(plain)])
+    row["zstd_3"] = {"bytes": plain.stat().st_size, "encode_MBps": full / t / 1e6}
+    for key in ("zstd_patch_from", "zstd_3"):
+        row[key]["ratio"] = row[key]["bytes"] / full
+    row["delta_vs_patch_from"] = row["delta"]["bytes"] / row["zstd_patch_from"]["bytes"]
+    patch.unlink()
+    plain.unlink()
+    return row
+
+
+def checkpoints(root: Path, k: int, batch_size: int, seed: int) -> dict[str, tuple[Path, Path]]:
+    """Train and save the checkpoint pairs; returns name -> (old folder, new folder)."""
+    config = lm.LMConfig.preset("bench", seq_len=128)
+    corpus = lm.load_corpus()
+    model = lm.build_model(config, seed=seed)
+    print(f"model: {config.num_params() / 1e6:.1f} M parameters; training {k + 100} steps")
+    trainer = lm.Trainer(model, corpus, lr=1e-4, batch_size=batch_size, seed=seed)
+    t0 = time.perf_counter()
+    trainer.step(k)
+    at_k = trainer.state_dict()
+    frozen = lm.build_model(config, seed=seed)
+    frozen.load_state_dict(at_k)
+    trainer.step(10)
+    at_k10 = trainer.state_dict()
+    trainer.step(90)
+    at_k100 = trainer.state_dict()
+    lm.Trainer(frozen, corpus, lr=1e-4, batch_size=batch_size, seed=seed + 1,
+               freeze_embeddings=True, warmup_steps=0).step(10)  # fmt: skip
+    at_k10_frozen = lm.state_dict_of(frozen)
+    print(f"trained in {time.perf_counter() - t0:.0f} s")
+    pairs = {}
+    for tag, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        base = _save(at_k, root / f"k-{tag}", dtype)
+        for label, sd in (("+10", at_k10), ("+100", at_k100), ("+10 frozen emb", at_k10_frozen)):
+            new = _save(sd, root / f"k{label.replace(' ', '-')}-{tag}", dtype)
+            pairs[f"{tag} k->k{label}"] = (base, new)
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=20, help="steps before the first checkpoint")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if shutil.which("zstd") is None:
+        raise SystemExit("bench/delta.py needs the zstd command line tool: apt-get install zstd")
+    torch.set_num_threads(os.cpu_count() or 2)
+    with tempfile.TemporaryDirectory(prefix="p2pdist-bench-delta-") as tmp:
+        root = Path(tmp)
+        pairs = checkpoints(root, args.k, args.batch_size, args.seed)
+        results = {}
+        header = (
+            f"{'pair':<24} {'full MB':>8} {'delta':>7} {'fast':>7} {'patch-from':>10} "
+            f"{'zstd-3':>7} {'d/pf':>6} {'enc MB/s':>9} {'dec MB/s':>9} {'fast enc/dec':>13}"
+        )
+        print(header)
+        for name, (old, new) in pairs.items():
+            work = root / "work"
+            work.mkdir()
+            row = results[name] = measure(old, new, work)
+            shutil.rmtree(work)
+            d, f = row["delta"], row["delta_fast"]
+            print(
+                f"{name:<24} {row['full_bytes'] / 1e6:>8.1f} {d['ratio']:>7.3f} {f['ratio']:>7.3f} "
+                f"{row['zstd_patch_from']['ratio']:>10.3f} {row['zstd_3']['ratio']:>7.3f} "
+                f"{row['delta_vs_patch_from']:>6.3f} {d['encode_MBps']:>9.0f} "
+                f"{d['decode_MBps']:>9.0f} {f['encode_MBps']:>6.0f}/{f['decode_MBps']:<6.0f}",
+                flush=True,
+            )
+    if args.json:
+        meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "k": args.k,
+                "batch_size": args.batch_size, "lr": 1e-4}  # fmt: skip
+        args.json.write_text(json.dumps({"meta": meta, "pairs": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,617 @@
+"""Lossless deltas between two versions of a model: encode against a parent, decode byte-exactly.
+
+A training run publishes a new version every few hundred steps; most of each tensor's bits
+did not change, so a version published with a parent ships a delta instead of the full
+shards. ``encode(parent_dir, new_dir, out_dir)`` writes the delta; ``decode(parent_dir,
+delta_dir, out_dir, expected=...)`` rebuilds every file of the new version and proves each
+against the blake3 the signed manifest declares: a mismatch is an error, never a fallback.
+
+What a delta holds (docs/FORMAT.md, section Delta):
+
+- ``delta.json``: the parent files the delta reads (path, size, blake3: decoding against
+  another parent is refused), and for every file of the new version its path, size, blake3
+  and how to get it: ``copy`` of a parent file with the same bytes, or ``delta``, a delta file.
+- one ``delta-NNNNN.safetensors`` per rebuilt file: uint8 payload tensors, and in its
+  ``__metadata__`` the codec table: the target file as a list of *segments* (its safetensors
+  header, then each tensor in file order, large tensors cut in chunks) each with its base
+  (the same-named tensor anywhere in the parent) and byte planes (see delta_codec).
+
+Tensors are matched by name across the whole version, so a tensor that moved between shards
+is still a delta. Unchanged tensors cost nothing, same dtype and shape cost the entropy of
+their moves, anything else is stored as zstd byte planes of its raw bits.
+
+Both sides map their files (mmap) and hold a few segments at a time; segments run on a
+thread pool (numpy and zstd release the GIL). Decoding allocates only what the manifest's
+sizes allow, writes to hidden temporary names, and renames only once every file verified.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2pdist.delta_codec import (
+    FORMAT_VERSION,
+    INDEX_FILE,
+    MAX_SEGMENT,
+    META_KEY,
+    BaseRef,
+    DeltaIndex,
+    DeltaTarget,
+    Plane,
+    Segment,
+    Transform,
+    decode_plane,
+    encode_plane,
+    float_order,
+    forward,
+    inverse,
+)
+from p2pdist.digest import hash_file, hash_files
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError
+from p2pdist.manifest import FileEntry, canonical_json, describe_files, list_files, safe_relpath
+from p2pdist.shards import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
+
+CHUNK_BYTES = 4 << 20
+"""Tensors larger than this are cut into chunks: memory per worker stays a few chunks, and
+one large tensor (an embedding) still keeps every core busy."""
+MAX_INDEX_BYTES = 64 << 20
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 2, 8))
+
+
+def read_index(delta_dir: str | Path) -> DeltaIndex:
+    """Read and validate ``delta.json`` of a delta folder."""
+    path = Path(delta_dir) / INDEX_FILE
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no delta index; is this a delta folder?") from None
+    if size > MAX_INDEX_BYTES:
+        raise FormatError(f"{path}: delta index of {size} bytes (limit {MAX_INDEX_BYTES})")
+    return DeltaIndex.from_bytes(path.read_bytes(), source=str(path))
+
+
+def delta_size(delta_dir: str | Path) -> int:
+    """Total bytes of a delta folder's files (index included), as the swarm would move them."""
+    delta_dir = Path(delta_dir)
+    return sum((delta_dir / name).stat().st_size for name in read_index(delta_dir).delta_files)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One segment to encode: where its bytes are in the new file and in the parent."""
+
+    offset: int
+    size: int
+    transform: Transform
+    base: BaseRef | None
+    base_offset: int
+    tensor: str | None
+
+
+def _map(stack: ExitStack, path: Path, size: int, *, write: bool = False) -> mmap.mmap | None:
+    if size == 0:
+        return None
+    f = stack.enter_context(path.open("r+b" if write else "rb"))
+    m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
+    stack.callback(_close, m)
+    return m
+
+
+def _close(m: mmap.mmap) -> None:
+    """Unmap now, or when the last view dies (a traceback may still hold one after an error)."""
+    try:
+        m.close()
+    except BufferError:
+        pass
+
+
+def _view(m: mmap.mmap | None, offset: int, size: int) -> np.ndarray:
+    if m is None:
+        return np.empty(0, np.uint8)
+    return np.frombuffer(m, dtype=np.uint8, count=size, offset=offset)
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
+    """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
+    pending: deque[tuple[Any, Future[Any]]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            it, fut = pending.popleft()
+            yield it, fut.result()
+    while pending:
+        it, fut = pending.popleft()
+        yield it, fut.result()
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _parent_tensors(parent_dir: Path, paths: Sequence[str]) -> dict[str, tuple[str, TensorSpec]]:
+    """Every tensor of the parent's safetensors files by name (first file in path order wins)."""
+    found: dict[str, tuple[str, TensorSpec]] = {}
+    for path in paths:
+        if not path.endswith(".safetensors"):
+            continue
+        try:
+            header = read_header(parent_dir / path)
+        except FormatError:
+            continue
+        for spec in header.tensors:
+            found.setdefault(spec.name, (path, spec))
+    return found
+
+
+def _chunks(size: int, step: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, size, step):
+        yield start, min(step, size - start)
+
+
+def _plan(
+    header: SafetensorsHeader | None,
+    size: int,
+    parent: Mapping[str, tuple[str, TensorSpec]],
+    chunk: int,
+    group: bool,
+) -> Iterator[_Job]:
+    """The segments of one target file, in file order."""
+    raw = Transform("xor", 1)
+    if header is None:
+        for start, n in _chunks(size, chunk):
+            yield _Job(start, n, raw, None, 0, None)
+        return
+    for start, n in _chunks(header.data_start, chunk):
+        yield _Job(start, n, raw, None, 0, None)
+    for spec in header.tensors:
+        word = DTYPE_SIZES[spec.dtype]
+        step = max(word, chunk - chunk % word)
+        found = parent.get(spec.name)
+        same = found is not None and (found[1].dtype, found[1].shape) == (spec.dtype, spec.shape)
+        if found is not None and same:
+            file, base = found
+            order = float_order(spec.dtype) if group else None
+            t = Transform("sub", word, order)
+            for start, n in _chunks(spec.nbytes, step):
+                ref = BaseRef(file, spec.name, start)
+                yield _Job(spec.start + start, n, t, ref, base.start + start, spec.name)
+        else:
+            t = Transform("xor", word)
+            for start, n in _chunks(spec.nbytes, step):
+                yield _Job(spec.start + start, n, t, None, 0, spec.name)
+
+
+def _write_delta_file(
+    path: Path, target: str, size: int, segments: list[Segment], spool: Path, lengths: list[int]
+) -> None:
+    """Write a delta safetensors file: header (payload offsets, codec table), then the spool."""
+    table = {"format": FORMAT_VERSION, "target": target, "size": size,
+             "segments": [s.to_json() for s in segments]}  # fmt: skip
+    header: dict[str, Any] = {"__metadata__": {META_KEY: canonical_json(table).decode()}}
+    offset = 0
+    for i, n in enumerate(lengths):
+        header[str(i)] = {"dtype": "U8", "shape": [n], "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as out, spool.open("rb") as data:
+        out.write(len(raw).to_bytes(8, "little") + raw)
+        shutil.copyfileobj(data, out, 1 << 20)
+
+
+def encode(
+    parent_dir: str | Path,
+    new_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    files: Sequence[str] | None = None,
+    workers: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    group: bool = True,
+) -> list[str]:
+    """Write into ``out_dir`` the delta that rebuilds ``new_dir`` from ``parent_dir``.
+
+    ``files`` are the new version's files (default: every non-hidden file of ``new_dir``).
+    Returns the delta's file names (``delta.json`` first). ``group=False`` skips the exponent
+    grouping of float moves: faster, about 10 % larger for bf16. Nothing is left in
+    ``out_dir`` if encoding fails.
+    """
+    parent_dir, new_dir, out_dir = Path(parent_dir), Path(new_dir), Path(out_dir)
+    workers = workers or _default_workers()
+    if chunk_bytes < 8 or chunk_bytes > MAX_SEGMENT:
+        raise ValueError(f"chunk_bytes must be between 8 and {MAX_SEGMENT}")
+    new_paths = sorted(safe_relpath(p) for p in (list_files(new_dir) if files is None else files))
+    parent_paths = list_files(parent_dir)
+    new_entries = describe_files(new_dir, new_paths)
+    parent_tensors = _parent_tensors(parent_dir, parent_paths)
+    same_path = [p for p in new_paths if p in set(parent_paths)]
+    candidates = sorted(set(same_path) | {f for f, _ in parent_tensors.values()})
+    parent_entries = {e.path: e for e in describe_files(parent_dir, candidates)}
+
+    targets: list[DeltaTarget] = []
+    plans: list[tuple[int, FileEntry, SafetensorsHeader | None]] = []
+    for entry in new_entries:
+        old = parent_entries.get(entry.path)
+        if old is not None and (old.size, old.blake3) == (entry.size, entry.blake3):
+            targets.append(DeltaTarget(entry.path, entry.size, entry.blake3, copy=entry.path))
+            continue
+        header = None
+        if entry.path.endswith(".safetensors"):
+            try:
+                header = read_header(new_dir / entry.path)
+            except FormatError:
+                header = None
+        name = f"delta-{len(plans) + 1:05d}.safetensors"
+        targets.append(DeltaTarget(entry.path, entry.size, entry.blake3, delta=name))
+        plans.append((len(targets) - 1, entry, header))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    written: list[Path] = []
+    used: set[str] = {t.copy for t in targets if t.copy is not None}
+    try:
+        with ExitStack() as stack:
+            parent_maps = {
+                f: _map(stack, parent_dir / f, parent_entries[f].size)
+                for f in {f for f, _ in parent_tensors.values()}
+            }
+            pool = stack.enter_context(ThreadPoolExecutor(workers))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            for ti, entry, header in plans:
+                name = targets[ti].delta
+                assert name is not None
+                _final, spool = out_dir / name, out_dir / f".{name}.{tag}.spool"
+                partial = out_dir / f".{name}.{tag}.incomplete"
+                written += [spool, partial]
+                segments, lengths = _encode_target(
+                    pool, stack, new_dir / entry.path, entry.size, header, parent_tensors,
+                    parent_maps, spool, chunk_bytes, group, workers,
+                )  # fmt: skip
+                used.update(s.base.file for s in segments if s.base is not None)
+                _write_delta_file(partial, entry.path, entry.size, segments, spool, lengths)
+                spool.unlink()
+        index = DeltaIndex(tuple(parent_entries[p] for p in sorted(used)), tuple(targets))
+        index_tmp = out_dir / f".{INDEX_FILE}.{tag}.incomplete"
+        written.append(index_tmp)
+        index_tmp.write_bytes(index.to_bytes())
+        for ti, _, _ in plans:
+            name = targets[ti].delta
+            assert name is not None
+            os.replace(out_dir / f".{name}.{tag}.incomplete", out_dir / name)
+            written.append(out_dir / name)
+        os.replace(index_tmp, out_dir / INDEX_FILE)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return index.delta_files
+
+
+def _encode_target(
+    pool: ThreadPoolExecutor,
+    stack: ExitStack,
+    path: Path,
+    size: int,
+    header: SafetensorsHeader | None,
+    parent_tensors: Mapping[str, tuple[str, TensorSpec]],
+    parent_maps: Mapping[str, mmap.mmap | None],
+    spool: Path,
+    chunk: int,
+    group: bool,
+    workers: int,
+) -> tuple[list[Segment], list[int]]:
+    """Encode one file's segments on the pool, spooling payloads in order; return the table."""
+    with ExitStack() as local:
+        new_map = _map(local, path, size)
+
+        def work(job: _Job) -> list[Plane]:
+            new = _view(new_map, job.offset, job.size)
+            base = None
+            if job.base is not None:
+                base = _view(parent_maps[job.base.file], job.base_offset, job.size)
+            return [encode_plane(p) for p in forward(new, base, job.transform)]
+
+        segments: list[Segment] = []
+        lengths: list[int] = []
+        with spool.open("wb") as out:
+            jobs = _plan(header, size, parent_tensors, chunk, group)
+            for job, planes in _ordered(pool, work, jobs, 2 * workers + 2):
+                refs = []
+                for plane in planes:
+                    if plane.payload is None:
+                        refs.append((plane.codec, None))
+                        continue
+                    refs.append((plane.codec, str(len(lengths))))
+                    lengths.append(len(plane.payload))
+                    out.write(plane.payload)
+                seg = Segment(job.size, job.transform, job.base, tuple(refs), job.tensor)
+                segments.append(_merge(segments, seg))
+    return segments, lengths
+
+
+def _merge(segments: list[Segment], seg: Segment) -> Segment:
+    """Fold an unchanged chunk into the previous one when both copy adjacent parent bytes."""
+    if not segments or not seg.is_copy or not segments[-1].is_copy:
+        return seg
+    prev = segments[-1]
+    assert prev.base is not None and seg.base is not None
+    if (
+        prev.tensor == seg.tensor
+        and prev.transform == seg.transform
+        and (prev.base.file, prev.base.tensor) == (seg.base.file, seg.base.tensor)
+        and prev.base.offset + prev.size == seg.base.offset
+    ):
+        segments.pop()
+        return Segment(prev.size + seg.size, prev.transform, prev.base, prev.planes, prev.tensor)
+    return seg
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _check_expected(index: DeltaIndex, expected: Sequence[FileEntry], source: str) -> None:
+    """The index must describe exactly the files the (signed) manifest declares."""
+    want = {e.path: e for e in expected}
+    have = {t.path: t for t in index.files}
+    if set(want) != set(have):
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        raise FormatError(
+            f"{source}: the delta rebuilds other files than the manifest lists "
+            f"(missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    for path, entry in want.items():
+        target = have[path]
+        if (target.size, target.blake3) != (entry.size, entry.blake3):
+            raise IntegrityError(
+                f"{path}: the delta rebuilds {target.size} bytes with blake3 {target.blake3}, "
+                f"but the manifest declares {entry.size} bytes with blake3 {entry.blake3}",
+                path=path,
+                expected=entry.blake3,
+                actual=target.blake3,
+            )
+
+
+def _check_parent(index: DeltaIndex, parent_dir: Path, verify: bool) -> None:
+    """Refuse a parent whose files are not the ones the delta was made against."""
+    for entry in index.parent_files:
+        path = parent_dir / entry.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{entry.path}: parent file missing from {parent_dir}; this delta needs the "
+                "parent version it was made against",
+                path=entry.path,
+                expected=entry.blake3,
+            ) from None
+        if size != entry.size:
+            raise IntegrityError(
+                f"{entry.path}: parent file has {size} bytes, the delta was made against "
+                f"{entry.size}: wrong parent version",
+                path=entry.path,
+                expected=entry.blake3,
+            )
+    if not verify:
+        return
+    digests = hash_files([parent_dir / e.path for e in index.parent_files])
+    for entry, actual in zip(index.parent_files, digests, strict=True):
+        if actual != entry.blake3:
+            raise IntegrityError(
+                f"{entry.path}: parent file has blake3 {actual}, the delta was made against "
+                f"{entry.blake3}: wrong parent version",
+                path=entry.path,
+                expected=entry.blake3,
+                actual=actual,
+            )
+
+
+def _read_table(delta_path: Path, target: DeltaTarget) -> tuple[SafetensorsHeader, list[Segment]]:
+    header = read_header(delta_path)
+    where = f"{delta_path.name}"
+    raw = header.metadata.get(META_KEY)
+    if raw is None:
+        raise FormatError(f"{where}: no {META_KEY} codec table in the metadata")
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{where}: codec table is not JSON ({e})") from None
+    if not isinstance(table, dict) or set(table) != {"format", "target", "size", "segments"}:
+        raise FormatError(f"{where}: codec table must have format, target, size, segments")
+    if table["format"] != FORMAT_VERSION:
+        raise FormatError(f"{where}: codec table format {table['format']!r}; upgrade p2pdist")
+    if table["target"] != target.path or table["size"] != target.size:
+        raise FormatError(
+            f"{where}: rebuilds {table['target']!r} of {table['size']!r} bytes, but the index "
+            f"says {target.path!r} of {target.size}"
+        )
+    if not isinstance(table["segments"], list):
+        raise FormatError(f"{where}: segments must be a list")
+    segments = [Segment.from_json(s, where=where) for s in table["segments"]]
+    if sum(s.size for s in segments) != target.size:
+        raise FormatError(
+            f"{where}: segments cover {sum(s.size for s in segments)} bytes, the file has "
+            f"{target.size}"
+        )
+    payloads = header.by_name()
+    for seg in segments:
+        for codec, name in seg.planes:
+            if name is None:
+                continue
+            spec = payloads.get(name)
+            if spec is None or spec.dtype != "U8" or len(spec.shape) != 1:
+                raise FormatError(f"{where}: payload {name!r} missing or not a 1-D U8 tensor")
+            if codec == "raw" and spec.nbytes != seg.size // seg.transform.word:
+                raise FormatError(f"{where}: raw payload {name!r} has the wrong size")
+    return header, segments
+
+
+class _Parent:
+    """The parent's safetensors files, mapped on first use, with their validated headers."""
+
+    def __init__(self, folder: Path, files: Mapping[str, FileEntry], stack: ExitStack) -> None:
+        self.folder, self.files, self.stack = folder, files, stack
+        self.headers: dict[str, dict[str, TensorSpec]] = {}
+        self.maps: dict[str, mmap.mmap | None] = {}
+
+    def base(self, seg: Segment, where: str) -> tuple[str, int]:
+        """(file, absolute offset) of a segment's base, checked against the parent's header."""
+        ref = seg.base
+        assert ref is not None
+        if ref.file not in self.files:
+            raise FormatError(f"{where}: base file {ref.file!r} is not a listed parent file")
+        if ref.file not in self.headers:
+            header = read_header(self.folder / ref.file)
+            self.headers[ref.file] = header.by_name()
+            self.maps[ref.file] = _map(self.stack, self.folder / ref.file, header.file_size)
+        spec = self.headers[ref.file].get(ref.tensor)
+        if spec is None or ref.offset + seg.size > spec.nbytes:
+            raise FormatError(
+                f"{where}: base {ref.tensor!r}[{ref.offset}:+{seg.size}] is not in {ref.file}"
+            )
+        return ref.file, spec.start + ref.offset
+
+
+def decode(
+    parent_dir: str | Path,
+    delta_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    expected: Sequence[FileEntry],
+    workers: int | None = None,
+    verify_parent: bool = True,
+) -> None:
+    """Rebuild the files of a version into ``out_dir`` from its parent and its delta.
+
+    ``expected`` are the files the signed manifest declares: their sizes bound every
+    allocation, and each rebuilt file must have their blake3 (IntegrityError otherwise). A
+    parent other than the one the delta was made against is an IntegrityError naming the file
+    (``verify_parent=False`` checks only sizes, for a parent already verified, such as blobs of
+    a content-addressed store). Files appear in ``out_dir`` only once all of them verified.
+    """
+    parent_dir, delta_dir, out_dir = Path(parent_dir), Path(delta_dir), Path(out_dir)
+    workers = workers or _default_workers()
+    index = read_index(delta_dir)
+    _check_expected(index, expected, str(delta_dir / INDEX_FILE))
+    _check_parent(index, parent_dir, verify_parent)
+    parent_files = {e.path: e for e in index.parent_files}
+    tag = uuid.uuid4().hex[:12]
+    staged: list[tuple[Path, Path]] = []
+    created: list[Path] = []
+    renamed: list[Path] = []
+    try:
+        with ExitStack() as stack:
+            parent = _Parent(parent_dir, parent_files, stack)
+            pool = stack.enter_context(ThreadPoolExecutor(workers))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            for target in index.files:
+                final = out_dir / target.path
+                for d in reversed(final.parents):
+                    if not d.exists():
+                        d.mkdir()
+                        created.append(d)
+                tmp = final.parent / f".{final.name}.{tag}.incomplete"
+                staged.append((tmp, final))
+                if target.copy is not None:
+                    shutil.copyfile(parent_dir / target.copy, tmp)
+                else:
+                    assert target.delta is not None
+                    delta_path = delta_dir / safe_relpath(target.delta)
+                    _rebuild(pool, parent, delta_path, target, tmp, workers)
+                _verify(tmp, target)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            renamed.append(final)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for final in renamed:
+            final.unlink(missing_ok=True)
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _verify(path: Path, target: DeltaTarget) -> None:
+    size = path.stat().st_size
+    actual = hash_file(path)
+    if size != target.size or actual != target.blake3:
+        raise IntegrityError(
+            f"{target.path}: rebuilt from the delta with blake3 {actual} ({size} bytes), but "
+            f"the manifest declares {target.blake3} ({target.size} bytes); the delta or the "
+            "parent is corrupt",
+            path=target.path,
+            expected=target.blake3,
+            actual=actual,
+        )
+
+
+def _rebuild(
+    pool: ThreadPoolExecutor,
+    parent: _Parent,
+    delta_path: Path,
+    target: DeltaTarget,
+    tmp: Path,
+    workers: int,
+) -> None:
+    header, segments = _read_table(delta_path, target)
+    payloads = header.by_name()
+    where = delta_path.name
+    bases = [parent.base(s, where) if s.base is not None else None for s in segments]
+    with open(tmp, "wb") as f:
+        f.truncate(target.size)
+    with ExitStack() as local:
+        out_map = _map(local, tmp, target.size, write=True)
+        delta_map = _map(local, delta_path, header.file_size)
+
+        def work(item: tuple[int, int]) -> None:
+            i, offset = item
+            seg = segments[i]
+            planes = []
+            for codec, name in seg.planes:
+                data = None
+                if name is not None:
+                    spec = payloads[name]
+                    data = _view(delta_map, spec.start, spec.nbytes)
+                planes.append(decode_plane(codec, data, seg.size // seg.transform.word))
+            base = None
+            if bases[i] is not None:
+                file, start = bases[i]
+                base = _view(parent.maps[file], start, seg.size)
+            inverse(planes, base, seg.transform, _view(out_map, offset, seg.size))
+
+        offsets = np.cumsum([0] + [s.size for s in segments]).tolist()
+        for _ in _ordered(pool, work, iter(enumerate(offsets[:-1])), 2 * workers + 2):
+            pass
+        if out_map is not None:
+            out_map.flush()
+
+
+__all__ = [
+    "CHUNK_BYTES",
+    "INDEX_FILE",
+    "DeltaIndex",
+    "DeltaTarget",
+    "Segment",
+    "decode",
+    "delta_size",
+    "encode",
+    "read_index",
+]

@@ -1,0 +1,349 @@
+"""Deltas between versions: byte-exact round trips, what costs nothing, and hostile deltas."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+from p2pdist import delta
+from p2pdist.delta_codec import META_KEY, Segment
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError
+from p2pdist.manifest import FileEntry, describe_files, list_files
+from p2pdist.shards import read_header, save_state_dict
+
+ALL_DTYPES = [
+    torch.bool, torch.uint8, torch.int8, torch.float8_e4m3fn, torch.float8_e5m2,
+    torch.int16, torch.uint16, torch.float16, torch.bfloat16,
+    torch.int32, torch.uint32, torch.float32, torch.int64, torch.uint64, torch.float64,
+]  # fmt: skip
+
+
+def _random(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """A tensor of random bits (any dtype, NaNs and all)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    n = int(np.prod(shape, dtype=np.int64)) * itemsize
+    raw = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen)
+    if dtype == torch.bool:
+        raw = raw & 1
+    return raw.view(dtype).reshape(shape)
+
+
+def _nudge(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor after a small optimiser-like step."""
+    return (t.float() + 1e-3 * torch.sign(torch.sin(torch.arange(t.numel()))).reshape(t.shape)).to(
+        t.dtype
+    )
+
+
+def _model(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(64, 32, generator=gen) * 0.02,
+        "layer.0.weight": torch.randn(32, 32, generator=gen).bfloat16() * 0.02,
+        "layer.0.bias": torch.zeros(32),
+        "layer.1.weight": torch.randn(48, 32, generator=gen).half(),
+        "scale": torch.tensor(1.5),
+        "empty": torch.empty(0, 3),
+        "steps": torch.tensor([7], dtype=torch.int64),
+    }
+
+
+def _write(
+    folder: Path, sd: dict[str, torch.Tensor], *, shard: int = 10_000, **side: bytes
+) -> Path:
+    save_state_dict(sd, folder, max_shard_size=shard)
+    for name, data in side.items():
+        path = folder / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return folder
+
+
+def _expected(folder: Path) -> tuple[FileEntry, ...]:
+    return describe_files(folder, list_files(folder))
+
+
+def _round_trip(tmp: Path, parent: Path, new: Path, **kwargs: object) -> Path:
+    names = delta.encode(parent, new, tmp / "delta", **kwargs)  # type: ignore[arg-type]
+    assert names[0] == delta.INDEX_FILE
+    assert sorted(names) == list_files(tmp / "delta")
+    out = tmp / "out"
+    delta.decode(parent, tmp / "delta", out, expected=_expected(new))
+    assert list_files(out) == list_files(new)
+    for name in list_files(new):
+        assert (out / name).read_bytes() == (new / name).read_bytes(), name
+    return tmp / "delta"
+
+
+def _segments(delta_dir: Path) -> list[Segment]:
+    segs = []
+    for name in delta.read_index(delta_dir).delta_files[1:]:
+        table = json.loads(read_header(delta_dir / name).metadata[META_KEY])
+        segs += [Segment.from_json(s, where=name) for s in table["segments"]]
+    return segs
+
+
+def test_round_trip_of_a_trained_step(tmp_path: Path) -> None:
+    old = _model()
+    new = {k: _nudge(v) if v.is_floating_point() else v + 1 for k, v in old.items()}
+    parent = _write(tmp_path / "v1", old, **{"config.json": b"{}", "tok__vocab.txt": b"a\nb\n"})
+    child = _write(tmp_path / "v2", new, **{"config.json": b"{}", "tok__vocab.txt": b"a\nc\n"})
+    d = _round_trip(tmp_path, parent, child)
+    index = delta.read_index(d)
+    how = {t.path: (t.copy, t.delta) for t in index.files}
+    assert how["config.json"] == ("config.json", None)
+    assert how["tok/vocab.txt"][1] is not None
+    assert delta.delta_size(d) == sum((d / n).stat().st_size for n in list_files(d))
+
+
+def test_unchanged_tensors_cost_nothing(tmp_path: Path) -> None:
+    old = _model()
+    new = dict(old, **{"layer.0.weight": _nudge(old["layer.0.weight"])})
+    d = _round_trip(tmp_path, _write(tmp_path / "a", old), _write(tmp_path / "b", new))
+    for seg in _segments(d):
+        if seg.tensor is not None and seg.tensor != "layer.0.weight":
+            assert seg.is_copy, seg.tensor
+    # the payloads hold no more than the one changed tensor
+    payload = sum(
+        spec.nbytes
+        for name in delta.read_index(d).delta_files[1:]
+        for spec in read_header(d / name).tensors
+    )
+    assert 0 < payload < old["layer.0.weight"].numel() * 2
+
+
+def test_identical_version_is_all_references(tmp_path: Path) -> None:
+    sd = _model()
+    d = _round_trip(tmp_path, _write(tmp_path / "a", sd), _write(tmp_path / "b", sd))
+    assert delta.read_index(d).delta_files == [delta.INDEX_FILE]
+
+
+def test_tensor_moving_between_shards_is_a_delta(tmp_path: Path) -> None:
+    old = _model()
+    # another insertion order and shard size: tensors land in other shards of other names
+    new = {k: _nudge(v) if v.is_floating_point() else v for k, v in reversed(old.items())}
+    d = _round_trip(
+        tmp_path, _write(tmp_path / "a", old, shard=5_000), _write(tmp_path / "b", new, shard=9_000)
+    )
+    segs = {s.tensor: s for s in _segments(d) if s.tensor}
+    assert segs["embed.weight"].base is not None
+    assert segs["embed.weight"].transform.op == "sub"
+
+
+def test_added_removed_reshaped_and_retyped_tensors(tmp_path: Path) -> None:
+    old = _model()
+    new = dict(old)
+    del new["layer.0.bias"]
+    new["added"] = torch.arange(10, dtype=torch.int32)
+    new["embed.weight"] = old["embed.weight"].reshape(32, 64).clone()
+    new["layer.1.weight"] = old["layer.1.weight"].float()
+    new["scale"] = torch.tensor(2.5)
+    d = _round_trip(tmp_path, _write(tmp_path / "a", old), _write(tmp_path / "b", new))
+    segs = {s.tensor: s for s in _segments(d) if s.tensor}
+    assert segs["added"].base is None
+    assert segs["embed.weight"].base is None
+    assert segs["layer.1.weight"].base is None
+    assert segs["scale"].base is not None
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_every_dtype_round_trips(tmp_path: Path, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    old = {
+        "a": _random((33, 7), dtype, gen),
+        "s": _random((), dtype, gen),
+        "e": _random((0,), dtype, gen),
+    }
+    new = dict(old, a=_random((33, 7), dtype, gen), s=_random((), dtype, gen))
+    _round_trip(tmp_path, _write(tmp_path / "a", old), _write(tmp_path / "b", new))
+
+
+def test_small_chunks_and_no_grouping(tmp_path: Path) -> None:
+    old = _model()
+    new = {k: _nudge(v) if v.is_floating_point() else v for k, v in old.items()}
+    a, b = _write(tmp_path / "a", old), _write(tmp_path / "b", new)
+    d = _round_trip(tmp_path / "x", a, b, chunk_bytes=64, workers=3)
+    assert len([s for s in _segments(d) if s.tensor == "embed.weight"]) == 64 * 32 * 4 // 64
+    d = _round_trip(tmp_path / "y", a, b, group=False)
+    assert all(s.transform.order is None for s in _segments(d))
+
+
+def test_side_files_and_a_broken_safetensors_file(tmp_path: Path) -> None:
+    sd = _model()
+    a = _write(tmp_path / "a", sd, **{"x.safetensors": b"not safetensors", "empty.txt": b""})
+    b = _write(tmp_path / "b", sd, **{"x.safetensors": b"still not", "empty.txt": b"", "new": b"1"})
+    _round_trip(tmp_path, a, b)
+
+
+def test_files_argument_limits_the_version(tmp_path: Path) -> None:
+    sd = _model()
+    a = _write(tmp_path / "a", sd)
+    b = _write(tmp_path / "b", sd, **{"p2pdist.json": b"{}", "config.json": b"{}"})
+    files = [f for f in list_files(b) if f != "p2pdist.json"]
+    delta.encode(a, b, tmp_path / "d", files=files)
+    assert {t.path for t in delta.read_index(tmp_path / "d").files} == set(files)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path, Path, tuple[FileEntry, ...]]:
+    gen = torch.Generator().manual_seed(3)
+    old = {"w": torch.randn(256, 64, generator=gen).bfloat16(), "b": torch.randn(64, generator=gen)}
+    new = {k: _nudge(v) for k, v in old.items()}
+    a = _write(tmp_path / "a", old, shard=1 << 30, **{"config.json": b'{"a": 1}'})
+    b = _write(tmp_path / "b", new, shard=1 << 30, **{"config.json": b'{"a": 2}'})
+    delta.encode(a, b, tmp_path / "d")
+    return a, b, tmp_path / "d", _expected(b)
+
+
+def _nothing_visible(out: Path) -> None:
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def _decode_fails(
+    pair: tuple[Path, Path, Path, tuple[FileEntry, ...]], exc: type, match: str
+) -> None:
+    a, _b, d, expected = pair
+    out = d.parent / "out"
+    with pytest.raises(exc, match=match):
+        delta.decode(a, d, out, expected=expected)
+    _nothing_visible(out)
+
+
+def _table(path: Path) -> tuple[dict, dict, bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return header, json.loads(header["__metadata__"][META_KEY]), raw[8 + n :]
+
+
+def _rewrite(path: Path, header: dict, table: dict, data: bytes) -> None:
+    header["__metadata__"][META_KEY] = json.dumps(table)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def _main_delta(d: Path) -> Path:
+    index = delta.read_index(d)
+    return d / next(t.delta for t in index.files if t.path == "model.safetensors")
+
+
+def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
+    a = pair[0]
+    raw = bytearray((a / "model.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (a / "model.safetensors").write_bytes(bytes(raw))
+    _decode_fails(pair, IntegrityError, "model.safetensors: parent file has blake3")
+    # without verification of the parent, the rebuilt file's blake3 still catches it
+    a, _, d, expected = pair
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: rebuilt"):
+        delta.decode(a, d, d.parent / "out2", expected=expected, verify_parent=False)
+    _nothing_visible(d.parent / "out2")
+
+
+def test_missing_parent_file(pair) -> None:
+    (pair[0] / "model.safetensors").unlink()
+    _decode_fails(pair, IntegrityError, "parent file missing")
+
+
+def test_manifest_disagreeing_with_the_index(pair) -> None:
+    a, _b, d, expected = pair
+    lied = tuple(
+        FileEntry(e.path, e.size + 1, e.blake3) if e.path == "config.json" else e for e in expected
+    )
+    with pytest.raises(IntegrityError, match=r"config\.json"):
+        delta.decode(a, d, d.parent / "out", expected=lied)
+    with pytest.raises(FormatError, match="other files"):
+        delta.decode(a, d, d.parent / "out", expected=expected[:-1])
+    _nothing_visible(d.parent / "out")
+
+
+def test_truncated_delta_file(pair) -> None:
+    path = _main_delta(pair[2])
+    path.write_bytes(path.read_bytes()[:-10])
+    _decode_fails(pair, FormatError, "truncated")
+
+
+def test_corrupt_payload_byte(pair) -> None:
+    path = _main_delta(pair[2])
+    header, table, data = _table(path)
+    data = bytearray(data)
+    data[len(data) // 2] ^= 0xFF
+    _rewrite(path, header, table, bytes(data))
+    _decode_fails(pair, (FormatError, IntegrityError), "zstd plane|blake3")
+
+
+def test_decompression_bomb_is_refused(pair) -> None:
+    path = _main_delta(pair[2])
+    header, table, data = _table(path)
+    seg = next(s for s in table["segments"] if any(p["codec"] == "zstd" for p in s["planes"]))
+    plane = next(p for p in seg["planes"] if p["codec"] == "zstd")
+    bomb = zstandard.ZstdCompressor().compress(bytes(1 << 26))
+    old = header[plane["payload"]]
+    start, end = old["data_offsets"]
+    data = data[:start] + bomb + data[end:]
+    shift = len(bomb) - (end - start)
+    for name, spec in header.items():
+        if name != "__metadata__" and spec["data_offsets"][0] >= end:
+            spec["data_offsets"] = [o + shift for o in spec["data_offsets"]]
+    old["data_offsets"], old["shape"] = [start, start + len(bomb)], [len(bomb)]
+    _rewrite(path, header, table, data)
+    _decode_fails(pair, FormatError, "decompression bomb")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t: t["segments"][1].update(size=t["segments"][1]["size"] * 2), "segments cover"),
+        (lambda t: t["segments"][1].update(size=1 << 40), "limit"),
+        (lambda t: t["segments"][1].update(word=3), "word"),
+        (lambda t: t["segments"][1].update(op="add"), "op"),
+        (lambda t: t.update(size=5), "rebuilds"),
+        (lambda t: t["segments"][1]["planes"][0].update(payload="nope"), "payload"),
+        (
+            lambda t: t["segments"][1].update(base={"file": "../x", "tensor": "w", "offset": 0}),
+            "unsafe path",
+        ),
+        (
+            lambda t: t["segments"][1].update(
+                base={"file": "model.safetensors", "tensor": "w", "offset": 1 << 30}
+            ),
+            "is not in",
+        ),
+    ],
+)
+def test_lying_codec_table(pair, edit, match) -> None:
+    path = _main_delta(pair[2])
+    header, table, data = _table(path)
+    edit(table)
+    _rewrite(path, header, table, data)
+    _decode_fails(pair, FormatError, match)
+
+
+def test_bad_index(pair) -> None:
+    d = pair[2]
+    (d / delta.INDEX_FILE).write_bytes(b"[]")
+    _decode_fails(pair, FormatError, "not a p2pdist delta index")
+    (d / delta.INDEX_FILE).unlink()
+    _decode_fails(pair, NotFoundError, "no delta index")
+
+
+def test_failure_after_a_good_file_leaves_nothing(pair) -> None:
+    a, _b, d, expected = pair
+    out = d.parent / "out"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"mine")
+    path = _main_delta(d)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(FormatError):
+        delta.decode(a, d, out, expected=expected)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
