@@ -69,7 +69,9 @@ def _store_errors(what: str) -> Iterator[None]:
             if e.errno == errno.ENOSPC
             else ""
         )
-        raise StoreError(e.errno or 0, f"{what}: {e.strerror or e}{hint}") from None
+        error = StoreError(f"{what}: {e.strerror or e}{hint}")
+        error.errno = e.errno
+        raise error from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -275,16 +277,20 @@ class Store:
             return blob
         tmp = self.blobs_dir / f"{entry.blake3}.{uuid.uuid4().hex[:8]}.incomplete"
         real_src = src.resolve()
-        if move and not src.is_symlink():
-            try:
-                os.rename(real_src, tmp)
-            except OSError:
+        try:
+            if move and not src.is_symlink():
+                try:
+                    os.rename(real_src, tmp)
+                except OSError:
+                    shutil.copyfile(real_src, tmp)
+            else:
                 shutil.copyfile(real_src, tmp)
-        else:
-            shutil.copyfile(real_src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, blob)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, blob)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return blob
 
     # -- checking and cleaning --------------------------------------------------------------

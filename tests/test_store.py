@@ -147,3 +147,47 @@ def test_two_processes_adding_same_version(
     procs = [subprocess.Popen(args) for _ in range(3)]
     assert [p.wait() for p in procs] == [0, 0, 0]
     Store(p2p_home).verify("org/model", "v1")
+
+
+_FULL_DISK_ADD = r"""
+import resource, signal, sys
+from p2pdist.errors import StoreError
+from p2pdist.manifest import Manifest
+from p2pdist.store import Store
+store = Store(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    store.add_version(Manifest.read(sys.argv[2]), sys.argv[3])
+except StoreError as e:
+    print(f"StoreError: {e}")
+    sys.exit(3)
+"""
+
+
+def test_write_failure_is_a_store_error_and_loses_nothing(
+    p2p_home: Path, tmp_path: Path, stored_version: Manifest, signing_key: Ed25519PrivateKey
+) -> None:
+    folder = make_version_folder(tmp_path / "v2", small_state_dict(seed=3))
+    manifest = sign_folder(folder, signing_key, version="v2")
+    manifest.write(tmp_path / "v2.json")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FULL_DISK_ADD,
+            str(p2p_home),
+            str(tmp_path / "v2.json"),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("StoreError: cannot add org/model@v2")
+    store = Store(p2p_home)
+    assert not store.has("org/model", "v2")
+    store.verify("org/model", "v1")
+    assert not [b for b in store.blobs_dir.iterdir() if b.name.endswith(".incomplete")]
+    store.add_version(manifest, folder)  # with room again, the same add succeeds
+    store.verify("org/model", "v2")
