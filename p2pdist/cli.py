@@ -380,6 +380,20 @@ def seed(home: Path | None) -> None:
 
 
 @cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@home_option
+def origin(host: str, port: int, home: Path | None) -> None:
+    """Serve the store's versions over HTTP as web seeds (BEP 19) for `publish --web-seed`."""
+    from p2pdist.origin import run_origin
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    click.echo(f"p2pdist origin serving {store.root} on http://{host}:{port}/", err=True)
+    run_origin(store, host, port)
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo's temporary folder for inspection.")
 @click.option("--steps", type=click.IntRange(1, 10_000), default=40, show_default=True,
               help="Training steps between versions.")  # fmt: skip

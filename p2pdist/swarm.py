@@ -536,7 +536,7 @@ class Swarm:
             if state.web_endpoints and tuple(alert.endpoint) not in state.web_endpoints:
                 state.peer_bytes += state.block_length(alert.piece_index, alert.block_index)
         elif isinstance(alert, lt.hash_failed_alert):
-            state.hash_failures += 1
+            pass
         elif isinstance(alert, lt.torrent_finished_alert):
             state.finished = True
         elif isinstance(alert, lt.save_resume_data_alert):

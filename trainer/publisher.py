@@ -1,16 +1,22 @@
 """Publishing checkpoints from inside a training loop without blocking it.
 
 ``CheckpointPublisher.publish(model)`` takes a CPU snapshot of the weights (the only part
-that runs on the training thread), then a background worker writes the shards, encodes the
-delta against the previous version, signs, registers and seeds. Versions number themselves
-(v1, v2, …) unless given; the last ``keep`` versions stay in the store and seeded, older ones
-are dropped so a long run does not fill the disk.
+that runs on the training thread: no disk, no network), then a background worker numbers the
+version, writes the shards, encodes the delta against the previous version, signs, registers
+and seeds. Versions number themselves (v1, v2, …) unless given; the last ``keep`` versions stay
+in the store and seeded, older ones are dropped so a long run does not fill the disk.
+
+A publish that fails (tracker down, disk full) fails its Future with one P2PDistError and
+leaves nothing behind: its unregistered build is removed from the store and its number is
+taken again by the next publish, whose parent is the last version that did get published.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,12 +27,15 @@ import torch
 
 from p2pdist import config
 from p2pdist.client import RegistryClient
-from p2pdist.errors import NotFoundError
+from p2pdist.errors import NotFoundError, P2PDistError, StoreError
 from p2pdist.publish import PublishedVersion, next_version, publish
+from p2pdist.ref import validate_version
 from p2pdist.shards import DEFAULT_MAX_SHARD_SIZE, save_state_dict
 from p2pdist.store import Store
 
 log = logging.getLogger(__name__)
+
+_NUMBERED = re.compile(r"v(\d+)")
 
 
 def cpu_snapshot(weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,6 +53,8 @@ class CheckpointPublisher:
         keep: how many of the newest versions stay in the store and seeded.
         side_files: extra files written next to the shards in every version (e.g. config.json).
         delta: publish each version as a delta against the previous one.
+        seed, private: as for ``p2pdist publish``.
+        swarm: the Swarm that seeds the versions (default: the process's swarm).
     """
 
     def __init__(
@@ -59,6 +70,7 @@ class CheckpointPublisher:
         delta: bool = True,
         seed: bool = True,
         private: bool = False,
+        swarm: Any = None,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -72,6 +84,7 @@ class CheckpointPublisher:
         self.delta = delta
         self.seed = seed
         self.private = private
+        self.swarm = swarm
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-publish")
         self._pending: list[Future[PublishedVersion]] = []
         self._lock = threading.Lock()
@@ -80,18 +93,19 @@ class CheckpointPublisher:
         self.published: list[PublishedVersion] = []
 
     def _allocate_version(self) -> str:
-        with self._lock:
-            if self._next_number is None:
-                client = RegistryClient(self.tracker, self.token)
-                try:
-                    known = [v["version"] for v in client.list_versions(self.name)]
-                except NotFoundError:
-                    known = []
-                known += [m.version for m in self.store.versions(self.name)]
-                self._next_number = int(next_version(known)[1:])
-            version = f"v{self._next_number}"
-            self._next_number += 1
-            return version
+        """The next ``v<n>``: counted here, first derived from the registry and the store.
+
+        Runs on the worker (it may ask the registry), so publishes are numbered in order.
+        """
+        if self._next_number is None:
+            client = RegistryClient(self.tracker, self.token)
+            try:
+                known = [v["version"] for v in client.list_versions(self.name)]
+            except NotFoundError:
+                known = []
+            known += [m.version for m in self.store.versions(self.name)]
+            self._next_number = int(next_version(known)[1:])
+        return f"v{self._next_number}"
 
     def publish(
         self,
@@ -105,14 +119,43 @@ class CheckpointPublisher:
         Only the CPU copy happens on the caller's thread. Publishing errors surface from the
         Future and from ``wait()``.
         """
+        if version is not None:
+            validate_version(version)
         snapshot = cpu_snapshot(weights)
-        version = version or self._allocate_version()
         future = self._pool.submit(self._publish, snapshot, version, dict(metadata or {}))
         with self._lock:
             self._pending.append(future)
         return future
 
     def _publish(
+        self, snapshot: dict[str, torch.Tensor], version: str | None, metadata: dict[str, str]
+    ) -> PublishedVersion:
+        """The worker's part of one publish: number, build, register, seed, then retain."""
+        try:
+            version = version or self._allocate_version()
+            try:
+                published = self._publish_version(snapshot, version, metadata)
+            except OSError as e:  # not one of ours (a StoreError is handled below)
+                if isinstance(e, P2PDistError):
+                    raise
+                raise StoreError(
+                    f"{self.name}@{version}: cannot write the checkpoint ({e}); "
+                    f"free space or check the store at {self.store.root}"
+                ) from e
+        except P2PDistError as e:
+            e.add_note(f"while publishing {self.name}@{version or '<next version>'}")
+            if version is not None:
+                self._forget_failed(version)
+            raise
+        self._last_version = version
+        match = _NUMBERED.fullmatch(version)
+        if match is not None and self._next_number is not None:
+            self._next_number = max(self._next_number, int(match.group(1)) + 1)
+        self.published.append(published)
+        self._retain()
+        return published
+
+    def _publish_version(
         self, snapshot: dict[str, torch.Tensor], version: str, metadata: dict[str, str]
     ) -> PublishedVersion:
         parent = self._last_version if self.delta else None
@@ -130,8 +173,8 @@ class CheckpointPublisher:
                     else content
                 )
                 (folder / filename).write_bytes(data)
-            del snapshot
-            published = publish(
+            snapshot.clear()  # the shards hold the bytes now; free the copy early
+            return publish(
                 folder,
                 name=self.name,
                 version=version,
@@ -142,11 +185,34 @@ class CheckpointPublisher:
                 private=self.private,
                 seed=self.seed,
                 metadata=metadata,
+                swarm=self.swarm,
             )
-        self._last_version = version
-        self.published.append(published)
-        self._retain()
-        return published
+
+    def _forget_failed(self, version: str) -> None:
+        """Undo a failed publish so the next one can reuse its number and build cleanly.
+
+        A version the registry does not list (or cannot be asked about) is unseeded and
+        removed from the store: left there, it would block its number (the next publish would
+        meet other bytes under the same name) and never be dropped by retention.
+        """
+        self._next_number = None  # derive it again from the registry and the store
+        try:
+            if not self.store.has(self.name, version):
+                return
+            try:
+                client = RegistryClient(self.tracker, self.token)
+                listed = {v["version"] for v in client.list_versions(self.name)}
+            except P2PDistError:
+                listed = set()
+            if version in listed:
+                return
+            if self.seed:
+                from p2pdist.seeder import unseed_version
+
+                unseed_version(self.store, self.name, version, swarm=self.swarm)
+            self.store.remove(self.name, version)
+        except (P2PDistError, OSError) as e:  # the original failure is the one to report
+            log.warning("cannot clean up the failed publish of %s@%s: %s", self.name, version, e)
 
     def _retain(self) -> None:
         """Drop versions older than the newest ``keep`` from the swarm and the store."""
@@ -156,15 +222,30 @@ class CheckpointPublisher:
         from p2pdist.seeder import unseed_version
 
         for old in stale:
-            unseed_version(self.store, old.manifest.name, old.manifest.version)
+            if self.seed:
+                unseed_version(
+                    self.store, old.manifest.name, old.manifest.version, swarm=self.swarm
+                )
             self.store.remove(old.manifest.name, old.manifest.version)
         self.store.gc()
 
     def wait(self, timeout: float | None = None) -> list[PublishedVersion]:
-        """Block until every publish so far has finished; re-raise the first failure."""
+        """Block until every publish so far has finished; re-raise the first failure.
+
+        Every pending publish is waited for before a failure is raised, so none is lost from
+        a later ``wait()``. ``timeout`` bounds the whole wait (TimeoutError when it runs out;
+        the unfinished publishes stay pending).
+        """
         with self._lock:
-            pending, self._pending = self._pending, []
-        return [f.result(timeout=timeout) for f in pending]
+            pending = list(self._pending)
+        done, not_done = concurrent.futures.wait(pending, timeout)
+        with self._lock:
+            self._pending = [f for f in self._pending if f not in done]
+        if not_done:
+            raise TimeoutError(
+                f"{len(not_done)} publish(es) of {self.name} still running after {timeout:g} s"
+            )
+        return [f.result() for f in pending]
 
     def close(self) -> None:
         """Finish pending publishes and stop the worker (seeding continues while the process lives)."""

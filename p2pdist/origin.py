@@ -1,0 +1,64 @@
+"""An HTTP origin: the store's versions served as BEP 19 web seeds.
+
+A torrent published with ``--web-seed http://host:port/`` asks this server for
+``/<torrent root>/<path>`` with HTTP Range requests; a fetch then completes even when no peer
+is up, and peers take over as they appear (Kraken's origin role). Only committed versions are
+served, by name, read-only; nothing else on disk is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from p2pdist.errors import P2PDistError
+from p2pdist.manifest import safe_relpath
+from p2pdist.ref import validate_name, validate_version
+from p2pdist.store import DELTA, SNAPSHOT, Store
+
+STORE = web.AppKey("store", Store)
+
+
+def _resolve(store: Store, root: str, path: str) -> Path:
+    """The file behind ``/<org--name>@<version>[.delta]/<path>``, or HTTPNotFound."""
+    delta = root.endswith(".delta")
+    base = root[: -len(".delta")] if delta else root
+    folder, sep, version = base.rpartition("@")
+    try:
+        if not sep:
+            raise ValueError(root)
+        name = validate_name(folder.replace("--", "/", 1))
+        validate_version(version)
+        safe_relpath(path)
+    except (P2PDistError, ValueError):
+        raise web.HTTPNotFound() from None
+    if not store.has(name, version):
+        raise web.HTTPNotFound()
+    manifest = store.manifest(name, version)
+    entries = manifest.delta_files if delta else manifest.files
+    if path not in {e.path for e in entries}:
+        raise web.HTTPNotFound()
+    return (store.version_dir(name, version) / (DELTA if delta else SNAPSHOT) / path).resolve()
+
+
+async def serve_file(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    path = await asyncio.to_thread(
+        _resolve, store, request.match_info["root"], request.match_info["path"]
+    )
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def create_origin_app(store: Store) -> web.Application:
+    """The origin as an aiohttp application (GET and HEAD with Range, via FileResponse)."""
+    app = web.Application()
+    app[STORE] = store
+    app.router.add_get("/{root}/{path:.+}", serve_file)
+    return app
+
+
+def run_origin(store: Store, host: str, port: int) -> None:
+    """Serve until interrupted (``p2pdist origin``)."""
+    web.run_app(create_origin_app(store), host=host, port=port, print=None)

@@ -1,0 +1,138 @@
+"""The fetch paths beyond the happy one: HTTP origin only, origin forbidden, a killed fetch
+that resumes, and a standard BitTorrent client (aria2) joining a p2pdist swarm."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import free_port, make_version_folder
+from tests.integration.harness import Node, Tracker
+
+pytestmark = pytest.mark.integration
+
+NAME = "org/model"
+
+
+def big_state(rows: int = 2048) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {f"layers.{i}.weight": torch.randn(rows, 256, generator=g) for i in range(3)}
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError as e:
+            if getattr(e, "code", None) == 404:  # the server answers: it is up
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
+
+
+def same_tree(src: Path, out: Path) -> None:
+    for f in src.iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_fetch_from_http_origin_alone_and_no_origin_fails_clearly(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", big_state(512))
+    publisher = nodes("publisher", publisher=True)
+    port = free_port()
+    origin_url = f"http://127.0.0.1:{port}/"
+    published = publisher.run(
+        "publish",
+        str(src),
+        "--name",
+        NAME,
+        "--version",
+        "v1",
+        "--web-seed",
+        origin_url,
+        "--no-seed",
+    )
+    assert published.returncode == 0, published.stderr
+    publisher.start("origin", "--host", "127.0.0.1", "--port", str(port))
+    wait_http(origin_url + "nothing/here")
+
+    no_origin = nodes("strict").run("fetch", f"{NAME}@v1", "--no-origin", "--stall-timeout", "3")
+    assert no_origin.returncode == 1
+    assert "stalled" in no_origin.stderr and "0 web seed(s)" in no_origin.stderr
+    assert "Traceback" not in no_origin.stderr
+
+    result = nodes("consumer").fetch_json(f"{NAME}@v1", "--out", str(tmp_path / "out"))
+    assert result["bytes_from_web_seeds"] >= result["full_bytes"]
+    assert result["bytes_from_peers"] == 0
+    same_tree(src, tmp_path / "out")
+
+
+def _allocated(folder: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+
+def test_killed_fetch_resumes_with_far_less_than_the_whole(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", big_state(2048))  # ~6 MB
+    total = sum(f.stat().st_size for f in src.iterdir())
+    slow = nodes("publisher", publisher=True, P2PDIST_UPLOAD_LIMIT=str(1_000_000))
+    seeder = slow.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    consumer = nodes("consumer")
+    fetch = consumer.start("fetch", f"{NAME}@v1", "--json")
+    partial = consumer.home / "partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        partial.is_dir() and _allocated(partial) > 0.4 * total
+    ):
+        time.sleep(0.1)
+    os.kill(fetch.pid, signal.SIGKILL)
+    fetch.communicate(timeout=30)
+    had = _allocated(partial)
+    assert 0.3 * total < had < total, "the fetch was not killed part-way; slow the seed down"
+    seeder.kill()
+    seeder.communicate(timeout=30)
+    fast = nodes("publisher-again")
+    fast.home, fast.env = slow.home, {**slow.env, "P2PDIST_UPLOAD_LIMIT": "0"}
+    fast.start_seeding("seed")
+    result = consumer.fetch_json(f"{NAME}@v1")
+    assert result["plan"] == "full"
+    assert result["bytes_from_peers"] <= 0.75 * total, result
+    same_tree(src, Path(result["path"]))
+    assert not any(partial.iterdir()), "the partial download is cleaned up after the commit"
+
+
+@pytest.mark.skipif(
+    shutil.which("aria2c") is None, reason="aria2c not installed (apt-get install aria2)"
+)
+def test_aria2_downloads_a_p2pdist_torrent_from_p2pdist_seeds(
+    nodes: Callable[..., Node], tracker: Tracker, tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", big_state(256))
+    publisher = nodes("publisher", publisher=True)
+    publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    torrent = urllib.request.urlopen(
+        f"{tracker.url}/v1/models/{NAME}/versions/v1/torrent?kind=full", timeout=10
+    ).read()
+    (tmp_path / "v1.torrent").write_bytes(torrent)
+    out = subprocess.run(
+        ["aria2c", "--dir", str(tmp_path / "aria2"), "--seed-time=0", "--enable-dht=false",
+         "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+         f"--listen-port={free_port()}", "--bt-stop-timeout=60", "--summary-interval=0",
+         "--console-log-level=warn", str(tmp_path / "v1.torrent")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    same_tree(src, tmp_path / "aria2" / "org--model@v1")

@@ -1,0 +1,257 @@
+"""CheckpointPublisher against a real tracker process: non-blocking, numbered, deltas, retention.
+
+The publisher runs in this process with its own Swarm (passed as ``swarm=``), so the tests can
+look at what it seeds; the tracker is a subprocess (``tests/integration/harness.py``). "Does
+not block" is shown by ordering, never by timing: the worker is held inside its first step
+(writing the shards) on an Event the test controls, and ``publish()`` must have returned, with
+its Future not done, while the worker is held there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from p2pdist.client import RegistryClient
+from p2pdist.errors import P2PDistError, TrackerError
+from p2pdist.manifest import Manifest
+from p2pdist.publish import PublishedVersion
+from p2pdist.shards import load_state_dict
+from p2pdist.swarm import Swarm
+from p2pdist.trainer import publisher as publisher_module
+from p2pdist.trainer.publisher import CheckpointPublisher
+from tests.conftest import free_port
+from tests.integration.harness import Tracker
+
+pytestmark = pytest.mark.integration
+
+NAME = "org/model"
+WAIT = 60.0
+"""Seconds a test waits for something that takes well under one on an idle machine."""
+
+
+def model_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small mixed-dtype state dict (about 100 kB)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(256, 64, generator=g),
+        "layers.0.weight": torch.randn(64, 64, generator=g).to(torch.bfloat16),
+        "layers.0.bias": torch.randn(64, generator=g),
+        "head.weight": torch.randn(256, 64, generator=g).to(torch.float16),
+    }
+
+
+def train_step(state: dict[str, torch.Tensor], step: int) -> None:
+    """An optimizer step, in place: a few rows move, most bytes stay (so deltas are small)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    for name in ("layers.0.weight", "head.weight"):
+        rows = state[name][step % 8 :: 16]
+        rows += (1e-2 * torch.randn(rows.shape, generator=g)).to(rows.dtype)
+    state["layers.0.bias"][step] += 1.0
+
+
+def copy_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert torch.equal(got[name], tensor), name
+
+
+def seeded(swarm: Swarm, manifest: Manifest) -> list[bool]:
+    """Whether the swarm serves the version's full torrent and (if any) its delta torrent."""
+    refs = [manifest.torrent, manifest.delta_torrent]
+    return [swarm.transfer(ref.v1 or ref.v2 or "") is not None for ref in refs if ref is not None]
+
+
+@pytest.fixture
+def swarm() -> Iterator[Swarm]:
+    with Swarm(announce_interval_hint=2) as s:
+        yield s
+
+
+@pytest.fixture
+def make_publisher(
+    p2p_home: Path, tracker: Tracker, publish_token: str, swarm: Swarm
+) -> Iterator[Callable[..., CheckpointPublisher]]:
+    """``make_publisher(keep=2)``: a CheckpointPublisher on the test's tracker and swarm."""
+    made: list[CheckpointPublisher] = []
+
+    def make(**kwargs: Any) -> CheckpointPublisher:
+        options: dict[str, Any] = {
+            "tracker": tracker.url,
+            "token": publish_token,
+            "home": p2p_home,
+            "swarm": swarm,
+        }
+        publisher = CheckpointPublisher(NAME, **{**options, **kwargs})
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        with contextlib.suppress(P2PDistError, TimeoutError):
+            publisher.close()
+
+
+def test_publish_returns_at_once_and_publishes_the_weights_of_that_moment(
+    make_publisher: Callable[..., CheckpointPublisher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller pays only for the CPU snapshot; training on afterwards changes nothing."""
+    entered, release = threading.Event(), threading.Event()
+    caller = threading.current_thread()
+    real_save = publisher_module.save_state_dict
+
+    def held_save(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is caller:
+            raise AssertionError("publish() wrote the shards on the caller's thread")
+        entered.set()
+        assert release.wait(WAIT), "the test never released the worker"
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(publisher_module, "save_state_dict", held_save)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(128, 32), torch.nn.Linear(32, 32))
+    at_publish = copy_of(model.state_dict())
+    publisher = make_publisher()
+    try:
+        future = publisher.publish(model)
+        # publish() has returned while the worker cannot have finished: it is held below.
+        assert not future.done()
+        assert entered.wait(WAIT), future.exception() if future.done() else "worker never started"
+        assert not future.done()
+        with torch.no_grad():  # training goes on, in place, while the version is written
+            for p in model.parameters():
+                p.add_(1.0)
+    finally:
+        release.set()
+    published = future.result(timeout=WAIT)
+    assert published.manifest.version == "v1"
+    assert_same_tensors(load_state_dict(published.snapshot), at_publish)
+    assert not torch.equal(model.state_dict()["1.weight"], at_publish["1.weight"])
+    client = RegistryClient(publisher.tracker)
+    assert client.manifest_bytes(NAME, "v1") == published.manifest.to_bytes()
+    publisher.store.verify(NAME, "v1")
+
+
+def test_versions_number_themselves_and_later_ones_are_deltas(
+    make_publisher: Callable[..., CheckpointPublisher], swarm: Swarm
+) -> None:
+    publisher = make_publisher(keep=5)
+    state = model_state()
+    expected = []
+    for step in range(3):
+        publisher.publish(state)  # snapshots now; the next step changes state in place
+        expected.append(copy_of(state))
+        train_step(state, step)
+    published = publisher.wait(timeout=WAIT)
+    manifests = [p.manifest for p in published]
+    assert [m.version for m in manifests] == ["v1", "v2", "v3"]
+    assert [m.parent for m in manifests] == [None, "v1", "v2"]
+    assert manifests[0].delta_files == () and manifests[0].delta_torrent is None
+    for m in manifests[1:]:
+        assert m.delta_files and m.delta_torrent is not None
+        assert 0 < m.delta_size < m.total_size // 4  # a few rows moved: a small delta
+    for p, state_then in zip(published, expected, strict=True):
+        assert_same_tensors(load_state_dict(p.snapshot), state_then)
+        assert all(seeded(swarm, p.manifest))
+    listed = RegistryClient(publisher.tracker).list_versions(NAME)
+    assert [(v["version"], v["parent"]) for v in listed] == [
+        ("v1", None),
+        ("v2", "v1"),
+        ("v3", "v2"),
+    ]
+    assert publisher.wait() == []  # nothing left pending
+
+
+def test_retention_keeps_the_newest_versions_seeded_and_frees_the_rest(
+    make_publisher: Callable[..., CheckpointPublisher], swarm: Swarm
+) -> None:
+    publisher = make_publisher(keep=2)
+    state = model_state()
+    for step in range(4):
+        publisher.publish(state)
+        train_step(state, step)
+    published = publisher.wait(timeout=WAIT)
+    old, kept = published[:2], published[2:]
+    assert [p.manifest.version for p in kept] == ["v3", "v4"]
+    store = publisher.store
+    assert [m.version for m in store.versions(NAME)] == ["v3", "v4"]
+    assert [p.manifest.version for p in publisher.published] == ["v3", "v4"]
+    for p in old:
+        assert not any(seeded(swarm, p.manifest)), p.ref
+    for p in kept:
+        assert seeded(swarm, p.manifest) == [True, True], p.ref  # full and delta
+        store.verify(NAME, p.manifest.version)
+    referenced = store.referenced_blobs()
+    dropped = {f.blake3 for p in old for f in (*p.manifest.files, *p.manifest.delta_files)}
+    dropped -= referenced
+    assert dropped  # the old versions had blobs of their own...
+    assert not any(store.blob_path(b).exists() for b in dropped)  # ...and gc freed them
+    assert all(store.blob_path(b).is_file() for b in referenced)
+    # The registry keeps every version (they are immutable); only this host stopped serving.
+    listed = RegistryClient(publisher.tracker).list_versions(NAME)
+    assert [v["version"] for v in listed] == ["v1", "v2", "v3", "v4"]
+
+
+def test_tracker_down_fails_the_futures_not_the_caller(p2p_home: Path, swarm: Swarm) -> None:
+    """No tracker: publish() still returns; each Future and wait() raise one TrackerError."""
+    down = f"http://127.0.0.1:{free_port()}"
+    publisher = CheckpointPublisher(NAME, tracker=down, token="t", home=p2p_home, swarm=swarm)
+    try:
+        futures = [publisher.publish(model_state(0)), publisher.publish(model_state(1))]
+        with pytest.raises(TrackerError, match="not reachable") as raised:
+            publisher.wait(timeout=WAIT)
+        assert isinstance(raised.value, P2PDistError)
+        assert all(f.done() for f in futures)  # wait() waited for all before raising
+        for f in futures:
+            error = f.exception()
+            assert isinstance(error, TrackerError) and down in str(error)
+            assert any(NAME in note for note in getattr(error, "__notes__", []))
+        assert publisher.wait() == []
+        assert publisher.store.versions(NAME) == []
+        assert publisher.published == []
+    finally:
+        with contextlib.suppress(P2PDistError):
+            publisher.close()
+
+
+def test_failed_publish_leaves_nothing_and_the_next_one_takes_its_number(
+    make_publisher: Callable[..., CheckpointPublisher], tracker: Tracker, swarm: Swarm
+) -> None:
+    """The tracker dies after v1: that publish fails cleanly; after a restart v2 follows v1."""
+    publisher = make_publisher()
+    states = [model_state()]
+    for step in range(2):
+        states.append(copy_of(states[-1]))
+        train_step(states[-1], step)
+    first = publisher.publish(states[0]).result(timeout=WAIT)
+    tracker.stop(signal.SIGKILL)
+    failed = publisher.publish(states[1])
+    with pytest.raises(TrackerError) as raised:
+        failed.result(timeout=WAIT)
+    # The unregistered build is gone from the store and from the swarm.
+    assert [m.version for m in publisher.store.versions(NAME)] == ["v1"]
+    assert seeded(swarm, first.manifest) == [True]
+    tracker.start()
+    second: PublishedVersion = publisher.publish(states[2]).result(timeout=WAIT)
+    assert (second.manifest.version, second.manifest.parent) == ("v2", "v1")
+    assert second.manifest.delta_files
+    assert_same_tensors(load_state_dict(second.snapshot), states[2])
+    assert all(seeded(swarm, second.manifest))
+    listed = RegistryClient(tracker.url).list_versions(NAME)
+    assert [v["version"] for v in listed] == ["v1", "v2"]
+    assert f"while publishing {NAME}@v2" in getattr(raised.value, "__notes__", [])
+    with pytest.raises(TrackerError):  # wait() still reports the failure it has not shown
+        publisher.wait(timeout=WAIT)
+    assert publisher.wait() == []
