@@ -22,6 +22,7 @@ tracker's scrape counts them), so no consumer falls more than one version behind
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -56,7 +57,10 @@ def complete_count(tracker: str, info_hash_hex: str, timeout: float = 10.0) -> i
 def wait_for_hosts(tracker: str, info_hash_hex: str, hosts: int, timeout: float) -> int:
     """Block until ``hosts`` peers besides this one seed the torrent; returns the count seen.
 
-    Raises TimeoutError after ``timeout`` seconds, naming how many were seen.
+    The count is the tracker's: a host that has just fetched the version can show twice for
+    up to two announce intervals (its finished download and its seeding each announced), so
+    for K > 1 this is a lower bound on readiness, not a head count. Raises TimeoutError
+    after ``timeout`` seconds, naming how many were seen.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -164,12 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         publisher.wait()
     except (P2PDistError, TimeoutError, OSError) as e:
         say(args.json, "error", f"error: {type(e).__name__}: {e}", message=str(e))
-        publisher.close()
+        with contextlib.suppress(Exception):  # the failure was just reported
+            publisher.close()
         return 1
     last = publisher.published[-1].ref
     if args.seed_seconds > 0:
-        say(args.json, "seeding", f"seeding the newest {args.keep} versions (up to {last}) "
-            f"for {args.seed_seconds:g} s; Ctrl-C stops", seconds=args.seed_seconds, last=last)  # fmt: skip
+        say(args.json, "seeding",
+            f"seeding the newest {args.keep} versions (up to {last}) for "
+            f"{args.seed_seconds:g} s; Ctrl-C stops",
+            seconds=args.seed_seconds, last=last)  # fmt: skip
         try:
             time.sleep(args.seed_seconds)
         except KeyboardInterrupt:

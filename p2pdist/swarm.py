@@ -103,14 +103,13 @@ class _Torrent:
         self.resume_file = resume_file
         self.progress: Progress | None = None
         self.list_peers = 0
-        self.payload_down = 0
         self.payload_up = 0
         self.hash_failures = 0
         self.error: Exception | None = None
         self.finished = False
         self.resume_writes = 0
         self.removed = False
-        self.web_endpoints: set[tuple[str, int]] = set()
+        self.web_endpoints: set[tuple[str, int]] | None = None  # None: no web seeds
         self.peer_bytes = 0
         self.storage_size = meta.total_size
 
@@ -314,7 +313,7 @@ class Swarm:
         atp = self._params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
         started = time.monotonic()
         web_seeds = len(meta.web_seeds) if use_web_seeds else 0
-        endpoints = _web_endpoints(meta.web_seeds) if web_seeds else set()
+        endpoints = _web_endpoints(meta.web_seeds) if web_seeds else None
         state = self._add(atp, meta, resume_file=resume_file, web_endpoints=endpoints)
         handle = state.handle
         last_done, last_change, next_dial = -1, time.monotonic(), 0.0
@@ -336,7 +335,7 @@ class Swarm:
                 if closed:
                     raise SwarmError(f"download of {meta.name}: the session was closed; retry")
                 if web_seeds:
-                    learned = _learn_web_endpoints(handle, state.web_endpoints)
+                    learned = _learn_web_endpoints(handle, state.web_endpoints or set())
                     with self._cond:
                         state.web_endpoints = learned
                 if progress is not None and progress is not seen:
@@ -400,7 +399,7 @@ class Swarm:
                 s for s in self._torrents.values() if s.resume_file is not None and not s.finished
             ]
         for state in pending:
-            self._save_resume(state, wait=True)
+            self._save_resume(state)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -458,7 +457,7 @@ class Swarm:
             except RuntimeError as exc:
                 raise SwarmError(f"cannot add {meta.name} ({meta.info_hash}): {exc}") from exc
             state = _Torrent(handle, meta, resume_file)
-            state.web_endpoints = set(web_endpoints or ())
+            state.web_endpoints = web_endpoints
             state.storage_size = int(atp.ti.layout().total_size())
             self._torrents[handle] = state
         return state
@@ -478,10 +477,10 @@ class Swarm:
 
     def _save_and_remove(self, state: _Torrent) -> None:
         if state.resume_file is not None and not self._closed:
-            self._save_resume(state, wait=True)
+            self._save_resume(state)
         self._remove(state)
 
-    def _save_resume(self, state: _Torrent, *, wait: bool) -> None:
+    def _save_resume(self, state: _Torrent) -> None:
         with self._cond:
             before = state.resume_writes
             try:
@@ -491,7 +490,7 @@ class Swarm:
             except RuntimeError:
                 return
             deadline = time.monotonic() + SHUTDOWN_WAIT
-            while wait and state.resume_writes == before and time.monotonic() < deadline:
+            while state.resume_writes == before and time.monotonic() < deadline:
                 self._cond.wait(0.1)
 
     def _alert_loop(self) -> None:
@@ -526,17 +525,16 @@ class Swarm:
                 if state is not None:
                     state.progress = _progress(st)
                     state.list_peers = int(st.list_peers)
-                    state.payload_down = int(st.total_payload_download)
                     state.payload_up = int(st.total_payload_upload)
             return
         state = self._torrents.get(getattr(alert, "handle", None))
         if state is None:
             return
         if isinstance(alert, lt.block_finished_alert):
-            if state.web_endpoints and tuple(alert.endpoint) not in state.web_endpoints:
+            if state.web_endpoints is not None and tuple(alert.endpoint) not in state.web_endpoints:
                 state.peer_bytes += state.block_length(alert.piece_index, alert.block_index)
         elif isinstance(alert, lt.hash_failed_alert):
-            pass
+            state.hash_failures += 1
         elif isinstance(alert, lt.torrent_finished_alert):
             state.finished = True
         elif isinstance(alert, lt.save_resume_data_alert):

@@ -32,6 +32,12 @@ class Peer:
     seeder: bool
 
     @property
+    def key(self) -> bytes:
+        """Peers are keyed by address, not id: a client that re-adds a torrent announces a
+        new peer id from the same ip:port, and must replace its old entry, not double it."""
+        return self.compact
+
+    @property
     def is_ipv6(self) -> bool:
         return len(self.compact) == 18
 
@@ -99,21 +105,25 @@ class _Bag:
         return len(self.items)
 
     def put(self, peer: Peer) -> None:
-        at = self.index.get(peer.peer_id)
+        at = self.index.get(peer.key)
         if at is None:
-            self.index[peer.peer_id] = len(self.items)
+            self.index[peer.key] = len(self.items)
             self.items.append(peer)
         else:
             self.items[at] = peer
 
-    def remove(self, peer_id: bytes) -> bool:
-        at = self.index.pop(peer_id, None)
+    def get(self, key: bytes) -> Peer | None:
+        at = self.index.get(key)
+        return None if at is None else self.items[at]
+
+    def remove(self, key: bytes) -> bool:
+        at = self.index.pop(key, None)
         if at is None:
             return False
         last = self.items.pop()
         if at < len(self.items):
             self.items[at] = last
-            self.index[last.peer_id] = at
+            self.index[last.key] = at
         return True
 
 
@@ -140,22 +150,26 @@ class MemoryPeerStore:
         swarm = self._swarms.get(info_hash)
         if event == "stopped":
             if swarm is not None:
-                self._drop(info_hash, swarm, peer.peer_id)
+                held = swarm.seeders.get(peer.key) or swarm.leechers.get(peer.key)
+                # A late "stopped" of a torrent the client already re-added under a new
+                # peer id must not drop the live entry.
+                if held is not None and held.peer_id == peer.peer_id:
+                    self._drop(info_hash, swarm, peer.key)
             return True
         if swarm is None:
             swarm = self._swarms[info_hash] = _Swarm()
-        if peer.peer_id not in swarm.expires and len(swarm.expires) >= self.max_peers_per_swarm:
+        if peer.key not in swarm.expires and len(swarm.expires) >= self.max_peers_per_swarm:
             return False
         if peer.seeder:
-            was_seeding = peer.peer_id in swarm.seeders.index
-            swarm.leechers.remove(peer.peer_id)
+            was_seeding = peer.key in swarm.seeders.index
+            swarm.leechers.remove(peer.key)
             swarm.seeders.put(peer)
             if event == "completed" and not was_seeding:
                 swarm.downloaded += 1
         else:
-            swarm.seeders.remove(peer.peer_id)
+            swarm.seeders.remove(peer.key)
             swarm.leechers.put(peer)
-        swarm.expires[peer.peer_id] = now + self.ttl
+        swarm.expires[peer.key] = now + self.ttl
         return True
 
     def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
@@ -170,7 +184,7 @@ class MemoryPeerStore:
         first = len(pools[0])
         for i in picks:
             other = pools[0].items[i] if i < first else pools[-1].items[i - first]
-            if other.peer_id == peer.peer_id:
+            if other.key == peer.key:
                 continue
             (v6 if other.is_ipv6 else v4).append(other.compact)
             if len(v4) + len(v6) == numwant:
@@ -186,19 +200,19 @@ class MemoryPeerStore:
     def expire(self, now: float) -> int:
         removed = 0
         for info_hash, swarm in list(self._swarms.items()):
-            stale = [pid for pid, t in swarm.expires.items() if t <= now]
-            for pid in stale:
-                self._drop(info_hash, swarm, pid)
+            stale = [key for key, t in swarm.expires.items() if t <= now]
+            for key in stale:
+                self._drop(info_hash, swarm, key)
             removed += len(stale)
         return removed
 
     def total_peers(self) -> int:
         return sum(len(s.expires) for s in self._swarms.values())
 
-    def _drop(self, info_hash: bytes, swarm: _Swarm, peer_id: bytes) -> None:
-        swarm.expires.pop(peer_id, None)
-        if not swarm.seeders.remove(peer_id):
-            swarm.leechers.remove(peer_id)
+    def _drop(self, info_hash: bytes, swarm: _Swarm, key: bytes) -> None:
+        swarm.expires.pop(key, None)
+        if not swarm.seeders.remove(key):
+            swarm.leechers.remove(key)
         if not swarm.expires and not swarm.downloaded:
             del self._swarms[info_hash]
 

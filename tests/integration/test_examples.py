@@ -57,9 +57,9 @@ def test_follower_hot_swaps_every_version_the_trainer_publishes(
 ) -> None:
     trainer_host = nodes("trainer", publisher=True)
     inference_host = nodes("inference")
-    # The follower starts first and waits for the model to appear; the trainer pauses after
-    # each publish until one other host seeds it (--wait-for-hosts 1), so the follower's
-    # first version is v1 and every later one arrives as a delta, in order.
+    # The follower starts first and waits for the model to appear, so it is owed every
+    # version from v1; the trainer pauses after each publish until one other host seeds it
+    # (--wait-for-hosts 1), so each later version arrives as a delta from the one before.
     follower = _start_follower(inference_host, "--versions", "3", "--timeout", "240")
     try:
         trained = subprocess.run(

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from p2pdist.errors import StoreError, SwarmError
-from p2pdist.swarm import Progress, Swarm, TransferResult
+from p2pdist.swarm import Progress, Swarm, TransferResult, get_swarm
 from p2pdist.torrent import TorrentMeta, make_torrent
 
 pytestmark = pytest.mark.integration
@@ -206,6 +206,7 @@ def test_seed_and_three_downloaders_trade(model: tuple[TorrentMeta, Path], tmp_p
     assert shared > 0, "the downloaders never served each other"
 
 
+@pytest.mark.slow
 def test_downloads_in_separate_processes(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
     """One seed here, three downloaders in three processes that all dial each other."""
     meta, root = model
@@ -502,3 +503,52 @@ def test_peers_found_through_the_tracker(tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert isinstance(out[name], TransferResult), out[name]
         assert same_files(meta, root, tmp_path / name)
+
+
+def test_close_saves_resume_data_and_stops_the_download(
+    model: tuple[TorrentMeta, Path], tmp_path: Path
+) -> None:
+    meta, root = model
+    resume = tmp_path / "resume.dat"
+    seen: list[Progress] = []
+    out: dict[str, object] = {}
+    with Swarm(upload_rate_limit=1 * MiB) as slow:
+        slow.seed(meta.data, root)
+        leecher = Swarm()
+
+        def fetch() -> None:
+            try:
+                out["result"] = leecher.download(
+                    meta.data,
+                    tmp_path / "dest",
+                    resume_file=resume,
+                    peers=[(LOCAL, slow.listen_port)],
+                    on_progress=seen.append,
+                )
+            except BaseException as exc:
+                out["result"] = exc
+
+        thread = threading.Thread(target=fetch)
+        thread.start()
+        try:
+            wait_for(lambda: any(p.done > meta.total_size // 4 for p in seen), 30, "a quarter")
+        finally:
+            leecher.close()
+            thread.join(30)
+    assert isinstance(out["result"], SwarmError), out["result"]
+    assert "closed" in str(out["result"])
+    assert 0 < resume_pieces(resume) < -(-meta.total_size // meta.piece_size)
+
+
+def test_get_swarm_is_one_per_process() -> None:
+    first = get_swarm()
+    try:
+        assert get_swarm(upload_rate_limit=1) is first
+        assert first.listen_port > 0
+    finally:
+        first.close()
+    second = get_swarm()
+    try:
+        assert second is not first
+    finally:
+        second.close()
