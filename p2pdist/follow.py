@@ -4,7 +4,13 @@ This is the weight-sync loop of reinforcement learning and of inference fleets t
 weights without restarting: the registry's long-poll (``/latest?after=V&wait=S``) wakes the
 follower the moment a version is published; the follower fetches each version it has not
 seen, oldest first (each one a small delta from the previous), and hands it to a callback.
-A tracker that goes away is waited for, with backoff, not treated as the end.
+A tracker that goes away, or a swarm with no peer yet, is waited for with backoff; anything
+else (a manifest signed by another key than the pinned one, a delta that does not rebuild,
+a callback that raises) stops the follower with ``error`` set and ``on_error`` called.
+
+Where it starts: after ``start_after`` when given; otherwise at the latest version published
+when it starts, or, for a model with no version yet, at its first version. Versions published
+faster than they are fetched are all delivered, in publish order.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class Follower:
         self.seed = seed
         self.poll_seconds = poll_seconds
         self.current: str | None = start_after
+        # With no ``current``: the latest version when following began ("" for none yet).
+        self._start: str | None = None
         self.updates = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -97,6 +105,8 @@ class Follower:
         backoff = 0.5
         while not self._stop.is_set():
             try:
+                if self.current is None and self._start is None:
+                    self._start = self._latest_now()
                 try:
                     newest = self.fetcher.client.wait_for_newer(
                         self.name, self.current, self.poll_seconds
@@ -112,18 +122,40 @@ class Follower:
                 log.warning("follow %s: %s; retrying in %.1f s", self.name, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except BaseException as e:  # anything else ends the follower, visibly
+            except Exception as e:  # anything else ends the follower, visibly
                 self.error = e
+                log.error("follow %s stopped: %s", self.name, e)
                 if self.on_error is not None:
                     self.on_error(e)
-                log.error("follow %s stopped: %s", self.name, e)
                 return
 
+    def _latest_now(self) -> str:
+        """The model's latest version now, or "" when it has none (yet)."""
+        try:
+            versions = self.fetcher.client.list_versions(self.name)
+        except NotFoundError:
+            return ""
+        return str(versions[-1]["version"]) if versions else ""
+
     def _catch_up(self) -> None:
-        """Fetch every version published after ``current``, oldest first."""
+        """Fetch every version published after ``current``, oldest first.
+
+        With no ``current`` yet, start at the version that was latest when following began,
+        or at the first version when the model had none then: the versions published since
+        are all new to the caller, however fast they came.
+        """
         versions = [v["version"] for v in self.fetcher.client.list_versions(self.name)]
-        if self.current in versions:
+        if self.current is not None:
+            if self.current not in versions:
+                raise NotFoundError(
+                    f"{self.name}@{self.current} is not in the registry's list of versions; "
+                    "follow from the latest instead (no start_after)"
+                )
             pending = versions[versions.index(self.current) + 1 :]
+        elif not self._start:
+            pending = versions
+        elif self._start in versions:
+            pending = versions[versions.index(self._start) :]
         else:
             pending = versions[-1:]
         for version in pending:
@@ -156,8 +188,11 @@ def follow(
     version the caller already has); each later one arrives as a delta. With ``background``
     (the default) a daemon thread follows and the returned Follower controls it; otherwise
     this call follows until the Follower is stopped from another thread or Ctrl-C.
+    ``swarm`` is the Swarm that downloads and seeds (default: the process's swarm).
     """
-    fetcher = Fetcher(home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds, swarm=swarm)
+    fetcher = Fetcher(
+        home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds, swarm=swarm
+    )
     follower = Follower(
         ref,
         on_update,

@@ -78,11 +78,11 @@ def choose_piece_size(total_size: int) -> int:
     """Pick the piece size for a torrent of `total_size` bytes.
 
     About TARGET_PIECES pieces, as a power of two between 256 KiB and 16 MiB (16 KiB for
-    torrents of a few MB, so that even they have pieces to trade). Measured on loopback with 16
-    consumers of a 64 MiB model at 5 MB/s per peer (DESIGN.md, bench/swarm.py): 4 MiB pieces
-    took 3.1x the fluid lower bound and 1 MiB 1.36x; at 2048 pieces a 64 MiB model gets
-    256 KiB pieces and a 2 GB one 1 MiB, while 20 GB and more get 8-16 MiB and an info dict
-    of a few tens of KB.
+    torrents of at most 4 MiB, so that even they have pieces to trade). Small pieces let a
+    small swarm trade: bench/swarm.py on 2 cores, 32 MiB model, 4 MB/s per peer, 16
+    consumers: 128 KiB 2.2x the fluid bound, 256 KiB 2.4x, 1 MiB 3.3x (DESIGN.md: 4 MiB 3.1x,
+    1 MiB 1.36x at 64 MiB). Large models get large pieces so the info dict (20 bytes a
+    piece) stays small: 2 GB -> 1 MiB, 20 GB and more -> 16 MiB, about 90 KB at 70 GB.
     """
     if total_size < 0:
         raise ValueError(f"total_size must be >= 0, got {total_size}")

@@ -116,8 +116,9 @@ class CheckpointPublisher:
     ) -> Future[PublishedVersion]:
         """Snapshot ``weights`` now and publish them in the background; returns a Future.
 
-        Only the CPU copy happens on the caller's thread. Publishing errors surface from the
-        Future and from ``wait()``.
+        Only the CPU copy happens on the caller's thread (no disk, no network; an explicit
+        ``version`` is checked for syntax). Publishing errors surface, as P2PDistErrors, from
+        the Future and from ``wait()``.
         """
         if version is not None:
             validate_version(version)
