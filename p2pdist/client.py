@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -214,7 +215,7 @@ class RegistryClient:
                 return response.status, _read(response)
         except urllib.error.HTTPError as e:
             raise self._http_error(method, path, e) from None
-        except (TimeoutError, urllib.error.URLError, OSError) as e:
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise TrackerError(
                 f"tracker at {self.base_url} is not reachable ({reason}); start it with "

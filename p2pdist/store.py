@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -130,8 +131,18 @@ class Store:
         label = f"{ModelRef(validate_name(name)).folder_name}@{validate_version(version)}.lock"
         return FileLock(str(self.locks_dir / label), is_singleton=True)
 
-    def _gc_lock(self) -> FileLock:
-        return FileLock(str(self.locks_dir / "gc.lock"))
+    @contextlib.contextmanager
+    def _gc_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """A readers-writer lock between adds (shared) and gc (exclusive), across processes.
+
+        An add places blobs before its version references them; gc must not run in between.
+        """
+        with open(self.locks_dir / "gc.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # -- queries ----------------------------------------------------------------------------
     def has(self, name: str, version: str) -> bool:
@@ -217,7 +228,7 @@ class Store:
         """
         name, version = manifest.name, manifest.version
         files_dir = Path(files_dir)
-        with self.lock(name, version):
+        with self.lock(name, version), self._gc_lock(exclusive=False):
             vdir = self.version_dir(name, version)
             if (vdir / MANIFEST_FILENAME).is_file():
                 existing = (vdir / MANIFEST_FILENAME).read_bytes()
@@ -337,7 +348,7 @@ class Store:
 
     def gc(self) -> GcReport:
         """Delete blobs that no stored version references, and stale staging folders."""
-        with self._gc_lock():
+        with self._gc_lock(exclusive=True):
             staged = self._clean_stale_staging()
             keep = self.referenced_blobs()
             removed = freed = 0
