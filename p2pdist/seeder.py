@@ -62,9 +62,12 @@ def seed_all(store: Store, *, swarm: Any = None) -> list[Any]:
 
 def unseed_version(store: Store, name: str, version: str, *, swarm: Any = None) -> None:
     """Stop seeding a version's torrents in this process (if they are seeded)."""
+    from p2pdist.swarm import existing_swarm
     from p2pdist.torrent import read_torrent
 
-    swarm = swarm or process_swarm()
+    swarm = swarm or existing_swarm()
+    if swarm is None:  # nothing is seeded in this process: do not start a session to say so
+        return
     for kind in ("full", "delta"):
         data = store.torrent(name, version, kind) if store.has(name, version) else None
         if data is None:

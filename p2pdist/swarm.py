@@ -651,4 +651,10 @@ def get_swarm(**kwargs: Any) -> Swarm:
         return _SWARM
 
 
-__all__ = ["Progress", "Swarm", "Transfer", "TransferResult", "get_swarm"]
+def existing_swarm() -> Swarm | None:
+    """The process-wide Swarm if one is running, without starting one."""
+    with _SWARM_LOCK:
+        return _SWARM if _SWARM is not None and not _SWARM._closed else None
+
+
+__all__ = ["Progress", "Swarm", "Transfer", "TransferResult", "existing_swarm", "get_swarm"]
