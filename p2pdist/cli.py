@@ -321,6 +321,11 @@ def publish(
     show_default=True,
     help="Give up after this many seconds without data.",
 )
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep following the model: fetch each new version (by delta) as it is published.",
+)
 @home_option
 @tracker_option
 @token_option
@@ -331,6 +336,7 @@ def fetch(
     no_origin: bool,
     seed: bool,
     stall_timeout: float,
+    follow: bool,
     home: Path | None,
     tracker: str | None,
     token: str | None,
@@ -346,22 +352,46 @@ def fetch(
         use_web_seeds=not no_origin,
         stall_timeout=stall_timeout,
     )
+    if follow:
+        _follow(fetcher, ref, as_json)
+        return
     with progress_bar(enabled=not as_json) as update:
         result = fetcher.fetch(ref, out=out, seed=seed, on_progress=update)
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        m = result.manifest
-        if result.pinned_key:
-            click.echo(f"Pinned publisher key of {m.name}: {m.public_key}", err=True)
-        click.echo(
-            f"Fetched {m.name}@{m.version} ({result.plan.describe()}) in {result.seconds:.1f} s: "
-            f"{_human(result.bytes_from_peers)} from peers, "
-            f"{_human(result.bytes_from_web_seeds)} from web seeds"
-        )
-        click.echo(str(result.path))
+    _print_fetch(result, as_json, indent=2)
     if seed:
-        _wait_forever(f"Seeding {m.name}@{m.version}; press Ctrl-C to stop.")
+        _wait_forever(
+            f"Seeding {result.manifest.name}@{result.manifest.version}; press Ctrl-C to stop."
+        )
+
+
+def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=indent))
+        return
+    m = result.manifest
+    if result.pinned_key:
+        click.echo(f"Pinned publisher key of {m.name}: {m.public_key}", err=True)
+    click.echo(
+        f"Fetched {m.name}@{m.version} ({result.plan.describe()}) in {result.seconds:.1f} s: "
+        f"{_human(result.bytes_from_peers)} from peers, "
+        f"{_human(result.bytes_from_web_seeds)} from web seeds"
+    )
+    click.echo(str(result.path))
+
+
+def _follow(fetcher: Any, ref: str, as_json: bool) -> None:
+    """``fetch --follow``: every new version, in order, until Ctrl-C; seeds what it has."""
+    from p2pdist.follow import Follower
+
+    follower = Follower(ref, lambda update: _print_fetch(update.result, as_json), fetcher=fetcher)
+    click.echo(f"Following {parse_ref(ref).name}@latest; press Ctrl-C to stop.", err=True)
+    try:
+        follower.run_forever()
+    except KeyboardInterrupt:
+        follower.stop()
+        click.echo("Stopped following.", err=True)
+    if follower.error is not None:
+        raise follower.error
 
 
 @cli.command()

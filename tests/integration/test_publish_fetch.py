@@ -200,3 +200,25 @@ def test_publisher_key_rotation_is_refused_until_trusted(
     assert consumer.run("trust", NAME, rotated.public_key or "").returncode == 0
     accepted = consumer.fetch_json(f"{NAME}@v1")
     assert_same_files(src, Path(accepted["path"]))
+
+
+def test_fetch_follow_prints_each_version_as_it_arrives(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    v1 = model_state()
+    src1 = make_version_folder(tmp_path / "v1", v1)
+    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    publisher = nodes("publisher", publisher=True)
+    first = publisher.start_seeding("publish", str(src1), "--name", NAME, "--version", "v1")
+    consumer = nodes("consumer")
+    follower = consumer.start("fetch", f"{NAME}@latest", "--follow", "--json")
+    assert follower.stdout is not None
+    got_v1 = json.loads(follower.stdout.readline())
+    assert (got_v1["ref"], got_v1["plan"]) == (f"{NAME}@v1", "full")
+    first.kill()
+    publisher.start_seeding(
+        "publish", str(src2), "--name", NAME, "--version", "v2", "--parent", "v1"
+    )
+    got_v2 = json.loads(follower.stdout.readline())
+    assert (got_v2["ref"], got_v2["plan"], got_v2["base"]) == (f"{NAME}@v2", "delta", "v1")
+    assert_same_files(src2, Path(got_v2["path"]))
