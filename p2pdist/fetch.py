@@ -13,8 +13,10 @@ CLI's ``--json`` prints. The order matters and is the point of this module:
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,13 @@ from typing import Any
 
 from p2pdist import config
 from p2pdist.client import RegistryClient
-from p2pdist.errors import FormatError, IntegrityError, NotFoundError, SignatureError
+from p2pdist.errors import (
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+)
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
 from p2pdist.plan import FetchPlan, make_plan
@@ -143,22 +151,22 @@ class Fetcher:
             lambda v: self.store.has(ref.name, v),
             lambda v: self.trusted_manifest(ref.name, v),
         )
+        # Each version is downloaded and committed under its own lock, and a process holds
+        # at most one such lock at a time (no lock-order cycles between fetches of different
+        # targets that share a chain); after taking it, the store is asked again.
         peers = web = failures = 0
-        with self.store.lock(ref.name, ref.version):
-            if self.store.has(ref.name, ref.version):
-                plan = FetchPlan("local", target, 0, target.total_size)
-            if plan.kind == "local":
-                stored = self.store.manifest(ref.name, ref.version)
-                if stored.to_bytes() != target.to_bytes():
-                    raise IntegrityError(
-                        f"{ref}: the stored manifest differs from the registry's; "
-                        f"remove the local copy and fetch again"
-                    )
-            elif plan.kind == "full":
-                peers, web, failures = self._fetch_full(target, on_progress)
-            else:
-                assert plan.base is not None
-                peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
+        if plan.kind == "local":
+            stored = self.store.manifest(ref.name, ref.version)
+            if stored.to_bytes() != target.to_bytes():
+                raise IntegrityError(
+                    f"{ref}: the stored manifest differs from the registry's; remove the local "
+                    f"copy with `p2pdist rm {ref}` and fetch again"
+                )
+        elif plan.kind == "full":
+            peers, web, failures = self._fetch_full(target, on_progress)
+        else:
+            assert plan.base is not None
+            peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
         snapshot = self.store.snapshot(ref.name, ref.version)
         if seed:
             from p2pdist.seeder import seed_version
@@ -186,57 +194,65 @@ class Fetcher:
     def _fetch_full(
         self, manifest: Manifest, on_progress: ProgressCallback | None
     ) -> tuple[int, int, int]:
-        meta = self.checked_torrent(manifest, "full")
-        dest, result = self._download(meta, f"{manifest.name}@{manifest.version}", on_progress)
-        self._commit(manifest, dest, meta)
+        with self.store.lock(manifest.name, manifest.version):
+            if self.store.has(manifest.name, manifest.version):  # another process got it
+                return 0, 0, 0
+            meta = self.checked_torrent(manifest, "full")
+            label = f"{manifest.name}@{manifest.version}"
+            dest, result = self._download(meta, label, on_progress)
+            self._commit(manifest, dest, meta)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
 
     def _fetch_chain(
         self, base: str, chain: tuple[Manifest, ...], on_progress: ProgressCallback | None
     ) -> tuple[int, int, int]:
-        from p2pdist import delta as delta_codec
-
         peers = web = failures = 0
         parent = base
         for manifest in chain:
             if manifest.parent != parent:
                 raise FormatError(f"{manifest.name}@{manifest.version}: delta chain is broken")
-            if self.store.has(manifest.name, manifest.version):
-                parent = manifest.version
-                continue
-            meta = self.checked_torrent(manifest, "delta")
-            label = f"{manifest.name}@{manifest.version} (delta from {parent})"
-            delta_dir, result = self._download(meta, label, on_progress)
-            verify_entries(manifest.delta_files, delta_dir)
-            peers += result.bytes_from_peers
-            web += result.bytes_from_web_seeds
-            failures += result.hash_failures
-            with self.store.staging() as stage:
-                rebuilt = stage / "files"
-                rebuilt.mkdir()
-                delta_codec.decode(
-                    self.store.snapshot(manifest.name, parent),
-                    delta_dir,
-                    rebuilt,
-                    expected=manifest.files,
-                    # The parent's blobs are named by their blake3 and were verified when
-                    # stored; every rebuilt file is still checked against the manifest.
-                    verify_parent=False,
-                )
-                # Keep the full torrent too, so this host seeds the version to late joiners.
-                full_torrent = self.checked_torrent(manifest, "full").data
-                self.store.add_version(
-                    manifest,
-                    rebuilt,
-                    delta_dir=delta_dir,
-                    torrent=full_torrent,
-                    delta_torrent=meta.data,
-                    move=True,
-                    verified=True,
-                )
-            shutil.rmtree(delta_dir, ignore_errors=True)
+            with self.store.lock(manifest.name, manifest.version):
+                if not self.store.has(manifest.name, manifest.version):
+                    got = self._fetch_delta(manifest, parent, on_progress)
+                    peers, web, failures = peers + got[0], web + got[1], failures + got[2]
             parent = manifest.version
         return peers, web, failures
+
+    def _fetch_delta(
+        self, manifest: Manifest, parent: str, on_progress: ProgressCallback | None
+    ) -> tuple[int, int, int]:
+        """Download one version's delta, rebuild it from ``parent`` and commit it."""
+        from p2pdist import delta as delta_codec
+
+        meta = self.checked_torrent(manifest, "delta")
+        label = f"{manifest.name}@{manifest.version} (delta from {parent})"
+        delta_dir, result = self._download(meta, label, on_progress)
+        verify_entries(manifest.delta_files, delta_dir)
+        with self.store.staging() as stage:
+            rebuilt = stage / "files"
+            rebuilt.mkdir()
+            delta_codec.decode(
+                self.store.snapshot(manifest.name, parent),
+                delta_dir,
+                rebuilt,
+                expected=manifest.files,
+                # The parent's blobs are named by their blake3 and were verified when
+                # stored; every rebuilt file is still checked against the manifest.
+                verify_parent=False,
+            )
+            # Keep the full torrent too, so this host seeds the version to late joiners.
+            full_torrent = self.checked_torrent(manifest, "full").data
+            self.store.add_version(
+                manifest,
+                rebuilt,
+                delta_dir=delta_dir,
+                torrent=full_torrent,
+                delta_torrent=meta.data,
+                move=True,
+                verified=True,
+            )
+        shutil.rmtree(delta_dir, ignore_errors=True)
+        return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
 
     def _commit(self, manifest: Manifest, dest: Path, meta: TorrentMeta) -> None:
         verify_entries(manifest.files, dest)
@@ -259,14 +275,28 @@ def _check_torrent(
 
 
 def _copy_out(snapshot: Path, files: tuple[FileEntry, ...], out: Path) -> Path:
-    """Copy a version's files into ``out`` (a user folder the store must not share bytes with)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in files:
-        dst = out / entry.path
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.p2pdist-incomplete")
-        shutil.copyfile((snapshot / entry.path).resolve(), tmp)
-        tmp.replace(dst)
+    """Copy a version's files into ``out``, a user folder the store must not share bytes with.
+
+    The copy is assembled beside ``out`` and swapped in with renames, so ``out`` never holds a
+    mix of two versions, even when the copy is interrupted.
+    """
+    out = out.absolute()
+    tmp = out.with_name(f".{out.name}.p2pdist-{uuid.uuid4().hex[:8]}")
+    old = out.with_name(f".{out.name}.p2pdist-old-{uuid.uuid4().hex[:8]}")
+    try:
+        for entry in files:
+            dst = tmp / entry.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile((snapshot / entry.path).resolve(), dst)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise StoreError(f"cannot write {out}: {e.strerror or e}") from None
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -25,8 +25,9 @@ ACCEPTED_FORMS = (
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid model name (``name`` or ``org/name``), else raise."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise RefError(f"invalid model name {name!r}: expected {ACCEPTED_FORMS}")
+    # "--" is reserved: it joins org and name in folder names (org/name -> org--name).
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name or "--" in name:
+        raise RefError(f"invalid model name {name!r}: expected {ACCEPTED_FORMS}, no '--'")
     return name
 
 

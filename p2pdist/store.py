@@ -158,7 +158,14 @@ class Store:
         return vdir
 
     def manifest(self, name: str, version: str) -> Manifest:
-        return Manifest.read(self._require(name, version) / MANIFEST_FILENAME)
+        path = self._require(name, version) / MANIFEST_FILENAME
+        manifest = Manifest.read(path)
+        if (manifest.name, manifest.version) != (name, version):
+            raise IntegrityError(
+                f"{path}: holds {manifest.name}@{manifest.version}, not {name}@{version}; "
+                "the store was altered: remove that folder and fetch again"
+            )
+        return manifest
 
     def snapshot(self, name: str, version: str) -> Path:
         """The version's Hugging Face folder (symlinks into blobs)."""
@@ -296,6 +303,17 @@ class Store:
                     shutil.copyfile(real_src, tmp)
             else:
                 shutil.copyfile(real_src, tmp)
+                # The source is not ours: it may have changed since it was hashed. A blob is
+                # named by its blake3, so the copy itself is what gets checked.
+                actual = hash_file(tmp)
+                if actual != entry.blake3:
+                    raise IntegrityError(
+                        f"{entry.path}: changed while it was being added (blake3 {actual}, "
+                        f"expected {entry.blake3}); publish again once it is written",
+                        path=entry.path,
+                        expected=entry.blake3,
+                        actual=actual,
+                    )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, blob)

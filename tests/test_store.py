@@ -191,3 +191,16 @@ def test_write_failure_is_a_store_error_and_loses_nothing(
     assert not [b for b in store.blobs_dir.iterdir() if b.name.endswith(".incomplete")]
     store.add_version(manifest, folder)  # with room again, the same add succeeds
     store.verify("org/model", "v2")
+
+
+def test_a_file_that_changed_after_hashing_is_never_stored_under_the_old_hash(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    manifest = sign_folder(folder, signing_key)
+    (folder / "config.json").write_text('{"model_type": "changed"}\n')  # after describe_files
+    store = Store(p2p_home)
+    with pytest.raises(IntegrityError, match="changed while it was being added"):
+        store.add_version(manifest, folder, verified=True)  # the caller's hashes are stale
+    assert not store.has("org/model", "v1")
+    assert not (store.blobs_dir / manifest.file("config.json").blake3).exists()
