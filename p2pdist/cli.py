@@ -27,6 +27,10 @@ class _Group(click.Group):
         except P2PDistError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
+        except OSError as e:  # a path the user gave that cannot be used, a port in use, ...
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
@@ -182,13 +186,30 @@ def verify(ref: str, home: Path | None) -> None:
 
     store = Store(config.home(home))
     name, version = _resolve_local(store, ref)
+    from p2pdist.keys import TrustStore
+
     manifest = store.manifest(name, version)
-    manifest.verify_signature()
+    TrustStore().check(manifest, pin=False)
+    pinned = TrustStore().get(name) == manifest.public_key
     store.verify(name, version)
+    key = "by the pinned publisher key" if pinned else "(publisher key not pinned on this host)"
     click.echo(
-        f"OK {name}@{version}: signature valid, {len(manifest.files)} files "
+        f"OK {name}@{version}: signature valid {key}, {len(manifest.files)} files "
         f"({_human(manifest.total_size)}) match their blake3"
     )
+
+
+@cli.command()
+@click.argument("ref")
+@home_option
+def rm(ref: str, home: Path | None) -> None:
+    """Remove a stored version (its bytes are freed by `p2pdist gc`)."""
+    from p2pdist.store import Store
+
+    store = Store(config.home(home))
+    name, version = _resolve_local(store, ref)
+    store.remove(name, version)
+    click.echo(f"Removed {name}@{version}; run `p2pdist gc` to free its blobs.")
 
 
 @cli.command()
@@ -200,7 +221,7 @@ def gc(home: Path | None) -> None:
     report = Store(config.home(home)).gc()
     click.echo(
         f"Removed {report.removed_blobs} unreferenced blobs ({_human(report.freed_bytes)}) "
-        f"and {report.removed_staging} stale staging folders."
+        f"and {report.removed_staging} stale staging folders or abandoned downloads."
     )
 
 
@@ -390,8 +411,10 @@ def _follow(fetcher: Any, ref: str, as_json: bool) -> None:
     except KeyboardInterrupt:
         follower.stop()
         click.echo("Stopped following.", err=True)
-    if follower.error is not None:
+    if isinstance(follower.error, P2PDistError):
         raise follower.error
+    if follower.error is not None:
+        raise P2PDistError(f"following stopped: {follower.error}") from follower.error
 
 
 @cli.command()

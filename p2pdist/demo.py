@@ -303,6 +303,7 @@ def run_demo(*, keep: bool = False, steps: int = 40, consumers: int = 3) -> int:
         console = Console(highlight=False, width=110)
     console.print(f"[bold]p2pdist demo[/bold] in {root} (everything on 127.0.0.1)")
     demo = Demo(root, steps=steps, consumers=consumers, console=console)
+    saved_env = dict(os.environ)
     try:
         demo.run()
         console.print(demo.table())
@@ -315,6 +316,8 @@ def run_demo(*, keep: bool = False, steps: int = 40, consumers: int = 3) -> int:
         return 0
     finally:
         demo.close()
+        os.environ.clear()
+        os.environ.update(saved_env)
         if keep:
             console.print(
                 f"Kept {root} (tracker/, trainer/, consumer*/ each with store/ and config/)"

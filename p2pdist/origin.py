@@ -2,8 +2,8 @@
 
 A torrent published with ``--web-seed http://host:port/`` asks this server for
 ``/<torrent root>/<path>`` with HTTP Range requests; a fetch then completes even when no peer
-is up, and peers take over as they appear (Kraken's origin role). Only committed versions are
-served, by name, read-only; nothing else on disk is reachable.
+is up, and peers take over as they appear (Kraken's origin role). Only committed versions of
+public models are served, by name, read-only; nothing else on disk is reachable.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from p2pdist.errors import P2PDistError
 from p2pdist.manifest import safe_relpath
 from p2pdist.ref import validate_name, validate_version
 from p2pdist.store import DELTA, SNAPSHOT, Store
+from p2pdist.torrent import read_torrent
 
 STORE = web.AppKey("store", Store)
 
@@ -35,6 +36,9 @@ def _resolve(store: Store, root: str, path: str) -> Path:
     except (P2PDistError, ValueError):
         raise web.HTTPNotFound() from None
     if not store.has(name, version):
+        raise web.HTTPNotFound()
+    full = store.torrent(name, version, "full")
+    if full is None or read_torrent(full).private:  # private models are not served anonymously
         raise web.HTTPNotFound()
     manifest = store.manifest(name, version)
     entries = manifest.delta_files if delta else manifest.files

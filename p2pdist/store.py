@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -364,8 +365,10 @@ class Store:
                         refs.update(f.blake3 for f in m.delta_files)
         return refs
 
-    def gc(self) -> GcReport:
-        """Delete blobs that no stored version references, and stale staging folders."""
+    def gc(self, *, partial_max_age: float = 24 * 3600) -> GcReport:
+        """Delete blobs that no stored version references, stale staging folders, and
+        abandoned partial downloads (with their resume data) untouched for ``partial_max_age``.
+        """
         with self._gc_lock(exclusive=True):
             staged = self._clean_stale_staging()
             keep = self.referenced_blobs()
@@ -379,6 +382,15 @@ class Store:
                 blob.unlink(missing_ok=True)
                 removed += 1
                 freed += size
+            partial_root = self.root / "partial"
+            for folder in partial_root.iterdir() if partial_root.is_dir() else ():
+                newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=0.0)
+                if time.time() - max(newest, folder.stat().st_mtime) < partial_max_age:
+                    continue  # possibly a download in progress, or one to resume soon
+                freed += sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+                shutil.rmtree(folder, ignore_errors=True)
+                self.resume_path(folder.name).unlink(missing_ok=True)
+                staged += 1
         return GcReport(removed, freed, staged)
 
     def _clean_stale_staging(self) -> int:
@@ -397,8 +409,6 @@ class Store:
 
 
 def _recent(path: Path, seconds: float = 3600) -> bool:
-    import time
-
     try:
         return time.time() - path.stat().st_mtime < seconds
     except FileNotFoundError:

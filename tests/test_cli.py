@@ -109,3 +109,19 @@ def test_fetch_with_tracker_down_is_a_clear_error(p2p_home: Path) -> None:
     assert result.returncode == 1
     assert "not reachable" in result.stderr and "p2pdist tracker serve" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_os_errors_are_one_line_too(p2p_home: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the config dir should be")
+    result = run("keygen", env={"P2PDIST_CONFIG_DIR": str(blocker)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_rm_then_gc_frees_the_version(p2p_home: Path, stored_version: Manifest) -> None:
+    assert run("rm", "org/model@v1").returncode == 0
+    assert run("info", "org/model@v1").returncode == 1
+    result = run("gc")
+    assert f"Removed {len(stored_version.files)} unreferenced blobs" in result.stdout

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,18 @@ def test_a_file_that_changed_after_hashing_is_never_stored_under_the_old_hash(
         store.add_version(manifest, folder, verified=True)  # the caller's hashes are stale
     assert not store.has("org/model", "v1")
     assert not (store.blobs_dir / manifest.file("config.json").blake3).exists()
+
+
+def test_gc_frees_abandoned_partial_downloads_but_not_recent_ones(p2p_home: Path) -> None:
+    store = Store(p2p_home)
+    for name, age in (("a" * 40, 2 * 86400), ("b" * 40, 10)):
+        folder = store.partial_dir(name)
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * 8192)
+        store.resume_path(name).write_bytes(b"d")
+        old = time.time() - age
+        os.utime(folder / "model.safetensors", (old, old))
+        os.utime(folder, (old, old))
+    store.gc()
+    assert not store.partial_dir("a" * 40).exists() and not store.resume_path("a" * 40).exists()
+    assert store.partial_dir("b" * 40).exists() and store.resume_path("b" * 40).exists()
