@@ -382,9 +382,9 @@ def _seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threa
                     manifest.version,
                 )
                 return
-            from p2pdist.swarm import get_swarm
+            from p2pdist.seeder import seed_version
 
-            get_swarm().seed(torrent, folder)
+            seed_version(store, manifest.name, manifest.version)
         except Exception as e:  # seeding is a courtesy: never fail the load for it
             log.warning("cannot seed %s@%s: %s", manifest.name, manifest.version, e)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -222,3 +224,34 @@ def test_fetch_follow_prints_each_version_as_it_arrives(
     got_v2 = json.loads(follower.stdout.readline())
     assert (got_v2["ref"], got_v2["plan"], got_v2["base"]) == (f"{NAME}@v2", "delta", "v1")
     assert_same_files(src2, Path(got_v2["path"]))
+
+
+_LOAD_AND_SEED = r"""
+import sys, time
+import p2pdist
+state = p2pdist.load("org/model@v1", seed=True)   # returns at once; seeding starts behind it
+print("loaded", len(state), flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_application_that_loads_with_seed_serves_other_hosts(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state())
+    publisher = nodes("publisher", publisher=True)
+    origin = publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    app_host = nodes("app")
+    assert app_host.fetch_json(f"{NAME}@v1")["plan"] == "full"
+    origin.kill()
+    origin.communicate(timeout=30)
+    app = subprocess.Popen(
+        [sys.executable, "-c", _LOAD_AND_SEED],
+        stdout=subprocess.PIPE, text=True, env=app_host.env,
+    )  # fmt: skip
+    app_host.procs.append(app)  # stopped by the fixture
+    assert app.stdout is not None
+    assert app.stdout.readline().split() == ["loaded", str(len(model_state()))]
+    result = nodes("other").fetch_json(f"{NAME}@v1", "--no-origin")
+    assert result["bytes_from_peers"] >= result["full_bytes"] - 1
+    assert_same_files(src, Path(result["path"]))
