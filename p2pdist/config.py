@@ -137,3 +137,16 @@ def upload_rate_limit(explicit: int | None = None) -> int:
         return max(0, int(str(value)))
     except ValueError:
         raise ConfigError(f"upload limit {value!r} must be an integer number of bytes/s") from None
+
+
+def ssrf_mitigation(explicit: bool | None = None) -> bool:
+    """libtorrent's SSRF mitigation (default on): ``$P2PDIST_SSRF_MITIGATION=0`` turns it off.
+
+    With it on, libtorrent reaches a tracker on a loopback address only at exactly
+    ``/announce``; private models announce to ``/announce/<passkey>``, so a tracker on
+    127.0.0.1 (tests, the demo) needs it off. Production trackers keep it on.
+    """
+    if explicit is not None:
+        return explicit
+    value = _resolve(None, "P2PDIST_SSRF_MITIGATION", "ssrf_mitigation", "1")
+    return str(value).strip().lower() not in ("0", "false", "no", "off")

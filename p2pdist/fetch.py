@@ -131,6 +131,11 @@ class Fetcher:
             raise NotFoundError(f"{where}: the manifest names no such torrent")
         meta = read_torrent(self.client.torrent(manifest.name, manifest.version, kind))
         _check_torrent(meta, ref, entries, where)
+        # Announce to the tracker this host is configured with, under its own passkey for a
+        # private model (not the publisher's); the infohash covers only the info dict.
+        announce = self.client.announce_url(private=meta.private)
+        if meta.announce != (announce,):
+            meta = read_torrent(_with_announce(meta.data, announce))
         return meta
 
     # -- the fetch ----------------------------------------------------------------------------
@@ -258,6 +263,19 @@ class Fetcher:
         verify_entries(manifest.files, dest)
         self.store.add_version(manifest, dest, torrent=meta.data, move=True, verified=True)
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def _with_announce(torrent: bytes, announce: str) -> bytes:
+    """The same torrent (same info dict, same infohash) announcing to ``announce`` only."""
+    from p2pdist.bencode import bdecode, bencode, info_bytes
+
+    top = bdecode(torrent)
+    parts = [b"d", bencode(b"announce"), bencode(announce.encode()), bencode(b"info")]
+    parts.append(info_bytes(torrent))
+    if b"url-list" in top:
+        parts += [bencode(b"url-list"), bencode(top[b"url-list"])]
+    parts.append(b"e")
+    return b"".join(parts)
 
 
 def _check_torrent(

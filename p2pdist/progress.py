@@ -41,9 +41,14 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, Any], None]]:
     tasks: dict[str, Any] = {}
 
     def update(label: str, p: Any) -> None:
+        if not tasks:
+            bars.start()  # only once there is something to show: errors stay one line
         if label not in tasks:
             tasks[label] = bars.add_task(label, total=p.total, peers=0)
         bars.update(tasks[label], completed=p.done, total=p.total, peers=p.peers)
 
-    with bars:
+    try:
         yield update
+    finally:
+        if tasks:
+            bars.stop()

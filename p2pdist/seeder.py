@@ -27,6 +27,7 @@ def process_swarm() -> Any:
         listen_interface=config.listen_interface(),
         upload_rate_limit=config.upload_rate_limit(),
         announce_interval_hint=ANNOUNCE_INTERVAL_HINT,
+        ssrf_mitigation=config.ssrf_mitigation(),
     )
 
 

@@ -35,8 +35,9 @@ class Tracker:
         )  # fmt: skip
         return out.stdout.strip()
 
-    def token(self, namespace: str | None = None) -> str:
-        return self.cli("token", *(("--namespace", namespace) if namespace else ()))
+    def token(self, namespace: str | None = None, *, read_only: bool = False) -> str:
+        args = ("--namespace", namespace) if namespace else ()
+        return self.cli("token", *args, *(("--read-only",) if read_only else ()))
 
     def start(self) -> list[str]:
         self.proc = subprocess.Popen(
@@ -74,12 +75,11 @@ class Node:
             "P2PDIST_TRACKER": tracker.url,
             "P2PDIST_LISTEN": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
-            **env,
         }
+        self.env.pop("P2PDIST_TOKEN", None)
         if token:
             self.env["P2PDIST_TOKEN"] = token
-        else:
-            self.env.pop("P2PDIST_TOKEN", None)
+        self.env.update(env)
         self.procs: list[subprocess.Popen[str]] = []
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

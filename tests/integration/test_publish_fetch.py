@@ -255,3 +255,25 @@ def test_an_application_that_loads_with_seed_serves_other_hosts(
     result = nodes("other").fetch_json(f"{NAME}@v1", "--no-origin")
     assert result["bytes_from_peers"] >= result["full_bytes"] - 1
     assert_same_files(src, Path(result["path"]))
+
+
+def test_private_model_needs_a_read_token_and_announces_with_the_readers_passkey(
+    nodes: Callable[..., Node], tracker: Tracker, tmp_path: Path
+) -> None:
+    src = make_version_folder(tmp_path / "src", model_state())
+    loopback_passkeys = {"P2PDIST_SSRF_MITIGATION": "0"}  # /announce/<passkey> on 127.0.0.1
+    publisher = nodes("publisher", publisher=True, **loopback_passkeys)
+    publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1", "--private")
+
+    anonymous = nodes("anonymous", **loopback_passkeys).run("fetch", f"{NAME}@v1")
+    assert anonymous.returncode == 1
+    assert anonymous.stderr.startswith("Error: ") and "Traceback" not in anonymous.stderr
+    assert "token" in anonymous.stderr.lower()
+
+    reader_token = tracker.token("org", read_only=True)
+    reader = nodes("reader", P2PDIST_TOKEN=reader_token, **loopback_passkeys)
+    result = reader.fetch_json(f"{NAME}@v1")
+    assert result["bytes_from_peers"] >= result["full_bytes"] - 1
+    assert_same_files(src, Path(result["path"]))
+    denied = reader.run("publish", str(src), "--name", NAME, "--version", "v2", "--no-seed")
+    assert denied.returncode == 1 and "Traceback" not in denied.stderr
