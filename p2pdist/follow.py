@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pdist.errors import NotFoundError, SwarmError, TrackerError
+from p2pdist.errors import IntegrityError, NotFoundError, SwarmError, TrackerError
 from p2pdist.fetch import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
 
@@ -77,6 +77,7 @@ class Follower:
         # With no ``current``: the latest version when following began ("" for none yet).
         self._start: str | None = None
         self.updates = 0
+        self._delivered_created: str | None = None
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -162,6 +163,15 @@ class Follower:
             if self._stop.is_set():
                 return
             result = self.fetcher.fetch(f"{self.name}@{version}", seed=self.seed)
+            created = result.manifest.created
+            if self._delivered_created is not None and created < self._delivered_created:
+                # The list order comes from the registry; the creation time is signed.
+                raise IntegrityError(
+                    f"{self.name}@{version} (signed {created}) is older than "
+                    f"{self.current} (signed {self._delivered_created}); refusing a rollback "
+                    "offered by the registry"
+                )
+            self._delivered_created = created
             self.current = version
             self.updates += 1
             self.on_update(Update(self.name, version, result.path, result))
