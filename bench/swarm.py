@@ -15,6 +15,9 @@ have finished. Run:
 
     .venv/bin/python bench/swarm.py --consumers 4 16 --size-mib 32 --rate-mb 4 \
         --piece-kib 256 1024 4096 --json swarm.json
+
+Compare setting sets in one run with `--variant NAME=JSON` (repeatable; see parse_variant),
+e.g. `--variant default={} --variant q={"seed": {"unchoke_slots_limit": 4}}`.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def consumer_process(
     control: Any,
     results: Any,
     settings: dict[str, Any],
+    dial: str = "seed-first",
 ) -> None:
     """Host `count` consumers (sessions) with global indices first..first+count-1."""
     swarms = [Swarm(upload_rate_limit=rate, extra_settings=settings) for _ in range(count)]
@@ -75,7 +79,9 @@ def consumer_process(
 
         def fetch(k: int) -> None:
             index = first + k
-            peers = [(LOCAL, seed_port)] + [(LOCAL, ports[j]) for j in range(index)]
+            others = [(LOCAL, ports[j]) for j in range(index)]
+            seed_peer = (LOCAL, seed_port)
+            peers = [*others, seed_peer] if dial == "peers-first" else [seed_peer, *others]
             try:
                 result = swarms[k].download(
                     torrent,
@@ -108,21 +114,28 @@ def run_swarm(
     per_process: int,
     super_seeding: bool = False,
     settings: dict[str, Any] | None = None,
+    seed_settings: dict[str, Any] | None = None,
+    dial: str = "seed-first",
 ) -> dict[str, Any]:
-    """One swarm run; returns the wall time and the traffic split."""
+    """One swarm run; returns the wall time and the traffic split.
+
+    `settings` go to every session (consumers and seed), `seed_settings` to the seed only,
+    on top of `settings`.
+    """
     meta = make_torrent(root, files, name="bench-model", piece_size=piece_size)
     settings = settings or {}
+    seed_all = {**settings, **(seed_settings or {})}
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     workdir = tempfile.mkdtemp(prefix="p2pdist-bench-")
     procs, controls = [], []
     try:
-        with Swarm(upload_rate_limit=rate, extra_settings=settings) as seeder:
+        with Swarm(upload_rate_limit=rate, extra_settings=seed_all) as seeder:
             seed = seeder.seed(meta.data, root, super_seeding=super_seeding)
             for first in range(0, n, per_process):
                 control = ctx.Queue()
                 count = min(per_process, n - first)
-                args = (first, count, meta.data, workdir, rate, control, results, settings)
+                args = (first, count, meta.data, workdir, rate, control, results, settings, dial)
                 proc = ctx.Process(target=consumer_process, args=args)
                 proc.start()
                 procs.append(proc)
@@ -161,8 +174,11 @@ def run_swarm(
     if errors:
         raise SystemExit(f"{len(errors)} consumer(s) failed: {errors[0]}")
     times = sorted(finished.values())
+    peer_sent = max(0, downloaded - seed_sent)
     return {
         "seconds": times[-1],
+        # consumers' upload over their capacity while the swarm ran (N*u*T)
+        "peer_upload_use": peer_sent / (n * rate * times[-1]),
         "first_done_s": times[0],
         "median_done_s": times[len(times) // 2],
         "seed_copies": seed_sent / meta.total_size,
@@ -237,6 +253,17 @@ async def http_origin(root: Path, files: list[str], n: int, rate: int, dest: Pat
         await runner.cleanup()
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=JSON`: JSON keys are libtorrent settings for every session, except "seed" (a dict
+    of settings for the seed only), "dial" ("seed-first" or "peers-first") and
+    "super_seeding" (bool)."""
+    name, _, body = text.partition("=")
+    spec = json.loads(body or "{}")
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"{text}: JSON object expected")
+    return name, spec
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--consumers", type=int, nargs="+", default=[4, 16])
@@ -247,12 +274,44 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=4, help="sessions per process")
     parser.add_argument("--super-seeding", action="store_true", help="seed with BEP 16")
     parser.add_argument("--settings", type=json.loads, default={}, help="extra libtorrent settings")
+    parser.add_argument(
+        "--seed-settings", type=json.loads, default={}, help="extra settings for the seed only"
+    )
+    parser.add_argument(
+        "--dial",
+        choices=["seed-first", "peers-first"],
+        default="seed-first",
+        help="order in which a consumer dials the seed and the consumers before it",
+    )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        help="NAME=JSON, repeatable: compare setting sets in one run (see parse_variant); "
+        "each variant starts from --settings",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP origin baseline")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     size, rate = args.size_mib * MiB, int(args.rate_mb * 1_000_000)
     pieces = [k * 1024 for k in args.piece_kib] if args.piece_kib else [choose_piece_size(size)]
+    base = {
+        **args.settings,
+        "seed": args.seed_settings,
+        "dial": args.dial,
+        "super_seeding": args.super_seeding,
+    }
+    variants = [("default", base)] if not args.variant else []
+    for name, spec in args.variant:
+        merged = {**args.settings, **spec}
+        merged["seed"] = {**args.seed_settings, **spec.get("seed", {})}
+        merged.setdefault("dial", args.dial)
+        merged.setdefault("super_seeding", args.super_seeding)
+        variants.append((name, merged))
+    width = max(7, *(len(name) for name, _ in variants))
     rows = []
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-model-") as tmp:
         root = Path(tmp) / "model"
@@ -262,9 +321,12 @@ def main() -> None:
             f"model {size / MiB:.0f} MiB in {args.files} files, upload cap u = {rate / 1e6:g} MB/s "
             f"per peer (seed included), {os.cpu_count()} CPUs, {platform.platform()}"
         )
+        for name, spec in variants:
+            print(f"  {name}: {json.dumps(spec)}")
         print(
-            f"{'N':>3} {'piece':>6} {'pieces':>6} {'swarm s':>8} {'bound s':>8} {'x bound':>8} "
-            f"{'http s':>8} {'http/swarm':>10} {'seed copies':>11} {'median s':>8}"
+            f"{'variant':<{width}} {'N':>3} {'piece':>6} {'pieces':>6} {'swarm s':>8} "
+            f"{'bound s':>8} {'x bound':>8} {'http s':>8} {'http/swarm':>10} {'seed copies':>11} "
+            f"{'median s':>8} {'peer up':>7}"
         )
         for n in args.consumers:
             bound = max(size / rate, n * size / (rate + n * rate))
@@ -274,26 +336,50 @@ def main() -> None:
                 http_s = asyncio.run(http_origin(root, files, n, rate, dest))
                 shutil.rmtree(dest)
             for piece in pieces:
-                got = run_swarm(root, files, n, rate, piece, args.per_process, args.super_seeding)
-                row = {
-                    "consumers": n,
-                    "size_bytes": size,
-                    "rate_bytes_s": rate,
-                    "piece_bytes": piece,
-                    "bound_s": bound,
-                    "ratio_to_bound": got["seconds"] / bound,
-                    "http_s": http_s,
-                    "http_over_swarm": (http_s / got["seconds"]) if http_s else None,
-                    **got,
-                }
-                rows.append(row)
-                http_txt = f"{http_s:8.1f} {http_s / got['seconds']:10.2f}" if http_s else " " * 19
-                print(
-                    f"{n:>3} {piece // 1024:>5}K {got['pieces']:>6} {got['seconds']:8.1f} "
-                    f"{bound:8.1f} {row['ratio_to_bound']:8.2f} {http_txt} "
-                    f"{got['seed_copies']:11.2f} {got['median_done_s']:8.1f}",
-                    flush=True,
-                )
+                for repeat in range(args.repeats):
+                    for name, spec in variants:
+                        settings = {
+                            k: v
+                            for k, v in spec.items()
+                            if k not in ("seed", "dial", "super_seeding")
+                        }
+                        got = run_swarm(
+                            root,
+                            files,
+                            n,
+                            rate,
+                            piece,
+                            args.per_process,
+                            super_seeding=bool(spec["super_seeding"]),
+                            settings=settings,
+                            seed_settings=spec["seed"],
+                            dial=spec["dial"],
+                        )
+                        row = {
+                            "variant": name,
+                            "spec": spec,
+                            "repeat": repeat,
+                            "consumers": n,
+                            "size_bytes": size,
+                            "rate_bytes_s": rate,
+                            "piece_bytes": piece,
+                            "bound_s": bound,
+                            "ratio_to_bound": got["seconds"] / bound,
+                            "http_s": http_s,
+                            "http_over_swarm": (http_s / got["seconds"]) if http_s else None,
+                            **got,
+                        }
+                        rows.append(row)
+                        http_txt = (
+                            f"{http_s:8.1f} {http_s / got['seconds']:10.2f}" if http_s else " " * 19
+                        )
+                        print(
+                            f"{name:<{width}} {n:>3} {piece // 1024:>5}K {got['pieces']:>6} "
+                            f"{got['seconds']:8.1f} {bound:8.1f} {row['ratio_to_bound']:8.2f} "
+                            f"{http_txt} {got['seed_copies']:11.2f} {got['median_done_s']:8.1f} "
+                            f"{got['peer_upload_use']:7.2f}",
+                            flush=True,
+                        )
     if args.json:
         args.json.write_text(json.dumps({"bench": "swarm", "rows": rows}, indent=2) + "\n")
 

@@ -212,6 +212,17 @@ class Swarm:
             # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
             # sent nothing for its first 2 s (measured, 4 MB/s cap); 100 ms cut that to 0.5 s.
             settings["tick_interval"] = 100
+        if upload_rate_limit:
+            # Peers may queue this many block requests at us (advertised as `reqq`; it caps
+            # their outstanding requests). At libtorrent's 2000 each consumer queued up to
+            # 8 MiB at a 4 MB/s seed, so pieces were claimed long before they were sent and
+            # consumers could not fetch them from each other: the seed sent them twice.
+            # 0.125 s of our upload rate (floor 32 blocks, the 4 MB/s case) took the swarm
+            # bench from about 1.95x/2.67x to 1.70x/2.26x the fluid bound for 4/16 consumers
+            # (BENCHMARKS.md, "Swarm").
+            settings["max_allowed_in_request_queue"] = max(
+                32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE))
+            )
         if announce_interval_hint is not None:
             settings["min_announce_interval"] = max(1, int(announce_interval_hint))
         settings.update(extra_settings or {})
