@@ -105,8 +105,20 @@ class AppServer:
         self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
 
+    async def _stop(self) -> None:
+        server = self._runner.server
+        await self._runner.cleanup()
+        # A web-seed client may still hold a keep-alive connection: close its transport here,
+        # inside the loop, or it is garbage-collected open later (a ResourceWarning, which
+        # the suite's filterwarnings=error turns into some later test's failure).
+        for handler in list(getattr(server, "connections", None) or ()):
+            transport = getattr(handler, "transport", None)
+            if transport is not None:
+                transport.close()
+        await asyncio.sleep(0.05)
+
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
