@@ -3,8 +3,8 @@
 A tracker starts; a small language model trains on the shipped corpus; its checkpoints are
 published as v1 (full) and then v2, v3 (lossless deltas) while consumer processes follow
 ``demo/lm@latest``, load each version and compute held-out perplexity, which must equal the
-trainer's. Then the origin goes offline and a late consumer joins: it can only get the model
-from the other consumers. A table of measured bytes, times and perplexities ends the run.
+trainer's. One consumer is paused while v3 ships; then the origin goes offline and the paused
+consumer resumes: it can only get v3 from the other consumers. A table of measured bytes, times and perplexities ends the run.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -182,7 +183,8 @@ class Demo:
         os.environ.update(
             {k: v for k, v in self._env("trainer").items() if k.startswith("P2PDIST")}
         )
-        early = [self.start_consumer(i + 1) for i in range(self.consumer_count - 1)]
+        consumers = [self.start_consumer(i + 1) for i in range(self.consumer_count)]
+        busy = consumers[-1]
         import torch
 
         torch.manual_seed(0)
@@ -193,14 +195,21 @@ class Demo:
         self.say("trainer", f"{config.num_params() / 1e6:.2f} M-parameter byte-level LM on "
                  f"{len(corpus.train) / 1e6:.1f} MB of Python docstrings; "
                  f"held-out perplexity {lm.perplexity(model, corpus, config=config):.2f}")  # fmt: skip
-        for c in early:
+        for c in consumers:
             c.next("ready", 120)
-        self.say("consumers", f"{len(early)} consumers follow {MODEL}@latest")
+        self.say("consumers", f"{len(consumers)} consumer processes follow {MODEL}@latest")
         publisher = CheckpointPublisher(
             MODEL, token=self.token, keep=3, side_files={"config.json": config.to_json_dict()}
         )
         swarm = process_swarm()
-        for version in ("v1", "v2", "v3"):
+        versions = ("v1", "v2", "v3")
+        for version in versions:
+            last = version == versions[-1]
+            if last:
+                # A host that is busy (or down) while the last version ships: it must get it
+                # later from the other consumers, because the origin will be gone.
+                busy.proc.send_signal(signal.SIGSTOP)
+                self.say(busy.label, "pauses (a busy host) while the next version ships")
             loss = trainer.step(self.steps)
             ppl = lm.perplexity(model, corpus, config=config)
             self.say("trainer", f"{trainer.steps} steps, loss {loss:.3f}, perplexity {ppl:.4f}")
@@ -219,23 +228,22 @@ class Demo:
                 "publisher",
                 f"{MODEL}@{version}: {_mb(m.total_size)}, {how}; signed, registered, seeding",
             )
-            for c in early:
-                self._arrival(c, row)
+            for c in consumers:
+                if not (last and c is busy):
+                    self._arrival(c, row)
             row.origin_uploaded = _uploaded(swarm, m)
         self.say("publisher", "the origin goes offline: it stops seeding every version")
-        for published in publisher.published:
-            from p2pdist.seeder import unseed_version
+        from p2pdist.seeder import unseed_version
 
+        for published in publisher.published:
             unseed_version(publisher.store, MODEL, published.manifest.version)
-        late = self.start_consumer(self.consumer_count)
-        late.next("ready", 120)
-        self.say(late.label, f"joins late, follows {MODEL}@latest with no origin to ask")
-        self._arrival(late, self.rows[-1])
-        for c in self.consumers:
-            c.send("report")
-            uploads = c.next("uploads", 30)["uploads"]
-            for row in self.rows:
-                row.peers_uploaded += int(uploads.get(row.version, 0))
+        busy.proc.send_signal(signal.SIGCONT)
+        self.say(busy.label, f"resumes; {MODEL}@{versions[-1]} is now only on the other consumers")
+        self._arrival(busy, self.rows[-1])
+        for row in self.rows:
+            # Every byte a consumer received came from the origin or from another consumer.
+            received = sum(a["bytes_from_peers"] for a in row.arrivals.values())
+            row.peers_uploaded = max(0, received - row.origin_uploaded)
         return self.rows
 
     def _arrival(self, consumer: Process, row: VersionRow) -> None:
@@ -310,7 +318,8 @@ def run_demo(*, keep: bool = False, steps: int = 40, consumers: int = 3) -> int:
         console.print(
             f"Every consumer verified every file against the signed manifest and computed the "
             f"trainer's perplexity to {PERPLEXITY_TOLERANCE:g}; {demo.consumers[-1].label} got "
-            f"{MODEL}@{demo.rows[-1].version} with the origin offline, from the other consumers. "
+            f"{MODEL}@{demo.rows[-1].version} with the origin offline, from the other consumers "
+            "alone. "
             f"Total {time.monotonic() - demo.started:.0f} s."
         )
         return 0

@@ -2,8 +2,8 @@
 
 Run as ``python -m p2pdist.demo_consumer NAME`` with P2PDIST_HOME, P2PDIST_CONFIG_DIR,
 P2PDIST_TRACKER and P2PDIST_LISTEN set by the demo. It prints one JSON object per line on
-stdout (``ready``, then one ``version`` event per version, then ``uploads`` when asked) and
-reads commands on stdin: ``report`` (bytes uploaded per infohash) and ``quit``.
+stdout (``ready``, then one ``version`` event per version) and stops when stdin says ``quit``
+(or closes), seeding what it has until then.
 """
 
 from __future__ import annotations
@@ -23,23 +23,17 @@ def _emit(event: str, **fields: Any) -> None:
 
 
 def main(name: str) -> int:
-    from p2pdist.seeder import process_swarm
     from p2pdist.trainer import lm
 
     torch.set_num_threads(1)
     corpus = lm.load_corpus()
-    infohashes: dict[str, list[str]] = {}
 
     def on_update(update: Update) -> None:
         started = time.monotonic()
-        manifest = update.result.manifest
         config = lm.LMConfig.from_json_dict(json.loads((update.path / "config.json").read_text()))
         state = update.load(device="cpu")
         model = lm.model_from_state_dict(state, config)
         ppl = lm.perplexity(model, corpus, config=config)
-        infohashes[update.version] = [
-            t.v1 for t in (manifest.torrent, manifest.delta_torrent) if t is not None and t.v1
-        ]
         r = update.result
         _emit(
             "version",
@@ -61,17 +55,7 @@ def main(name: str) -> int:
     _emit("ready")
     for line in sys.stdin:
         command = line.strip()
-        if command == "report":
-            swarm = process_swarm()
-            uploads = {}
-            for version, hashes in infohashes.items():
-                total = 0
-                for ih in hashes:
-                    transfer = swarm.transfer(ih)
-                    total += transfer.uploaded_bytes() if transfer is not None else 0
-                uploads[version] = total
-            _emit("uploads", uploads=uploads)
-        elif command == "quit":
+        if command == "quit":
             break
     follower.stop()
     return 0
