@@ -1,18 +1,36 @@
-"""Tracker benchmark: announces per second under concurrent clients, against /healthz.
+"""Tracker benchmark: announces/s and latency under wrk, against opentracker in the same run.
 
-Starts ``python -m p2pdist.tracker serve`` in a subprocess with a fresh database, publishes
-``--hashes`` versions (one infohash each), then runs two phases with the same number of
-concurrent aiohttp clients on loopback for the same duration:
+Needs two Debian packages (not needed by the tests, so not in ``make system-deps``):
+``apt-get install wrk opentracker``. Without either, the script says so and exits 0.
 
-- baseline: ``GET /healthz`` (no I/O: the cost of aiohttp's request path itself);
-- announce: ``GET /announce`` for random published infohashes, each client a peer with its
-  own peer_id and port, a third of them seeders, numwant 50.
+What it does, for our tracker (``python -m p2pdist.tracker serve``) and then for opentracker
+(the C reference tracker, Debian's build, whitelist mode) on other ports of 127.0.0.1:
 
-Prints requests/s, p50 and p99 latency of both and the ratio announce/baseline. The client
-runs in this process and the server in another; on a small machine they share the cores, so
-the absolute figures are a floor, and the ratio is the number to compare.
+1. setup: ``--hashes`` versions (default 1,000) are published to our tracker through its
+   registry API (signed manifests, real torrents), so every announce passes every check
+   (registry lookup, full validation); opentracker gets the same infohashes as its whitelist.
+2. load: wrk (a separate C process) with a Lua script that announces for 10,000 peers
+   (peer id ``-WK0001-<n>``, port 10000+n, every third one a seeder) each in 5 of the swarms,
+   50 peers per swarm, ``compact=1&numwant=50``: a warm-up pass sends ``event=started`` for
+   every (peer, swarm), then the measured pass sends plain re-announces; same threads,
+   connections and duration for both trackers. Reported: announces/s, p50, p99, mean peers per
+   answer, refusals; and the ratio ours/opentracker. ``/healthz`` of ours under the same load is
+   printed too: the floor of aiohttp's own request path.
+3. paced: "p99 at 1,000 announces/s". wrk2 is not in Debian, so a Python load generator in a
+   separate process (``--paced-worker``, uvloop when importable) sends announces on a fixed
+   schedule over ``--paced-connections`` keep-alive connections and measures each latency from
+   the time the request was due (open loop: a stalled server is not hidden by a waiting
+   client).
+4. churn: peers come and go: wrk sends ``started`` for fresh (ip:port, swarm) pairs and
+   ``stopped`` for each of them about a thousand requests later, in ``--churn-rounds`` rounds;
+   the server's RSS (``/proc/PID/status`` VmRSS) and, for ours, the peers gauge of /metrics,
+   before and after each round show whether memory stays bounded.
 
-    .venv/bin/python bench/tracker.py [--clients 100] [--hashes 300] [--duration 5] [--json out.json]
+Server and load generator share the machine's cores; on a 2-core machine the absolute figures
+are a floor, and the ratio is the number to compare. Run benches one at a time (other CPU-heavy
+work skews both sides).
+
+    .venv/bin/python bench/tracker.py [--duration 10] [--connections 100] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,23 +42,129 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_from_bytes
 
-import aiohttp
-import yarl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.bencode import bencode, infohashes
-from p2pdist.client import RegistryClient
-from p2pdist.manifest import FileEntry, Manifest, TorrentRef
+PEERS = 10_000
+SWARMS_PER_PEER = 5
+
+# The wrk script. Arguments after ``--``: mode (warm|steady|churn|healthz), hash file, threads.
+# Pair k (0 <= k < PEERS*SWARMS_PER_PEER) is peer k // 5 in swarm k % hashes; thread t sends the
+# pairs k = t (mod threads), so one pair's events come from one thread, in order.
+WRK_LUA = r"""
+local counter = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+local mode, hashes, order, pos, ring, ringpos, nthreads
+failures = 0
+peer_bytes = 0
+bodies = 0
+
+local function pct(hex)
+  return (hex:gsub("..", function(b) return "%" .. b end))
+end
+
+function init(args)
+  mode = args[1]
+  nthreads = tonumber(args[3])
+  hashes = {}
+  for line in io.lines(args[2]) do
+    if #line == 40 then table.insert(hashes, pct(line)) end
+  end
+  order = {}
+  for k = id, PAIRS - 1, nthreads do table.insert(order, k) end
+  math.randomseed(1234 + id)
+  for i = #order, 2, -1 do
+    local j = math.random(i)
+    order[i], order[j] = order[j], order[i]
+  end
+  pos = 0
+  ring = {}
+  ringpos = 0
+end
+
+local function announce(h, pid, port, left, event)
+  local path = "/announce?info_hash=" .. hashes[h + 1] .. "&peer_id=" .. pid ..
+    "&port=" .. port .. "&uploaded=0&downloaded=0&left=" .. left ..
+    "&compact=1&numwant=50"
+  if event ~= "" then path = path .. "&event=" .. event end
+  return wrk.format("GET", path)
+end
+
+function request()
+  if mode == "healthz" then return wrk.format("GET", "/healthz") end
+  if mode == "churn" then
+    -- slot i alternates: started for a fresh peer, then (RING requests later) its stopped
+    ringpos = ringpos % RING + 1
+    local held = ring[ringpos]
+    if held then
+      ring[ringpos] = nil
+      return announce(held[1], held[2], held[3], 1048576, "stopped")
+    end
+    local h = math.random(#hashes) - 1
+    local port = 20000 + id + nthreads * math.random(0, math.floor(45000 / nthreads))
+    local pid = string.format("-WC0001-%012d", math.random(0, 999999999))
+    ring[ringpos] = {h, pid, port}
+    return announce(h, pid, port, 1048576, "started")
+  end
+  pos = pos % #order + 1
+  local k = order[pos]
+  local p = math.floor(k / SWARMS)
+  local left = 1048576
+  if p % 3 == 0 then left = 0 end
+  local event = ""
+  if mode == "warm" then event = "started" end
+  return announce(k % #hashes, string.format("-WK0001-%012d", p), 10000 + p, left, event)
+end
+
+function response(status, headers, body)
+  if status ~= 200 or body:find("failure reason", 1, true) then
+    failures = failures + 1
+  end
+  local n = body:match("5:peers(%d+):")
+  if n then
+    peer_bytes = peer_bytes + tonumber(n)
+    bodies = bodies + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local f, pb, b = 0, 0, 0
+  for _, t in ipairs(threads) do
+    f = f + t:get("failures")
+    pb = pb + t:get("peer_bytes")
+    b = b + t:get("bodies")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"failures":%d,"peer_bytes":%d,' ..
+    '"bodies":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    f, pb, b))
+end
+"""
+
+
+def _lua_script() -> str:
+    return f"PAIRS = {PEERS * SWARMS_PER_PEER}\nSWARMS = {SWARMS_PER_PEER}\nRING = 1024\n" + WRK_LUA
 
 
 def _free_port() -> int:
@@ -49,8 +173,39 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on port {port} within {timeout:g} s")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _peers_gauge(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r"^p2pdist_tracker_peers (\S+)$", text, re.M)
+    return int(float(m.group(1))) if m else -1
+
+
 def _publish(url: str, token: str, count: int) -> list[bytes]:
-    """Publish ``count`` single-file versions; return their 20-byte v1 infohashes."""
+    """Publish ``count`` single-file signed versions; return their 20-byte v1 infohashes."""
+    from p2pdist.bencode import bencode, infohashes
+    from p2pdist.client import RegistryClient
+    from p2pdist.manifest import FileEntry, Manifest, TorrentRef
+
     client = RegistryClient(url, token=token, timeout=30)
     key = Ed25519PrivateKey.generate()
     hashes = []
@@ -70,80 +225,229 @@ def _publish(url: str, token: str, count: int) -> list[bytes]:
     return hashes
 
 
-async def _phase(
-    url: str, clients: int, duration: float, make_path: Any
-) -> tuple[int, list[float], int]:
-    """Run ``clients`` loops for ``duration`` s; return (requests, latencies in s, failures)."""
-    latencies: list[float] = []
-    failures = 0
-    stop_at = time.perf_counter() + duration
-    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker(w: int) -> None:
-            nonlocal failures
-            rng = random.Random(w)
-            while time.perf_counter() < stop_at:
-                target = yarl.URL(url + make_path(w, rng), encoded=True)
-                t0 = time.perf_counter()
-                async with session.get(target) as r:
-                    body = await r.read()
-                latencies.append(time.perf_counter() - t0)
-                if r.status != 200 or b"failure reason" in body:
-                    failures += 1
-
-        await asyncio.gather(*(worker(w) for w in range(clients)))
-    return len(latencies), latencies, failures
-
-
-def _stats(
-    name: str, n: int, latencies: list[float], failures: int, duration: float
+def _wrk(
+    url: str, script: Path, hash_file: Path, mode: str, args: argparse.Namespace, duration: float
 ) -> dict[str, Any]:
-    qs = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
+    cmd = [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--timeout", "10s",
+        "-s", str(script), url, "--", mode, str(hash_file), str(args.threads),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no result:\n{out}")
+    r: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+    seconds = r["duration_us"] / 1e6
     return {
-        "name": name,
-        "requests": n,
-        "failures": failures,
-        "requests_per_s": n / duration,
-        "p50_ms": qs[49] * 1000,
-        "p99_ms": qs[98] * 1000,
+        "mode": mode,
+        "requests": r["requests"],
+        "requests_per_s": r["requests"] / seconds,
+        "p50_ms": r["p50_us"] / 1000,
+        "p90_ms": r["p90_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "max_ms": r["max_us"] / 1000,
+        "refusals": r["failures"],
+        "socket_errors": r["socket_errors"],
+        "non2xx": r["non2xx"],
+        "peers_per_answer": r["peer_bytes"] / 6 / r["bodies"] if r["bodies"] else 0.0,
     }
 
 
-async def _run(
-    url: str, hashes: list[bytes], clients: int, duration: float
-) -> list[dict[str, Any]]:
-    def healthz(w: int, rng: random.Random) -> str:
-        return "/healthz"
+# -- the paced load generator (runs as a separate process: --paced-worker) --------------------
 
-    def announce(w: int, rng: random.Random) -> str:
-        info_hash = rng.choice(hashes)
-        peer = b"-PB0001-" + f"{w:012d}".encode()
-        left = 0 if w % 3 == 0 else 1000
-        return (
-            f"/announce?info_hash={quote_from_bytes(info_hash, safe='')}"
-            f"&peer_id={quote_from_bytes(peer, safe='')}&port={10000 + w}"
+
+def _steady_paths(hashes: list[str], count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    pct = ["".join(f"%{hex_[i : i + 2]}" for i in range(0, 40, 2)) for hex_ in hashes]
+    out = []
+    for _ in range(count):
+        k = rng.randrange(PEERS * SWARMS_PER_PEER)
+        p = k // SWARMS_PER_PEER
+        left = 0 if p % 3 == 0 else 1048576
+        path = (
+            f"/announce?info_hash={pct[k % len(pct)]}&peer_id=-WK0001-{p:012d}&port={10000 + p}"
             f"&uploaded=0&downloaded=0&left={left}&compact=1&numwant=50"
         )
+        out.append(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return out
 
-    results = []
-    for name, make_path in (("healthz (baseline)", healthz), ("announce", announce)):
-        await _phase(url, clients, min(1.0, duration), make_path)  # warm-up
-        n, latencies, failures = await _phase(url, clients, duration, make_path)
-        results.append(_stats(name, n, latencies, failures, duration))
-    return results
+
+async def _paced(port: int, requests: list[bytes], rate: float, connections: int) -> dict[str, Any]:
+    clock = time.perf_counter  # uvloop's loop.time() ticks in whole ms
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    latencies: list[float] = []
+    failures = 0
+
+    async def connection() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (item := await queue.get()) is not None:
+            due, request = item
+            for attempt in range(2):
+                try:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # opentracker closes every connection after one answer (no keep-alive):
+                    # reconnect and send again (the latency counts from the due time)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    if attempt:
+                        raise
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            body = await reader.readexactly(int(m.group(1))) if m else b""
+            latencies.append(clock() - due)
+            if reader.at_eof() or b"connection: close" in head.lower():
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if not head.startswith(b"HTTP/1.1 200") or b"failure reason" in body:
+                failures += 1
+        writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    start = clock() + 0.2
+    sent = 0
+    while sent < len(requests):
+        now = clock()
+        due_count = min(len(requests), int((now - start) * rate) + 1) if now >= start else 0
+        while sent < due_count:
+            queue.put_nowait((start + sent / rate, requests[sent]))
+            sent += 1
+        await asyncio.sleep(min(0.001, max(0.0, start + sent / rate - clock())))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = clock() - start
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "target_per_s": rate,
+        "requests": n,
+        "achieved_per_s": n / elapsed,
+        "p50_ms": latencies[n // 2] * 1000,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "refusals": failures,
+    }
+
+
+def _paced_worker(argv: list[str]) -> None:
+    port, hash_file, rate, duration, connections = argv
+    hashes = [x for x in Path(hash_file).read_text().split() if len(x) == 40]
+    requests = _steady_paths(hashes, int(float(rate) * float(duration)), seed=7)
+    main = _paced(int(port), requests, float(rate), int(connections))
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(main)
+    else:
+        result = uvloop.run(main)
+    print(json.dumps(result))
+
+
+def _run_paced(port: int, hash_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--paced-worker", str(port), str(hash_file),
+           str(args.rate), str(args.duration), str(args.paced_connections)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _measure(
+    name: str, port: int, pid: int, script: Path, hash_file: Path, args: argparse.Namespace,
+    peers_gauge: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    url = f"http://127.0.0.1:{port}/announce"
+    out: dict[str, Any] = {"name": name}
+    _wrk(url, script, hash_file, "warm", args, args.warmup)
+    out["load"] = _wrk(url, script, hash_file, "steady", args, args.duration)
+    if name == "p2pdist":
+        out["healthz"] = _wrk(url, script, hash_file, "healthz", args, args.duration)
+    out["paced"] = _run_paced(port, hash_file, args)
+    churn = [
+        {"round": 0, "rss_kib": _rss_kib(pid), "peers": peers_gauge() if peers_gauge else None}
+    ]
+    for i in range(args.churn_rounds):
+        r = _wrk(url, script, hash_file, "churn", args, args.churn_duration)
+        churn.append({
+            "round": i + 1, "rss_kib": _rss_kib(pid),
+            "peers": peers_gauge() if peers_gauge else None,
+            "announces": r["requests"], "requests_per_s": r["requests_per_s"],
+            "refusals": r["refusals"],
+        })  # fmt: skip
+    out["churn"] = churn
+    return out
+
+
+def _print(results: list[dict[str, Any]], args: argparse.Namespace, publish_s: float) -> float:
+    ours, ot = results
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; wrk -t{args.threads} -c{args.connections} "
+          f"-d{args.duration:g}s (after a {args.warmup:g} s warm-up of 'started')")  # fmt: skip
+    print(f"{args.hashes} versions published in {publish_s:.2f} s; {PEERS} peers x "
+          f"{SWARMS_PER_PEER} swarms ({PEERS * SWARMS_PER_PEER // args.hashes} peers per "
+          "swarm), compact=1, numwant=50")  # fmt: skip
+    print(f"{'load':<22}{'ann/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'peers/ans':>10}"
+          f"{'refused':>9}{'errors':>8}")  # fmt: skip
+    rows = [("p2pdist /announce", ours["load"]), ("opentracker /announce", ot["load"]),
+            ("p2pdist /healthz", ours["healthz"])]  # fmt: skip
+    for label, r in rows:
+        print(f"{label:<22}{r['requests_per_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+              f"{r['p99_ms']:>9.2f}{r['peers_per_answer']:>10.1f}{r['refusals']:>9}"
+              f"{r['socket_errors'] + r['non2xx']:>8}")  # fmt: skip
+    ratio = ours["load"]["requests_per_s"] / ot["load"]["requests_per_s"]
+    print(f"ratio p2pdist/opentracker: {ratio:.2f} (goal >= 0.5)")
+    print(f"paced at {args.rate:g}/s over {args.paced_connections} connections, {args.duration:g} s "
+          "(latency from the due time):")  # fmt: skip
+    for r in results:
+        p = r["paced"]
+        print(
+            f"  {r['name']:<12} achieved {p['achieved_per_s']:7.0f}/s  p50 {p['p50_ms']:6.2f} ms"
+            f"  p99 {p['p99_ms']:6.2f} ms  max {p['max_ms']:7.2f} ms  refused {p['refusals']}"
+        )
+    print(f"churn: {args.churn_rounds} rounds of {args.churn_duration:g} s, started + stopped for "
+          "fresh peers; server RSS after each round:")  # fmt: skip
+    for r in results:
+        cells = []
+        for c in r["churn"]:
+            peers = f" ({c['peers']} peers)" if c["peers"] is not None else ""
+            ann = f", {c['announces']} ann" if "announces" in c else ""
+            cells.append(f"{c['rss_kib'] / 1024:.1f} MiB{peers}{ann}")
+        print(f"  {r['name']:<12} " + " -> ".join(cells))
+    return ratio
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--hashes", type=int, default=300)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--hashes", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=6.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--paced-connections", type=int, default=50)
+    parser.add_argument("--churn-rounds", type=int, default=3)
+    parser.add_argument("--churn-duration", type=float, default=8.0)
     parser.add_argument("--json", type=Path, default=None)
+    if len(sys.argv) > 1 and sys.argv[1] == "--paced-worker":
+        _paced_worker(sys.argv[2:])
+        return
     args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "opentracker") if shutil.which(tool) is None]
+    if missing:
+        print(f"skipped: {' and '.join(missing)} not installed "
+              f"(apt-get install {' '.join(missing)})")  # fmt: skip
+        return
 
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-tracker-") as tmp:
-        data = Path(tmp) / "data"
+        tmp_path = Path(tmp)
+        script = tmp_path / "announce.lua"
+        script.write_text(_lua_script())
+        data = tmp_path / "data"
         token = subprocess.run(
             [sys.executable, "-m", "p2pdist.tracker", "token", "--data", str(data)],
             capture_output=True, text=True, check=True,
@@ -153,35 +457,56 @@ def main() -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(port),
              "--data", str(data)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        # opentracker chroots into its folder and drops to `nobody`: the folder must be readable.
+        ot_dir = tmp_path / "opentracker"
+        ot_dir.mkdir()
+        os.chmod(tmp_path, 0o755)
+        os.chmod(ot_dir, 0o755)
+        ot_port = _free_port()
+        ot: subprocess.Popen[Any] | None = None
         try:
-            assert server.stdout is not None
-            server.stdout.readline()
+            _wait_port(port, server, "p2pdist tracker")
             t0 = time.perf_counter()
             hashes = _publish(url, token, args.hashes)
             publish_s = time.perf_counter() - t0
-            results = asyncio.run(_run(url, hashes, args.clients, args.duration))
+            hash_file = tmp_path / "hashes.txt"
+            hash_file.write_text("".join(h.hex() + "\n" for h in hashes))
+            (ot_dir / "whitelist.txt").write_text(hash_file.read_text())
+            ot = subprocess.Popen(
+                ["opentracker", "-i", "127.0.0.1", "-p", str(ot_port), "-d", str(ot_dir),
+                 "-w", "whitelist.txt"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            _wait_port(ot_port, ot, "opentracker")
+            time.sleep(1.0)  # opentracker loads its whitelist in a thread
+            results = [
+                _measure(
+                    "p2pdist",
+                    port,
+                    server.pid,
+                    script,
+                    hash_file,
+                    args,
+                    peers_gauge=lambda: _peers_gauge(url),
+                ),
+                _measure("opentracker", ot_port, ot.pid, script, hash_file, args),
+            ]
         finally:
             server.terminate()
             server.wait(30)
+            if ot is not None:
+                ot.terminate()
+                ot.wait(30)
 
-    base, ann = results
-    ratio = ann["requests_per_s"] / base["requests_per_s"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"aiohttp {aiohttp.__version__}")  # fmt: skip
-    print(f"{args.hashes} infohashes published in {publish_s:.2f} s "
-          f"({args.hashes / publish_s:.0f} publishes/s); {args.clients} concurrent clients, "
-          f"{args.duration:g} s per phase")  # fmt: skip
-    print(f"{'phase':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failures':>10}")
-    for r in results:
-        print(f"{r['name']:<20}{r['requests_per_s']:>10.0f}{r['p50_ms']:>10.2f}"
-              f"{r['p99_ms']:>10.2f}{r['failures']:>10}")  # fmt: skip
-    print(f"ratio announce/healthz: {ratio:.2f}")
+    ratio = _print(results, args, publish_s)
     if args.json:
         args.json.write_text(json.dumps({
-            "clients": args.clients, "hashes": args.hashes, "duration_s": args.duration,
-            "publish_s": publish_s, "results": results, "ratio": ratio,
+            "hashes": args.hashes, "peers": PEERS, "swarms_per_peer": SWARMS_PER_PEER,
+            "threads": args.threads, "connections": args.connections,
+            "duration_s": args.duration, "warmup_s": args.warmup, "publish_s": publish_s,
+            "results": results, "ratio": ratio,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }, indent=2))  # fmt: skip
 

@@ -11,10 +11,20 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from p2pdist.bencode import bdecode
+from p2pdist.bencode import bdecode, bencode
 from p2pdist.client import passkey_for
 from p2pdist.tracker import STATE, TrackerSettings, create_app
+from p2pdist.tracker.announce import (
+    Refusal,
+    _answer,
+    _intervals,
+    parse_announce,
+    parse_announce_query,
+    parse_query,
+)
 from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.peers import MemoryPeerStore, Peer
 from p2pdist.tracker.registry import check_publish
@@ -256,3 +266,107 @@ def test_store_bounds_a_swarm() -> None:
     assert not store.announce(h, _peer(9), "started", 0)
     assert store.announce(h, _peer(1, seeder=True), "completed", 0)  # known peers still update
     assert store.counts(h) == type(store.counts(h))(1, 2, 1)
+
+
+_PARTS = st.sampled_from(
+    [
+        "info_hash=" + "%aa" * 20,
+        "info_hash=" + "%AA" * 19 + "%a",
+        "info_hash=" + "%aa" * 19 + "%zz",
+        "info_hash=" + "a" * 20,
+        "info_hash=" + "%61" * 10 + "b" * 10,
+        "info_hash=" + "%aa" * 10 + " " + "%aa" * 9,
+        "info_hash=%ff",
+        "peer_id=" + "-PD0001-000000000001",
+        "peer_id=" + "%2d" * 20,
+        "peer_id=x",
+        "port=6881",
+        "port=0",
+        "port=65536",
+        "port=%36",
+        "port=٣",
+        "uploaded=0",
+        "uploaded=99999999999999999999",
+        "uploaded=-1",
+        "downloaded=12",
+        "left=0",
+        "left=100",
+        "left=9223372036854775808",
+        "event=started",
+        "event=stopped",
+        "event=",
+        "event=bogus",
+        "event=%73topped",
+        "numwant=50",
+        "numwant=5000",
+        "numwant=-3",
+        "numwant=99999999999",
+        "compact=1",
+        "no_peer_id=1",
+        "k%C3%A9y=1",
+        "clé=1",
+        "",
+    ]
+)
+
+
+@given(st.lists(_PARTS, min_size=0, max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_fast_announce_parse_agrees_with_the_checked_path(parts: list[str]) -> None:
+    raw = "&".join(parts)
+
+    def checked() -> object:
+        try:
+            return parse_announce(parse_query(raw, 4096), 200, 50)
+        except Refusal as e:
+            return str(e)
+
+    def fast() -> object:
+        try:
+            return parse_announce_query(raw, 4096, 200, 50)
+        except Refusal as e:
+            return str(e)
+
+    assert fast() == checked()
+
+
+@given(
+    st.integers(0, 2**40), st.integers(0, 2**40), st.integers(0, 2**40),
+    st.binary(max_size=300), st.one_of(st.none(), st.binary(max_size=72)),
+)  # fmt: skip
+def test_announce_answer_is_bencode(
+    complete: int, incomplete: int, downloaded: int, peers: bytes, peers6: bytes | None
+) -> None:
+    s = TrackerSettings(data_dir=Path("unused"))
+    value: dict[str, object] = {
+        "interval": s.interval, "min interval": s.effective_min_interval, "complete": complete,
+        "incomplete": incomplete, "downloaded": downloaded, "peers": peers,
+    }  # fmt: skip
+    if peers6 is not None:
+        value["peers6"] = peers6
+    assert _answer(_intervals(s), complete, incomplete, downloaded, peers, peers6) == bencode(value)
+
+
+def test_small_swarm_answers_follow_membership() -> None:
+    """The compact strings a small swarm answers with are rebuilt when peers come and go."""
+    store = MemoryPeerStore(ttl=10, seed=3)
+    h = b"s" * 20
+
+    def others(me: Peer) -> set[bytes]:
+        sample = store.sample(h, me, 50)
+        v4 = {sample.peers[i : i + 6] for i in range(0, len(sample.peers), 6)}
+        return v4 | {sample.peers6[i : i + 18] for i in range(0, len(sample.peers6), 18)}
+
+    peers = [_peer(n, seeder=n == 0) for n in range(5)]
+    v6 = Peer.from_address(b"y" * 20, "2001:db8::7", 6881, False)
+    for p in [*peers, v6]:
+        store.announce(h, p, "started", now=0)
+    assert others(peers[1]) == {p.compact for p in peers if p is not peers[1]} | {v6.compact}
+    assert others(peers[0]) == {p.compact for p in peers[1:]} | {v6.compact}  # leechers only
+    store.announce(h, peers[2], "stopped", now=1)
+    store.announce(h, peers[3], "completed", now=1)  # leecher -> seeder
+    store.announce(h, _peer(3, seeder=True), "completed", now=1)
+    assert others(peers[1]) == {peers[0].compact, peers[3].compact, peers[4].compact, v6.compact}
+    assert others(peers[0]) == {peers[1].compact, peers[4].compact, v6.compact}
+    assert others(v6) == {p.compact for p in peers if p is not peers[2]}
+    assert store.counts(h).downloaded == 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -28,7 +28,7 @@ from p2pdist.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import TrackedHash
 from p2pdist.tracker.peers import Peer
-from p2pdist.tracker.state import STATE, TrackerState
+from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
 EVENTS = ("", "started", "completed", "stopped", "paused")
 MAX_SCRAPE_HASHES = 100
@@ -42,8 +42,7 @@ class Refusal(Exception):
     """An announce or scrape that gets a bencoded ``failure reason``."""
 
 
-@dataclass(frozen=True)
-class Announce:
+class Announce(NamedTuple):
     """One announce request, checked."""
 
     info_hash: bytes
@@ -142,6 +141,85 @@ def parse_announce(
     )
 
 
+def _fast_hash20(value: str | None) -> bytes | None:
+    """The 20 bytes of a well-formed ``info_hash``/``peer_id`` value, or None to take the slow path."""
+    if value is None:
+        return None
+    if "%" not in value:
+        raw = value.encode()
+    elif len(value) == 60 and value[::3] == "%" * 20:
+        try:
+            raw = bytes.fromhex(value.replace("%", ""))  # exactly 40 hex digits or it's short
+        except ValueError:
+            return None
+    else:
+        raw = unquote_to_bytes(value)
+    return raw if len(raw) == 20 else None
+
+
+def _fast_int(value: str | None, limit: int) -> int | None:
+    if value is None or len(value) > 19 or not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= limit else None
+
+
+def parse_announce_query(
+    raw: str, max_len: int, max_numwant: int, default_numwant: int
+) -> Announce:
+    """``parse_announce(parse_query(raw, ...), ...)``, with a fast path for well-formed queries.
+
+    The fast path accepts only what the checked path accepts and builds the same value; any
+    doubt (a duplicate or non-ASCII key, an escaped integer, a missing parameter) sends the
+    query down the checked path, which gives the refusal its exact reason.
+    """
+    fast = _fast_announce(raw, max_len, max_numwant, default_numwant)
+    if fast is not None:
+        return fast
+    return parse_announce(parse_query(raw, max_len), max_numwant, default_numwant)
+
+
+def _fast_announce(
+    raw: str, max_len: int, max_numwant: int, default_numwant: int
+) -> Announce | None:
+    if len(raw) > max_len:
+        return None
+    values: dict[str, str] = {}
+    for part in raw.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if key in values or "%" in key or not key.isascii():
+            return None
+        values[key] = value
+    get = values.get
+    info_hash = _fast_hash20(get("info_hash"))
+    peer_id = _fast_hash20(get("peer_id"))
+    port = _fast_int(get("port"), 65535)
+    uploaded = _fast_int(get("uploaded"), _MAX_INT)
+    downloaded = _fast_int(get("downloaded"), _MAX_INT)
+    left = _fast_int(get("left"), _MAX_INT)
+    event = get("event", "")
+    numwant_text = get("numwant")
+    numwant = (
+        default_numwant if numwant_text is None else _fast_int(numwant_text, _MAX_NUMWANT_ACCEPTED)
+    )
+    if (
+        info_hash is None
+        or peer_id is None
+        or not port
+        or uploaded is None
+        or downloaded is None
+        or left is None
+        or numwant is None
+        or event not in EVENTS
+    ):
+        return None
+    return Announce(
+        info_hash, peer_id, port, uploaded, downloaded, left, event, min(numwant, max_numwant)
+    )
+
+
 def _bencoded(value: dict[str, object]) -> web.Response:
     return web.Response(body=bencode(value), content_type="text/plain")
 
@@ -155,18 +233,8 @@ async def _may_track(
     state: TrackerState, info_hash: bytes, passkey: str | None
 ) -> TrackedHash | None:
     """Return the registry entry of ``info_hash`` if this request may use it; else refuse."""
-    tracked = state.tracked.get(info_hash)
-    if tracked is None and not state.settings.track_unknown:
-        raise Refusal(
-            f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents published "
-            "to its registry"
-        )
+    tracked = _may_track_public(state, info_hash, passkey is None)
     if passkey is None:
-        if tracked is not None and tracked.private:
-            raise Refusal(
-                f"{tracked.model} is private: announce to /announce/<passkey> with the passkey "
-                "of a token that can read it"
-            )
         return tracked
     grant = await state.grant_for_passkey(passkey)
     if grant is None:
@@ -178,6 +246,25 @@ async def _may_track(
     return tracked
 
 
+def _may_track_public(
+    state: TrackerState, info_hash: bytes, without_passkey: bool
+) -> TrackedHash | None:
+    """The checks that need no passkey: a known info_hash (unless open), public if no passkey."""
+    tracked = state.tracked.get(info_hash)
+    if tracked is None:
+        if not state.settings.track_unknown:
+            raise Refusal(
+                f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents "
+                "published to its registry"
+            )
+    elif without_passkey and tracked.private:
+        raise Refusal(
+            f"{tracked.model} is private: announce to /announce/<passkey> with the passkey "
+            "of a token that can read it"
+        )
+    return tracked
+
+
 def _passkey(request: web.Request) -> str | None:
     passkey = request.match_info.get("passkey")
     if passkey is not None and not _PASSKEY_RE.match(passkey):
@@ -185,14 +272,45 @@ def _passkey(request: web.Request) -> str | None:
     return passkey
 
 
+def _answer(
+    head: bytes, complete: int, incomplete: int, downloaded: int, peers: bytes, peers6: bytes | None
+) -> bytes:
+    """The bencoded announce answer (keys in bencode's sorted order), written out directly.
+
+    ``head`` is ``interval`` and ``min interval`` already encoded; ``peers6`` None leaves
+    the key out.
+    """
+    tail = b"e" if peers6 is None else b"6:peers6%d:%se" % (len(peers6), peers6)
+    return b"d8:completei%de10:downloadedi%de10:incompletei%de%s5:peers%d:%s%s" % (
+        complete, downloaded, incomplete, head, len(peers), peers, tail,
+    )  # fmt: skip
+
+
+def _intervals(settings: TrackerSettings) -> bytes:
+    return b"8:intervali%de12:min intervali%de" % (
+        settings.interval,
+        settings.effective_min_interval,
+    )
+
+
 async def announce(request: web.Request) -> web.Response:
     """``GET /announce`` and ``GET /announce/{passkey}``."""
     state = request.app[STATE]
     settings = state.settings
+    peers = state.peers
     try:
-        params = parse_query(request.rel_url.raw_query_string, settings.max_query)
-        query = parse_announce(params, settings.max_numwant, settings.default_numwant)
-        await _may_track(state, query.info_hash, _passkey(request))
+        query = parse_announce_query(
+            request.rel_url.raw_query_string,
+            settings.max_query,
+            settings.max_numwant,
+            settings.default_numwant,
+        )
+        info_hash = query.info_hash
+        passkey = _passkey(request)
+        if passkey is None:
+            _may_track_public(state, info_hash, True)
+        else:
+            await _may_track(state, info_hash, passkey)
         host = request.remote
         if not host:
             raise Refusal("cannot tell the address this announce comes from")
@@ -200,27 +318,28 @@ async def announce(request: web.Request) -> web.Response:
             peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
         except ValueError:
             raise Refusal(f"cannot use the address {host[:64]!r}") from None
-        if not state.peers.announce(query.info_hash, peer, query.event, time.monotonic()):
+        event = query.event
+        if not peers.announce(info_hash, peer, event, time.monotonic()):
             raise Refusal("this swarm is full; try again later")
     except Refusal as e:
         state.metrics.announce_failures += 1
         return refusal(str(e))
-    state.metrics.announces[query.event or "none"] += 1
-    counts = state.peers.counts(query.info_hash)
-    body: dict[str, object] = {
-        "interval": settings.interval,
-        "min interval": settings.effective_min_interval,
-        "complete": counts.complete,
-        "incomplete": counts.incomplete,
-        "downloaded": counts.downloaded,
-    }
-    if query.event == "stopped":
-        body["peers"] = b""
+    state.metrics.announces[event or "none"] += 1
+    counts = peers.counts(info_hash)
+    if event == "stopped":
+        compact, compact6 = b"", None
     else:
-        sample = state.peers.sample(query.info_hash, peer, query.numwant)
-        body["peers"] = sample.peers
-        body["peers6"] = sample.peers6
-    return _bencoded(body)
+        sample = peers.sample(info_hash, peer, query.numwant)
+        compact, compact6 = sample.peers, sample.peers6
+    body = _answer(
+        _intervals(settings),
+        counts.complete,
+        counts.incomplete,
+        counts.downloaded,
+        compact,
+        compact6,
+    )
+    return web.Response(body=body, content_type="text/plain")
 
 
 async def scrape(request: web.Request) -> web.Response:
@@ -270,6 +389,7 @@ __all__ = [
     "add_routes",
     "announce",
     "parse_announce",
+    "parse_announce_query",
     "parse_query",
     "scrape",
 ]

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from aiohttp import web
@@ -57,6 +59,17 @@ async def serve_until_signalled(settings: TrackerSettings, host: str, port: int)
         await runner.cleanup()
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (an optional speedup of the announce path;
+    see BENCHMARKS.md), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _fail(error: P2PDistError) -> click.ClickException:
     return click.ClickException(f"{type(error).__name__}: {error}")
 
@@ -86,7 +99,7 @@ def serve(
         data_dir=data_dir or default_data_dir(), interval=interval, track_unknown=track_unknown
     )
     try:
-        asyncio.run(serve_until_signalled(settings, host, port))
+        run(serve_until_signalled(settings, host, port))
     except P2PDistError as e:
         raise _fail(e) from None
     except OSError as e:
@@ -120,4 +133,4 @@ def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None
     click.echo(value)
 
 
-__all__ = ["default_data_dir", "serve_until_signalled", "tracker_group"]
+__all__ = ["default_data_dir", "run", "serve_until_signalled", "tracker_group"]

@@ -7,7 +7,10 @@ the announce handler turns requests into ``Peer`` values and responses from ``Pe
 
 Hand-out policy: a leecher gets a uniform random sample of the swarm's other peers, seeders
 and leechers alike; a seeder gets only leechers (a seeder has nothing to fetch from a seeder).
-Sampling is O(numwant), not O(swarm), so announces stay cheap in large swarms.
+Sampling is O(numwant), not O(swarm), so announces stay cheap in large swarms. A swarm no
+larger than numwant (the common case: a version's swarm is a few dozen hosts) answers with
+all of its other peers from compact strings built once per change of membership, so a
+re-announce into an unchanged swarm costs one slice, not a loop over peers.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ MAX_PEERS_PER_SWARM = 50_000
 """A swarm refuses new peers beyond this many (memory bound against a flood of peer ids)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """One announcing peer: its id, its address in compact form (BEP 23 / BEP 7), seeding or not."""
 
@@ -73,6 +76,9 @@ class PeerSample:
     peers6: bytes
 
 
+_EMPTY = PeerSample(b"", b"")
+
+
 class PeerStore(Protocol):
     """What the announce handler needs from a peer store."""
 
@@ -93,24 +99,31 @@ class PeerStore(Protocol):
 
 
 class _Bag:
-    """A set of peers with O(1) add, remove and indexed access (for O(k) random samples)."""
+    """A set of peers with O(1) add, remove and indexed access (for O(k) random samples).
 
-    __slots__ = ("index", "items")
+    ``compact()`` is the concatenated compact addresses of the bag (IPv4, IPv6), built on
+    first use after a change of membership and kept until the next one.
+    """
+
+    __slots__ = ("_compact", "index", "items")
 
     def __init__(self) -> None:
         self.items: list[Peer] = []
         self.index: dict[bytes, int] = {}
+        self._compact: tuple[bytes, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def put(self, peer: Peer) -> None:
-        at = self.index.get(peer.key)
+        key = peer.compact
+        at = self.index.get(key)
         if at is None:
-            self.index[peer.key] = len(self.items)
+            self.index[key] = len(self.items)
             self.items.append(peer)
+            self._compact = None
         else:
-            self.items[at] = peer
+            self.items[at] = peer  # same address, so the compact strings still hold
 
     def get(self, key: bytes) -> Peer | None:
         at = self.index.get(key)
@@ -123,8 +136,31 @@ class _Bag:
         last = self.items.pop()
         if at < len(self.items):
             self.items[at] = last
-            self.index[last.key] = at
+            self.index[last.compact] = at
+        self._compact = None
         return True
+
+    def compact(self) -> tuple[bytes, bytes]:
+        """(IPv4 peers, IPv6 peers) of the whole bag, in compact form."""
+        if self._compact is None:
+            items = self.items
+            v4 = b"".join([p.compact for p in items if len(p.compact) == 6])
+            v6 = (
+                b""
+                if len(v4) == 6 * len(items)
+                else b"".join([p.compact for p in items if len(p.compact) == 18])
+            )
+            self._compact = (v4, v6)
+        return self._compact
+
+
+def _without(blob: bytes, compact: bytes) -> bytes:
+    """``blob`` (a run of fixed-width compact addresses) less the entry equal to ``compact``."""
+    width = len(compact)
+    at = blob.find(compact)
+    while at != -1 and at % width:
+        at = blob.find(compact, at + 1)
+    return blob if at == -1 else blob[:at] + blob[at + width :]
 
 
 @dataclass
@@ -148,48 +184,76 @@ class MemoryPeerStore:
 
     def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
         swarm = self._swarms.get(info_hash)
+        key = peer.compact
         if event == "stopped":
             if swarm is not None:
-                held = swarm.seeders.get(peer.key) or swarm.leechers.get(peer.key)
+                held = swarm.seeders.get(key) or swarm.leechers.get(key)
                 # A late "stopped" of a torrent the client already re-added under a new
                 # peer id must not drop the live entry.
                 if held is not None and held.peer_id == peer.peer_id:
-                    self._drop(info_hash, swarm, peer.key)
+                    self._drop(info_hash, swarm, key)
             return True
         if swarm is None:
             swarm = self._swarms[info_hash] = _Swarm()
-        if peer.key not in swarm.expires and len(swarm.expires) >= self.max_peers_per_swarm:
+        expires = swarm.expires
+        if key not in expires and len(expires) >= self.max_peers_per_swarm:
             return False
         if peer.seeder:
-            was_seeding = peer.key in swarm.seeders.index
-            swarm.leechers.remove(peer.key)
-            swarm.seeders.put(peer)
-            if event == "completed" and not was_seeding:
-                swarm.downloaded += 1
+            seeders = swarm.seeders
+            if key in seeders.index:
+                seeders.put(peer)
+            else:
+                swarm.leechers.remove(key)
+                seeders.put(peer)
+                if event == "completed":
+                    swarm.downloaded += 1
         else:
-            swarm.seeders.remove(peer.key)
-            swarm.leechers.put(peer)
-        swarm.expires[peer.key] = now + self.ttl
+            leechers = swarm.leechers
+            if key in leechers.index:
+                leechers.put(peer)
+            else:
+                swarm.seeders.remove(key)
+                leechers.put(peer)
+        expires[key] = now + self.ttl
         return True
 
     def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
         swarm = self._swarms.get(info_hash)
         if swarm is None or numwant <= 0:
-            return PeerSample(b"", b"")
-        pools = [swarm.leechers] if peer.seeder else [swarm.seeders, swarm.leechers]
+            return _EMPTY
+        key = peer.compact
+        pools = (swarm.leechers,) if peer.seeder else (swarm.seeders, swarm.leechers)
         size = sum(len(p) for p in pools)
+        if size <= numwant or (size == numwant + 1 and any(key in p.index for p in pools)):
+            return self._everyone(pools, key)
         picks = self._random.sample(range(size), min(size, numwant + 1))
         v4: list[bytes] = []
         v6: list[bytes] = []
-        first = len(pools[0])
+        first = pools[0].items
+        rest = pools[-1].items
+        n_first = len(first)
         for i in picks:
-            other = pools[0].items[i] if i < first else pools[-1].items[i - first]
-            if other.key == peer.key:
+            other = (first[i] if i < n_first else rest[i - n_first]).compact
+            if other == key:
                 continue
-            (v6 if other.is_ipv6 else v4).append(other.compact)
+            (v4 if len(other) == 6 else v6).append(other)
             if len(v4) + len(v6) == numwant:
                 break
         return PeerSample(b"".join(v4), b"".join(v6))
+
+    @staticmethod
+    def _everyone(pools: tuple[_Bag, ...], key: bytes) -> PeerSample:
+        """Every peer of ``pools`` but the one at ``key``, from the bags' compact strings."""
+        if len(pools) == 1:
+            v4, v6 = pools[0].compact()
+        else:
+            (a4, a6), (b4, b6) = pools[0].compact(), pools[1].compact()
+            v4, v6 = a4 + b4, a6 + b6
+        if len(key) == 6:
+            v4 = _without(v4, key)
+        else:
+            v6 = _without(v6, key)
+        return PeerSample(v4, v6)
 
     def counts(self, info_hash: bytes) -> SwarmCounts:
         swarm = self._swarms.get(info_hash)
