@@ -16,6 +16,13 @@ have finished. Run:
     .venv/bin/python bench/swarm.py --consumers 4 16 --size-mib 32 --rate-mb 4 \
         --piece-kib 256 1024 4096 --json swarm.json
 
+At N=32 the origin alone takes N*F/u (e.g. 430 s for 64 MiB at 5 MB/s); `--http-max 16`
+measures it only up to N=16 and reports its exact cap N*F/u above that, marked "c"
+(computed, not measured) in the table and `"http_measured": false` in the JSON:
+
+    .venv/bin/python bench/swarm.py --consumers 4 16 32 --size-mib 64 --rate-mb 5 \
+        --piece-kib 256 --http-max 16 --json swarm.json
+
 Compare setting sets in one run with `--variant NAME=JSON` (repeatable; see parse_variant),
 e.g. `--variant default={} --variant q={"seed": {"unchoke_slots_limit": 4}}`.
 """
@@ -293,6 +300,14 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP origin baseline")
+    parser.add_argument(
+        "--http-max",
+        type=int,
+        default=None,
+        help="measure the HTTP origin only for N <= this; above it report its exact "
+        "theoretical time N*F/u, labelled computed (c) in the table and "
+        '"http_measured": false in the JSON',
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -330,11 +345,14 @@ def main() -> None:
         )
         for n in args.consumers:
             bound = max(size / rate, n * size / (rate + n * rate))
-            http_s = None
-            if not args.no_http:
+            http_s, http_measured = None, False
+            if not args.no_http and (args.http_max is None or n <= args.http_max):
                 dest = Path(tmp) / f"http{n}"
                 http_s = asyncio.run(http_origin(root, files, n, rate, dest))
+                http_measured = True
                 shutil.rmtree(dest)
+            elif not args.no_http:
+                http_s = n * size / rate  # computed, not measured: the origin's cap N*F/u
             for piece in pieces:
                 for repeat in range(args.repeats):
                     for name, spec in variants:
@@ -366,12 +384,16 @@ def main() -> None:
                             "bound_s": bound,
                             "ratio_to_bound": got["seconds"] / bound,
                             "http_s": http_s,
+                            "http_measured": http_measured,
                             "http_over_swarm": (http_s / got["seconds"]) if http_s else None,
                             **got,
                         }
                         rows.append(row)
+                        mark = "" if http_measured else "c"
                         http_txt = (
-                            f"{http_s:8.1f} {http_s / got['seconds']:10.2f}" if http_s else " " * 19
+                            f"{http_s:7.1f}{mark or ' '} {http_s / got['seconds']:9.2f}{mark or ' '}"
+                            if http_s
+                            else " " * 19
                         )
                         print(
                             f"{name:<{width}} {n:>3} {piece // 1024:>5}K {got['pieces']:>6} "

@@ -61,8 +61,8 @@ from p2pdist.delta_codec import (
 )
 from p2pdist.digest import hash_file, hash_files
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError
+from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
 from p2pdist.manifest import FileEntry, canonical_json, describe_files, list_files, safe_relpath
-from p2pdist.shards import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
 
 CHUNK_BYTES = 4 << 20
 """Tensors larger than this are cut into chunks: memory per worker stays a few chunks, and

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from p2pdist.errors import ConfigError, FormatError, NotFoundError, TrackerError
+from p2pdist.header import TensorSpec
 from p2pdist.manifest import MANIFEST_FILENAME, Manifest
 from p2pdist.ref import parse_ref
-from p2pdist.shards import TensorSpec
 from p2pdist.store import Store
 from p2pdist.verified import (
     RECORDS_DIR,

@@ -16,9 +16,9 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import ConflictError, FormatError, NotFoundError
+from p2pdist.header import read_header
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
 from p2pdist.ref import ModelRef, validate_name, validate_version
-from p2pdist.shards import read_header
 from p2pdist.store import Store
 from p2pdist.torrent import TorrentMeta, make_torrent
 

@@ -223,6 +223,14 @@ class Swarm:
             settings["max_allowed_in_request_queue"] = max(
                 32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE))
             )
+            # libtorrent asks a peer for whole pieces when it could send one within
+            # `whole_pieces_threshold` (20 s) at its rate: every capped peer qualifies, so each
+            # piece came from a single source and pieces finished (became tradeable) at one
+            # peer's pace. With 0 blocks of a piece are spread over peers: 64 MiB at 5 MB/s,
+            # 256 KiB pieces, won every one of 6 paired runs (N=4/16/32: about 1.44x -> 1.22x,
+            # 2.07x -> 1.51x, 2.10x -> 1.76x the fluid bound; seed copies 2.0 -> 1.7 at N=32;
+            # BENCHMARKS.md, "Swarm"). Measured with capped uploads only.
+            settings["whole_pieces_threshold"] = 0
         if announce_interval_hint is not None:
             settings["min_announce_interval"] = max(1, int(announce_interval_hint))
         settings.update(extra_settings or {})

@@ -36,16 +36,10 @@ import torch
 
 from p2pdist.digest import is_digest
 from p2pdist.errors import ConfigError, FormatError, IntegrityError, NotFoundError
+from p2pdist.header import MAX_HEADER_SIZE, SafetensorsHeader, TensorSpec, parse_header
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest
-from p2pdist.shards import (
-    INDEX_FILE,
-    MAX_HEADER_SIZE,
-    SafetensorsHeader,
-    TensorSpec,
-    parse_header,
-    shard_files,
-)
+from p2pdist.shards import INDEX_FILE, shard_files
 
 VerifyPolicy = Literal["always", "once"]
 POLICIES: tuple[str, ...] = ("always", "once")

@@ -20,8 +20,9 @@ from p2pdist.delta_codec import (
     forward,
     inverse,
 )
+from p2pdist.header import DTYPE_SIZES
 from p2pdist.manifest import describe_files, list_files
-from p2pdist.shards import DTYPE_SIZES, save_state_dict
+from p2pdist.shards import save_state_dict
 
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn,
