@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +174,6 @@ def running_tracker(settings: TrackerSettings) -> Iterator[str]:
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(30)
+        with warnings.catch_warnings():  # transports of clients cut off at shutdown
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
