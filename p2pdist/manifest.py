@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2pdist.digest import hash_file, hash_files, is_digest
+from p2pdist.digest import hash_files, is_digest
 from p2pdist.errors import FormatError, IntegrityError, SignatureError, UnsafePathError
 from p2pdist.ref import validate_name, validate_version
 
@@ -366,14 +366,3 @@ def verify_entries(entries: Sequence[FileEntry], folder: str | Path) -> None:
                 actual=actual,
             )
 
-
-def verify_file(entry: FileEntry, path: str | Path) -> None:
-    """Check one file against its entry."""
-    actual = hash_file(path)
-    if actual != entry.blake3:
-        raise IntegrityError(
-            f"{entry.path}: blake3 {actual} differs from the manifest's {entry.blake3}",
-            path=entry.path,
-            expected=entry.blake3,
-            actual=actual,
-        )

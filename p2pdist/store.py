@@ -333,16 +333,6 @@ class Store:
             verify_entries(manifest.delta_files, vdir / DELTA)
         return manifest
 
-    def verify_blob(self, entry: FileEntry) -> None:
-        actual = hash_file(self.blob_path(entry.blake3))
-        if actual != entry.blake3:
-            raise IntegrityError(
-                f"{entry.path}: stored blob hashes to {actual}, expected {entry.blake3}",
-                path=entry.path,
-                expected=entry.blake3,
-                actual=actual,
-            )
-
     def remove(self, name: str, version: str) -> None:
         """Forget a version (its blobs stay until ``gc``)."""
         vdir = self._require(name, version)

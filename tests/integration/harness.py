@@ -133,3 +133,14 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> s
             rest = proc.stderr.read()
             raise AssertionError(f"process exited {proc.returncode}: {''.join(seen)}{rest}")
     raise AssertionError(f"no {needle!r} within {timeout} s: {''.join(seen)}")
+
+
+def run_aria2(torrent_file: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    """Download a .torrent with aria2c (a standard client): trackers only, no DHT/LSD/PEX."""
+    return subprocess.run(
+        ["aria2c", "--dir", str(dest), "--seed-time=0", "--enable-dht=false",
+         "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+         f"--listen-port={free_port()}", "--bt-stop-timeout=60", "--summary-interval=0",
+         "--console-log-level=warn", str(torrent_file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import free_port, make_version_folder
-from tests.integration.harness import Node, Tracker
+from tests.integration.harness import Node, Tracker, run_aria2
 
 pytestmark = pytest.mark.integration
 
@@ -134,12 +133,6 @@ def test_aria2_downloads_a_p2pdist_torrent_from_p2pdist_seeds(
         f"{tracker.url}/v1/models/{NAME}/versions/v1/torrent?kind=full", timeout=10
     ).read()
     (tmp_path / "v1.torrent").write_bytes(torrent)
-    out = subprocess.run(
-        ["aria2c", "--dir", str(tmp_path / "aria2"), "--seed-time=0", "--enable-dht=false",
-         "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-         f"--listen-port={free_port()}", "--bt-stop-timeout=60", "--summary-interval=0",
-         "--console-log-level=warn", str(tmp_path / "v1.torrent")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = run_aria2(tmp_path / "v1.torrent", tmp_path / "aria2")
     assert out.returncode == 0, out.stdout + out.stderr
     same_tree(src, tmp_path / "aria2" / "org--model@v1")

@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist.bencode import bdecode, infohashes
 from p2pdist.client import RegistryClient
 from p2pdist.manifest import Manifest, TorrentRef, describe_files, list_files
-from tests.conftest import free_port
-from tests.integration.harness import Tracker
+from tests.integration.harness import Tracker, run_aria2
 from tests.tracker_world import announce_query, make_version, peer_id
 
 pytestmark = pytest.mark.integration
@@ -164,13 +163,7 @@ def test_aria2_downloads_through_the_tracker(tracker: Tracker, tmp_path: Path) -
         seed = _add(seeder, torrent, tmp_path / "seed")
         _wait(lambda: seed.status().is_seeding, "the seeder to check its files")
         _wait(lambda: _seeders(tracker) == 1, "the seeder's announce")
-        out = subprocess.run(
-            ["aria2c", "--dir", str(tmp_path / "aria2"), "--seed-time=0", "--enable-dht=false",
-             "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-             f"--listen-port={free_port()}", "--bt-stop-timeout=60", "--summary-interval=0",
-             "--console-log-level=warn", str(tmp_path / "v1.torrent")],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        out = run_aria2(tmp_path / "v1.torrent", tmp_path / "aria2")
         assert out.returncode == 0, out.stdout + out.stderr
         got = (tmp_path / "aria2" / "v1" / "model.safetensors").read_bytes()
         assert got == (tmp_path / "seed" / "v1" / "model.safetensors").read_bytes()
