@@ -365,4 +365,3 @@ def verify_entries(entries: Sequence[FileEntry], folder: str | Path) -> None:
                 expected=entry.blake3,
                 actual=actual,
             )
-
