@@ -116,23 +116,39 @@ class Node:
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """Read the process's stderr until a line contains ``needle``; fail with what it said."""
+    """Read the process's stderr until a line contains ``needle``; fail with what it said.
+
+    Reads the raw descriptor (os.read after select), never the text wrapper: a buffered
+    readline can swallow the next lines into its buffer, where select no longer sees them.
+    """
     assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
+    fd = proc.stderr.fileno()
+    pending = getattr(proc, "_stderr_pending", b"")
     seen: list[str] = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+    deadline = time.monotonic() + timeout
+    while True:
+        while b"\n" in pending:
+            raw, pending = pending.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            seen.append(line)
+            if needle in line:
+                proc._stderr_pending = pending  # type: ignore[attr-defined]
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {needle!r} within {timeout} s: {chr(10).join(seen)}")
+        ready, _, _ = select.select([fd], [], [], 0.5)
         if ready:
-            line = proc.stderr.readline()
-            if line:
-                seen.append(line)
-                if needle in line:
-                    return line
+            chunk = os.read(fd, 65536)
+            if chunk:
+                pending += chunk
                 continue
-        if proc.poll() is not None:
-            rest = proc.stderr.read()
-            raise AssertionError(f"process exited {proc.returncode}: {''.join(seen)}{rest}")
-    raise AssertionError(f"no {needle!r} within {timeout} s: {''.join(seen)}")
+        if proc.poll() is not None and not ready:
+            rest = pending.decode(errors="replace")
+            raise AssertionError(f"process exited {proc.returncode}: {chr(10).join(seen)}{rest}")
+        if ready and not chunk:  # end of file: the process closed stderr
+            proc.wait(timeout=30)
+            rest = pending.decode(errors="replace")
+            raise AssertionError(f"process exited {proc.returncode}: {chr(10).join(seen)}{rest}")
 
 
 def run_aria2(torrent_file: Path, dest: Path) -> subprocess.CompletedProcess[str]:
