@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def write_random_files(root: Path, sizes: dict[str, int], seed: int = 0) -> list[str]:
+    """Random bytes at root/<path> for each path and size; returns the sorted paths."""
+    rng = random.Random(seed)
+    for rel, size in sizes.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+    return sorted(sizes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 from pathlib import Path
 
 import libtorrent as lt
@@ -24,12 +23,9 @@ MiB = 1024 * KiB
 
 
 def write_files(root: Path, sizes: dict[str, int], seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    for rel, size in sizes.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(size))
-    return sorted(sizes)
+    from tests.conftest import write_random_files
+
+    return write_random_files(root, sizes, seed)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -59,12 +58,9 @@ with Swarm() as swarm:
 
 
 def write_model(root: Path, sizes: dict[str, int], seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    for rel, size in sizes.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(size))
-    return sorted(sizes)
+    from tests.conftest import write_random_files
+
+    return write_random_files(root, sizes, seed)
 
 
 def same_files(meta: TorrentMeta, a: Path, b: Path) -> bool:
