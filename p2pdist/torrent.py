@@ -33,7 +33,7 @@ MiB = 1024 * KiB
 MIN_PIECE_SIZE = 16 * KiB
 """The smallest piece libtorrent accepts (one block); only tiny torrents get it."""
 
-SMALL_PIECE_SIZE = 256 * KiB
+SMALL_PIECE_SIZE = 128 * KiB
 """The smallest piece for anything bigger than a few MB."""
 
 MAX_PIECE_SIZE = 16 * MiB
@@ -77,11 +77,11 @@ class TorrentMeta:
 def choose_piece_size(total_size: int) -> int:
     """Pick the piece size for a torrent of `total_size` bytes.
 
-    About TARGET_PIECES pieces, as a power of two between 256 KiB and 16 MiB (16 KiB for
+    About TARGET_PIECES pieces, as a power of two between 128 KiB and 16 MiB (16 KiB for
     torrents of at most 4 MiB, so that even they have pieces to trade). Small pieces let a
-    small swarm trade: bench/swarm.py on 2 cores, 32 MiB model, 4 MB/s per peer, 16
-    consumers: 128 KiB 2.2x the fluid bound, 256 KiB 2.4x, 1 MiB 3.3x (DESIGN.md: 4 MiB 3.1x,
-    1 MiB 1.36x at 64 MiB). Large models get large pieces so the info dict (20 bytes a
+    small swarm trade: bench/swarm.py on 2 cores, 16 consumers at 5 MB/s each, 256 MiB model:
+    128 KiB 1.17x the fluid bound (2 runs), 256 KiB 1.18-1.19x; 32 MiB at 4 MB/s: 128 KiB
+    2.2x, 256 KiB 2.4x, 1 MiB 3.3x (DESIGN.md: 4 MiB 3.1x, 1 MiB 1.36x at 64 MiB). Large models get large pieces so the info dict (20 bytes a
     piece) stays small: 2 GB -> 1 MiB, 20 GB and more -> 16 MiB, about 90 KB at 70 GB.
     """
     if total_size < 0:

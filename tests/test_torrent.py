@@ -214,7 +214,7 @@ def test_choose_piece_size_is_monotone_bounded_power_of_two() -> None:
         assert piece & (piece - 1) == 0
         assert MIN_PIECE_SIZE <= piece <= MAX_PIECE_SIZE
         if size > 4 * MiB:
-            assert piece >= 256 * KiB
+            assert piece >= 128 * KiB
     assert choose_piece_size(1 << 40) == MAX_PIECE_SIZE
     assert choose_piece_size(20 << 30) == MAX_PIECE_SIZE
     # the info dict of a large model stays small: 20 bytes a piece
