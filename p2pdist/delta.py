@@ -6,31 +6,33 @@ shards. ``encode(parent_dir, new_dir, out_dir)`` writes the delta; ``decode(pare
 delta_dir, out_dir, expected=...)`` rebuilds every file of the new version and proves each
 against the blake3 the signed manifest declares: a mismatch is an error, never a fallback.
 
-What a delta holds (docs/FORMAT.md, section Delta):
+What a delta holds (docs/FORMAT_DELTA.md):
 
 - ``delta.json``: the parent files the delta reads (path, size, blake3: decoding against
   another parent is refused), and for every file of the new version its path, size, blake3
   and how to get it: ``copy`` of a parent file with the same bytes, or ``delta``, a delta file.
 - one ``delta-NNNNN.safetensors`` per rebuilt file: uint8 payload tensors, and in its
   ``__metadata__`` the codec table: the target file as a list of *segments* (its safetensors
-  header, then each tensor in file order, large tensors cut in chunks) each with its base
-  (the same-named tensor anywhere in the parent) and byte planes (see delta_codec).
+  header, then each tensor in file order, large tensors cut in chunks), each a ``copy`` of
+  its base (the same-named tensor anywhere in the parent), an ``ans`` payload coding the
+  moves against that base, or ``raw`` byte planes (see delta_codec).
 
 Tensors are matched by name across the whole version, so a tensor that moved between shards
-is still a delta. Unchanged tensors cost nothing, same dtype and shape cost the entropy of
-their moves, anything else is stored as zstd byte planes of its raw bits.
+is still a delta. Unchanged tensors cost nothing, same dtype and shape cost about the entropy
+of their moves, anything else is stored as zstd byte planes of its raw bits.
 
 Both sides map their files (mmap) and hold a few segments at a time; segments run on a
-thread pool (numpy and zstd release the GIL). Decoding allocates only what the manifest's
-sizes allow, writes to hidden temporary names, and renames only once every file verified.
+thread pool (the C kernel, numpy and zstd release the GIL). Delta files are written in one
+pass (delta_file.py). Decoding allocates only what the manifest's sizes allow, writes to
+hidden temporary names, and renames only once every file verified.
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import shutil
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,26 +45,24 @@ from typing import Any
 import numpy as np
 
 from p2pdist.delta_codec import (
-    FORMAT_VERSION,
     INDEX_FILE,
     MAX_SEGMENT,
-    META_KEY,
     BaseRef,
+    Coded,
     DeltaIndex,
     DeltaTarget,
-    Plane,
     Segment,
-    Transform,
+    decode_ans,
     decode_plane,
-    encode_plane,
-    float_order,
-    forward,
-    inverse,
+    encode_segment,
+    float_key,
+    join_planes,
 )
+from p2pdist.delta_file import DeltaFileWriter, header_bound, read_table
 from p2pdist.digest import hash_file, hash_files
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError
 from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
-from p2pdist.manifest import FileEntry, canonical_json, describe_files, list_files, safe_relpath
+from p2pdist.manifest import FileEntry, describe_files, list_files, safe_relpath
 
 CHUNK_BYTES = 4 << 20
 """Tensors larger than this are cut into chunks: memory per worker stays a few chunks, and
@@ -98,17 +98,18 @@ class _Job:
 
     offset: int
     size: int
-    transform: Transform
+    word: int
+    key: tuple[int, int] | None
     base: BaseRef | None
     base_offset: int
     tensor: str | None
 
 
-def _map(stack: ExitStack, path: Path, size: int, *, write: bool = False) -> mmap.mmap | None:
+def _map(stack: ExitStack, path: Path, size: int) -> mmap.mmap | None:
     if size == 0:
         return None
-    f = stack.enter_context(path.open("r+b" if write else "rb"))
-    m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_WRITE if write else mmap.ACCESS_READ)
+    f = stack.enter_context(path.open("rb"))
+    m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     stack.callback(_close, m)
     return m
 
@@ -168,52 +169,38 @@ def _plan(
     size: int,
     parent: Mapping[str, tuple[str, TensorSpec]],
     chunk: int,
-    group: bool,
 ) -> Iterator[_Job]:
     """The segments of one target file, in file order."""
-    raw = Transform("xor", 1)
     if header is None:
         for start, n in _chunks(size, chunk):
-            yield _Job(start, n, raw, None, 0, None)
+            yield _Job(start, n, 1, None, None, 0, None)
         return
     for start, n in _chunks(header.data_start, chunk):
-        yield _Job(start, n, raw, None, 0, None)
+        yield _Job(start, n, 1, None, None, 0, None)
     for spec in header.tensors:
         word = DTYPE_SIZES[spec.dtype]
         step = max(word, chunk - chunk % word)
         found = parent.get(spec.name)
         same = found is not None and (found[1].dtype, found[1].shape) == (spec.dtype, spec.shape)
-        if found is not None and same:
-            file, base = found
-            # Exponent grouping buys ~13% on 16-bit floats but ~3% on fp32 at half the speed
-            # (bench/delta.py): 32- and 64-bit floats go ungrouped.
-            order = float_order(spec.dtype) if group and word <= 2 else None
-            t = Transform("sub", word, order)
-            for start, n in _chunks(spec.nbytes, step):
+        key = float_key(spec.dtype)
+        for start, n in _chunks(spec.nbytes, step):
+            if found is not None and same:
+                file, base = found
                 ref = BaseRef(file, spec.name, start)
-                yield _Job(spec.start + start, n, t, ref, base.start + start, spec.name)
-        else:
-            t = Transform("xor", word)
-            for start, n in _chunks(spec.nbytes, step):
-                yield _Job(spec.start + start, n, t, None, 0, spec.name)
+                yield _Job(spec.start + start, n, word, key, ref, base.start + start, spec.name)
+            else:
+                yield _Job(spec.start + start, n, word, None, None, 0, spec.name)
 
 
-def _write_delta_file(
-    path: Path, target: str, size: int, segments: list[Segment], spool: Path, lengths: list[int]
-) -> None:
-    """Write a delta safetensors file: header (payload offsets, codec table), then the spool."""
-    table = {"format": FORMAT_VERSION, "target": target, "size": size,
-             "segments": [s.to_json() for s in segments]}  # fmt: skip
-    header: dict[str, Any] = {"__metadata__": {META_KEY: canonical_json(table).decode()}}
-    offset = 0
-    for i, n in enumerate(lengths):
-        header[str(i)] = {"dtype": "U8", "shape": [n], "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with path.open("wb") as out, spool.open("rb") as data:
-        out.write(len(raw).to_bytes(8, "little") + raw)
-        shutil.copyfileobj(data, out, 1 << 20)
+def _worst(job: _Job, name: str) -> Segment:
+    """The longest segment a job becomes (for the header room): ``ans`` with a base (``copy``
+    is shorter; ``raw``, when ans does not pay, is left to the room's margin), else ``raw``
+    with a payload per plane; ``name`` is the longest payload name."""
+    if job.base is None:
+        planes = (("zstd", name),) * job.word
+        return Segment(job.size, "raw", job.word, None, planes, None, job.tensor)
+    context = None if job.key is None else (job.key[0], job.key[1], (1 << job.key[1]) - 1)
+    return Segment(job.size, "ans", job.word, job.base, (("ans", name),), context, job.tensor)
 
 
 def encode(
@@ -224,14 +211,12 @@ def encode(
     files: Sequence[str] | None = None,
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
-    group: bool = True,
 ) -> list[str]:
     """Write into ``out_dir`` the delta that rebuilds ``new_dir`` from ``parent_dir``.
 
     ``files`` are the new version's files (default: every non-hidden file of ``new_dir``).
-    Returns the delta's file names (``delta.json`` first). ``group=False`` skips the exponent
-    grouping of 16-bit float moves: faster, about 13 % larger for bf16 (fp32 is never grouped). Nothing is left in
-    ``out_dir`` if encoding fails.
+    Returns the delta's file names (``delta.json`` first). Nothing is left in ``out_dir`` if
+    encoding fails.
     """
     parent_dir, new_dir, out_dir = Path(parent_dir), Path(new_dir), Path(out_dir)
     workers = workers or _default_workers()
@@ -277,16 +262,19 @@ def encode(
             for ti, entry, header in plans:
                 name = targets[ti].delta
                 assert name is not None
-                _final, spool = out_dir / name, out_dir / f".{name}.{tag}.spool"
                 partial = out_dir / f".{name}.{tag}.incomplete"
-                written += [spool, partial]
-                segments, lengths = _encode_target(
-                    pool, stack, new_dir / entry.path, entry.size, header, parent_tensors,
-                    parent_maps, spool, chunk_bytes, group, workers,
-                )  # fmt: skip
+                written.append(partial)
+                jobs = list(_plan(header, entry.size, parent_tensors, chunk_bytes))
+                payloads = sum(1 if job.base else job.word for job in jobs)
+                longest = "9" * len(str(max(payloads - 1, 0)))
+                worst = [_worst(job, longest) for job in jobs]
+                reserve = header_bound(entry.path, entry.size, worst, payloads)
+                with DeltaFileWriter(partial, reserve) as writer:
+                    segments = _encode_target(
+                        pool, new_dir / entry.path, entry.size, jobs, parent_maps, writer, workers
+                    )
+                    writer.finish(entry.path, entry.size, segments)
                 used.update(s.base.file for s in segments if s.base is not None)
-                _write_delta_file(partial, entry.path, entry.size, segments, spool, lengths)
-                spool.unlink()
         index = DeltaIndex(tuple(parent_entries[p] for p in sorted(used)), tuple(targets))
         index_tmp = out_dir / f".{INDEX_FILE}.{tag}.incomplete"
         written.append(index_tmp)
@@ -306,44 +294,35 @@ def encode(
 
 def _encode_target(
     pool: ThreadPoolExecutor,
-    stack: ExitStack,
     path: Path,
     size: int,
-    header: SafetensorsHeader | None,
-    parent_tensors: Mapping[str, tuple[str, TensorSpec]],
+    jobs: list[_Job],
     parent_maps: Mapping[str, mmap.mmap | None],
-    spool: Path,
-    chunk: int,
-    group: bool,
+    writer: DeltaFileWriter,
     workers: int,
-) -> tuple[list[Segment], list[int]]:
-    """Encode one file's segments on the pool, spooling payloads in order; return the table."""
+) -> list[Segment]:
+    """Encode one file's segments on the pool, writing payloads in order; return the table."""
     with ExitStack() as local:
         new_map = _map(local, path, size)
 
-        def work(job: _Job) -> list[Plane]:
+        def work(job: _Job) -> Coded:
             new = _view(new_map, job.offset, job.size)
             base = None
             if job.base is not None:
                 base = _view(parent_maps[job.base.file], job.base_offset, job.size)
-            return [encode_plane(p) for p in forward(new, base, job.transform)]
+            return encode_segment(new, base, job.word, job.key)
 
         segments: list[Segment] = []
-        lengths: list[int] = []
-        with spool.open("wb") as out:
-            jobs = _plan(header, size, parent_tensors, chunk, group)
-            for job, planes in _ordered(pool, work, jobs, 2 * workers + 2):
-                refs = []
-                for plane in planes:
-                    if plane.payload is None:
-                        refs.append((plane.codec, None))
-                        continue
-                    refs.append((plane.codec, str(len(lengths))))
-                    lengths.append(len(plane.payload))
-                    out.write(plane.payload)
-                seg = Segment(job.size, job.transform, job.base, tuple(refs), job.tensor)
-                segments.append(_merge(segments, seg))
-    return segments, lengths
+        for job, coded in _ordered(pool, work, iter(jobs), 2 * workers + 2):
+            refs = [
+                (p.codec, None if p.payload is None else writer.add(p.payload))
+                for p in coded.payloads
+            ]
+            base = None if coded.op == "raw" else job.base
+            seg = Segment(job.size, coded.op, coded.word, base, tuple(refs), coded.context,
+                          job.tensor)  # fmt: skip
+            segments.append(_merge(segments, seg))
+    return segments
 
 
 def _merge(segments: list[Segment], seg: Segment) -> Segment:
@@ -354,12 +333,11 @@ def _merge(segments: list[Segment], seg: Segment) -> Segment:
     assert prev.base is not None and seg.base is not None
     if (
         prev.tensor == seg.tensor
-        and prev.transform == seg.transform
         and (prev.base.file, prev.base.tensor) == (seg.base.file, seg.base.tensor)
         and prev.base.offset + prev.size == seg.base.offset
     ):
         segments.pop()
-        return Segment(prev.size + seg.size, prev.transform, prev.base, prev.planes, prev.tensor)
+        return Segment(prev.size + seg.size, "copy", base=prev.base, tensor=prev.tensor)
     return seg
 
 
@@ -420,46 +398,6 @@ def _check_parent(index: DeltaIndex, parent_dir: Path, verify: bool) -> None:
                 expected=entry.blake3,
                 actual=actual,
             )
-
-
-def _read_table(delta_path: Path, target: DeltaTarget) -> tuple[SafetensorsHeader, list[Segment]]:
-    header = read_header(delta_path)
-    where = f"{delta_path.name}"
-    raw = header.metadata.get(META_KEY)
-    if raw is None:
-        raise FormatError(f"{where}: no {META_KEY} codec table in the metadata")
-    try:
-        table = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{where}: codec table is not JSON ({e})") from None
-    if not isinstance(table, dict) or set(table) != {"format", "target", "size", "segments"}:
-        raise FormatError(f"{where}: codec table must have format, target, size, segments")
-    if table["format"] != FORMAT_VERSION:
-        raise FormatError(f"{where}: codec table format {table['format']!r}; upgrade p2pdist")
-    if table["target"] != target.path or table["size"] != target.size:
-        raise FormatError(
-            f"{where}: rebuilds {table['target']!r} of {table['size']!r} bytes, but the index "
-            f"says {target.path!r} of {target.size}"
-        )
-    if not isinstance(table["segments"], list):
-        raise FormatError(f"{where}: segments must be a list")
-    segments = [Segment.from_json(s, where=where) for s in table["segments"]]
-    if sum(s.size for s in segments) != target.size:
-        raise FormatError(
-            f"{where}: segments cover {sum(s.size for s in segments)} bytes, the file has "
-            f"{target.size}"
-        )
-    payloads = header.by_name()
-    for seg in segments:
-        for codec, name in seg.planes:
-            if name is None:
-                continue
-            spec = payloads.get(name)
-            if spec is None or spec.dtype != "U8" or len(spec.shape) != 1:
-                raise FormatError(f"{where}: payload {name!r} missing or not a 1-D U8 tensor")
-            if codec == "raw" and spec.nbytes != seg.size // seg.transform.word:
-                raise FormatError(f"{where}: raw payload {name!r} has the wrong size")
-    return header, segments
 
 
 class _Parent:
@@ -573,37 +511,60 @@ def _rebuild(
     tmp: Path,
     workers: int,
 ) -> None:
-    header, segments = _read_table(delta_path, target)
+    header, segments = read_table(delta_path, target.path, target.size)
     payloads = header.by_name()
     where = delta_path.name
     bases = [parent.base(s, where) if s.base is not None else None for s in segments]
-    with open(tmp, "wb") as f:
-        f.truncate(target.size)
     with ExitStack() as local:
-        out_map = _map(local, tmp, target.size, write=True)
+        # Segments are decoded into a per-thread buffer and written with pwrite: writing
+        # through a map of a new (sparse) file costs a page fault and a zeroed page per 4 KiB.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        local.callback(os.close, fd)
         delta_map = _map(local, delta_path, header.file_size)
+        scratch = threading.local()
+
+        def buffer(size: int) -> np.ndarray:
+            buf = getattr(scratch, "buf", None)
+            if buf is None or buf.size < size:
+                buf = scratch.buf = np.empty(size, np.uint8)
+            return buf[:size]
 
         def work(item: tuple[int, int]) -> None:
             i, offset = item
             seg = segments[i]
-            planes = []
-            for codec, name in seg.planes:
-                data = None
-                if name is not None:
-                    spec = payloads[name]
-                    data = _view(delta_map, spec.start, spec.nbytes)
-                planes.append(decode_plane(codec, data, seg.size // seg.transform.word))
-            base = None
-            if bases[i] is not None:
-                file, start = bases[i]
-                base = _view(parent.maps[file], start, seg.size)
-            inverse(planes, base, seg.transform, _view(out_map, offset, seg.size))
+            at, base = bases[i], None
+            if at is not None:
+                base = _view(parent.maps[at[0]], at[1], seg.size)
+            if seg.op == "copy":
+                assert base is not None
+                _pwrite(fd, base, offset)
+                return
+            data = []
+            for _codec, name in seg.payloads:
+                spec = None if name is None else payloads[name]
+                data.append(None if spec is None else _view(delta_map, spec.start, spec.nbytes))
+            out = buffer(seg.size)
+            if seg.op == "raw":
+                n = seg.size // seg.word
+                planes = [
+                    decode_plane(c, d, n) for (c, _), d in zip(seg.payloads, data, strict=True)
+                ]
+                join_planes(planes, out)
+            else:
+                assert base is not None and data[0] is not None
+                decode_ans(data[0], base, out, seg.word, seg.context)
+            _pwrite(fd, out, offset)
 
         offsets = np.cumsum([0] + [s.size for s in segments]).tolist()
         for _ in _ordered(pool, work, iter(enumerate(offsets[:-1])), 2 * workers + 2):
             pass
-        if out_map is not None:
-            out_map.flush()
+
+
+def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 __all__ = [

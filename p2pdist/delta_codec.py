@@ -1,29 +1,30 @@
-"""The delta format as values: segment arithmetic, plane coding, codec tables, the index.
+"""The delta format as values: segment coding, codec tables, the index.
 
-Nothing here touches a file; ``delta.py`` does the I/O (mapping, spooling, atomic renames).
+Nothing here touches a file; ``delta.py`` and ``delta_file.py`` do the I/O.
 
 A *segment* is a run of bytes of a target file (a tensor, a slice of a large tensor, a
-header, a side file) rebuilt from an optional *base* run of the same length in the parent
+header, a side file), rebuilt from an optional *base* run of the same length in the parent
 version. ``delta.py`` decides what the segments are and where their payloads live; this
-module only computes, on numpy arrays, and never touches files. Every function here works on
-values so that the property tests can drive it directly.
+module only computes, on numpy arrays and buffers, so that the property tests can drive it
+directly. A segment is coded one of three ways (docs/FORMAT_DELTA.md has the byte layout):
 
-The transform of a segment of ``n`` words of ``word`` bytes (little-endian, as safetensors
-stores them), see docs/FORMAT.md:
+- ``copy``: the base bytes, unchanged; no payload.
+- ``ans`` (with a base of the same dtype and shape): each word's move ``new - base`` (modulo
+  2**(8*word)), zigzagged so that a move of a few units in the last place is a small number
+  whatever its sign, split into a token (small values, or the position of the leading one
+  and the two bits below it) and raw extra bits. Tokens are rANS-coded with one frequency
+  table per *context*, the exponent of the base word for floats: weights of one exponent
+  move by similar numbers of units in the last place. On the AdamW pairs of bench/delta.py
+  (k->k+10) this gives 0.274 of full size for bf16 and 0.635 for fp32, against 0.282 and
+  0.640 for zstd on byte planes grouped by exponent (format 1); the order-0 entropy of bf16
+  moves given the exponent is 0.271, and the extra bits of fp32 moves, noise, are 0.52 of
+  full size alone. The kernel is C (``_delta_ans.c``): two passes to encode, one to decode,
+  no sorting, the GIL released.
+- ``raw`` (no base: an added tensor, another dtype or shape, a header, a side file, or a
+  move that ``ans`` cannot shrink): byte planes of the words, plane ``i`` holding byte ``i``
+  of every word, each stored as ``zero`` (no payload), ``raw`` or ``zstd``.
 
-1. ``op``: ``xor`` gives ``z = new ^ base``; ``sub`` gives ``d = new - base`` modulo
-   2**(8*word), then zigzag ``z = (d << 1) ^ (d >> (8*word - 1))`` (arithmetic shift), so that
-   a weight that moved a few units in the last place becomes a small number whatever the
-   sign of the move, and a carry across the exponent costs nothing. Without a base ``z = new``.
-2. ``order`` (``sub``/``xor`` with a base only): the words are stably sorted by a key read
-   from the *base*, ``(base >> shift) & (2**bits - 1)`` (the exponent of a float). Weights
-   of one exponent move by similar numbers of units in the last place, so grouping them
-   gives the entropy coder homogeneous runs (bf16: 32 % -> 28 % of full size). The decoder
-   recomputes the same order from the base, so it costs no bytes.
-3. Byte planes: plane ``i`` holds byte ``i`` of every word. Each plane is stored as
-   ``zero`` (every byte 0: no payload), ``raw`` or ``zstd`` (one frame, content size set).
-
-zstd and numpy release the GIL, so ``delta.py`` runs segments on a thread pool.
+zstd, numpy and the C kernel release the GIL, so ``delta.py`` runs segments on a thread pool.
 """
 
 from __future__ import annotations
@@ -39,12 +40,21 @@ import zstandard
 from p2pdist.errors import FormatError
 from p2pdist.manifest import FileEntry, canonical_json, safe_relpath
 
+try:
+    from p2pdist import _delta_ans
+except ImportError as e:  # pragma: no cover - a source tree that was never built
+    raise ImportError(
+        f"p2pdist's C extension p2pdist._delta_ans is not built ({e}): run `make install` or "
+        "`pip install -e .` (needs a C compiler and Python's headers)"
+    ) from e
+
 INDEX_FILE = "delta.json"
 FORMAT_NAME = "p2pdist-delta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: xor/sub byte planes sorted by exponent, zstd. 2: copy / raw / ans segments."""
 META_KEY = "p2pdist.delta"
 MAX_SEGMENT = 64 << 20
-"""The decoder refuses a segment that must be decompressed and is larger than this."""
+"""The decoder refuses a segment that must be decoded and is larger than this."""
 
 WORD_TYPES: dict[int, type[np.unsignedinteger]] = {
     1: np.uint8,
@@ -52,19 +62,13 @@ WORD_TYPES: dict[int, type[np.unsignedinteger]] = {
     4: np.uint32,
     8: np.uint64,
 }
-SIGNED_TYPES: dict[int, type[np.signedinteger]] = {
-    1: np.int8,
-    2: np.int16,
-    4: np.int32,
-    8: np.int64,
-}
-OPS = ("xor", "sub")
+OPS = ("copy", "raw", "ans")
 PLANE_CODECS = ("zero", "raw", "zstd")
+MAX_KEY_BITS = 16
 
 ZSTD_LEVEL = 1
-"""zstd level of plane frames. Measured on bf16 and fp32 AdamW checkpoint pairs: level 1 with
-a small hash table and minimum match 7 compresses the (mostly literal) planes both better
-and faster than levels 2-19 except 19 (which is 100x slower for 1 % less)."""
+"""zstd level of raw planes (headers, added tensors). Level 1 with a small hash table and
+minimum match 7 measured better and faster than levels 2-19 on weight planes."""
 ZSTD_WINDOW_LOG = 17
 ZSTD_HASH_LOG = 8
 ZSTD_MIN_MATCH = 7
@@ -72,51 +76,34 @@ MAX_WINDOW_SIZE = 1 << 24
 """Decoder cap on a frame's window (our frames use 2**17): a hostile frame cannot make the
 decoder allocate a large window."""
 RAW_ENTROPY_BITS = 7.9
-"""A plane whose sampled byte entropy is above this is stored raw without trying zstd (the
-low mantissa planes of fp32 moves are noise)."""
+"""A plane whose sampled byte entropy is above this is stored raw without trying zstd."""
 RAW_IF_SAVES_LESS = 0.01
 """A zstd frame must save at least this fraction of the plane, or the plane is stored raw."""
 _SAMPLE = 1 << 16
 
 
 @dataclass(frozen=True)
-class Transform:
-    """How a segment's words become planes: ``op``, word size, and optional grouping key."""
-
-    op: str = "xor"
-    word: int = 1
-    order: tuple[int, int] | None = None
-    """(shift, bits) of the key read from the base words, or None for file order."""
-
-    def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise FormatError(f"delta: unknown segment op {self.op!r} (known: xor, sub)")
-        if self.word not in WORD_TYPES:
-            raise FormatError(f"delta: word size {self.word!r} is not 1, 2, 4 or 8")
-        if self.order is not None:
-            shift, bits = self.order
-            if not (
-                isinstance(shift, int)
-                and isinstance(bits, int)
-                and 0 <= shift
-                and 1 <= bits <= 16
-                and shift + bits <= 8 * self.word
-            ):
-                raise FormatError(
-                    f"delta: invalid order key {self.order!r} for {self.word}-byte words"
-                )
-
-
-@dataclass(frozen=True)
 class Plane:
-    """One encoded byte plane: its codec and payload (None for ``zero``)."""
+    """One encoded payload: its codec (a plane codec, or ``ans``) and bytes (None for ``zero``)."""
 
     codec: str
     payload: bytes | None = None
 
 
-def float_order(dtype: str) -> tuple[int, int] | None:
-    """The grouping key (shift, bits) that selects the exponent of a float dtype, else None."""
+@dataclass(frozen=True)
+class Coded:
+    """How one segment was coded, before ``delta.py`` places its payloads in a file."""
+
+    op: str
+    word: int
+    context: tuple[int, int, int] | None = None
+    """``ans`` only: (shift, bits, lo) of the context read from the base words."""
+    payloads: tuple[Plane, ...] = ()
+    """``raw``: one per byte plane; ``ans``: one; ``copy``: none."""
+
+
+def float_key(dtype: str) -> tuple[int, int] | None:
+    """The context key (shift, bits) that selects the exponent of a float dtype, else None."""
     return {
         "BF16": (7, 8),
         "F16": (10, 5),
@@ -127,86 +114,110 @@ def float_order(dtype: str) -> tuple[int, int] | None:
     }.get(dtype)
 
 
-def _words(buf: np.ndarray, word: int) -> np.ndarray:
-    return buf.view(WORD_TYPES[word])
+def version_problem(version: Any) -> str:
+    """Why a delta of another format version cannot be read, and what to do instead."""
+    if isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION:
+        return (
+            f"delta format {version} was written by an older p2pdist and is no longer read "
+            f"(this one reads format {FORMAT_VERSION}): fetch the version in full, or publish "
+            "it again"
+        )
+    return f"delta format {version!r}; this p2pdist reads {FORMAT_VERSION}: upgrade p2pdist"
 
 
-def _order(base_words: np.ndarray, order: tuple[int, int]) -> np.ndarray:
-    shift, bits = order
-    key = (base_words >> WORD_TYPES[base_words.itemsize](shift)) & WORD_TYPES[base_words.itemsize](
-        (1 << bits) - 1
-    )
-    key = key.astype(np.uint8 if bits <= 8 else np.uint16)
-    return np.argsort(key, kind="stable")
+def check_context(context: Any, word: int) -> tuple[int, int, int]:
+    """A valid ``[shift, bits, lo]`` for ``word``-byte words as a tuple, else FormatError."""
+    if not (
+        isinstance(context, list | tuple)
+        and len(context) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in context)
+    ):
+        raise FormatError(f"delta: invalid context {context!r}")
+    shift, bits, lo = context
+    if not (0 <= shift and 1 <= bits <= MAX_KEY_BITS and shift + bits <= 8 * word):
+        raise FormatError(f"delta: invalid context key {context!r} for {word}-byte words")
+    if not 0 <= lo < 1 << bits:
+        raise FormatError(f"delta: context offset {lo} out of range")
+    return shift, bits, lo
 
 
-def forward(new: np.ndarray, base: np.ndarray | None, t: Transform) -> list[np.ndarray | None]:
-    """The byte planes of ``new`` (uint8, length a multiple of ``t.word``) against ``base``.
+def encode_segment(
+    new: np.ndarray, base: np.ndarray | None, word: int, key: tuple[int, int] | None = None
+) -> Coded:
+    """Code ``new`` (uint8, a multiple of ``word`` bytes) against ``base`` (same length) or none.
 
-    A plane that is all zero is returned as None.
+    With a base: ``copy`` when equal, else ``ans`` with context ``key`` (None: one context),
+    unless its payload would not be smaller than the raw bytes; then, and without a base,
+    ``raw`` byte planes.
     """
-    w = t.word
-    words = _words(new, w)
-    if base is None:
-        if t.order is not None:
-            raise FormatError("delta: an order key needs a base")
-        z = words
-    else:
-        base_words = _words(base, w)
-        if t.op == "xor":
-            z = words ^ base_words
-        else:
-            d = (words - base_words).view(SIGNED_TYPES[w])
-            z = ((d << SIGNED_TYPES[w](1)) ^ (d >> SIGNED_TYPES[w](8 * w - 1))).view(WORD_TYPES[w])
-        if not z.any():
-            return [None] * w
-        if t.order is not None:
-            z = z[_order(base_words, t.order)]
-    if w == 1:
-        return [z if z.any() else None]
-    cols = z.view(np.uint8).reshape(-1, w)
+    if word not in WORD_TYPES or new.size % word:
+        raise ValueError(f"{new.size} bytes are not words of {word}")
+    if base is not None:
+        if base.size != new.size:
+            raise ValueError("new and base differ in length")
+        coded = _delta_ans.encode(new, base, word, key, _scratch(new.size, word))
+        if coded is None:
+            return Coded("copy", word)
+        if coded is not False:
+            lo, payload = coded
+            assert key is None or lo is not None
+            context = None if key is None else (key[0], key[1], lo)
+            return Coded("ans", word, context, (Plane("ans", payload),))
+    return Coded("raw", word, None, tuple(encode_plane(p) for p in split_planes(new, word)))
+
+
+def decode_ans(
+    payload: bytes | memoryview | np.ndarray,
+    base: np.ndarray,
+    out: np.ndarray,
+    word: int,
+    context: tuple[int, int, int] | None,
+) -> None:
+    """Rebuild into ``out`` the words an ``ans`` payload codes against ``base``."""
+    if len(payload) > out.size:
+        raise FormatError(
+            f"delta: ans payload of {len(payload)} bytes is larger than its {out.size}-byte segment"
+        )
+    try:
+        _delta_ans.decode(payload, base, out, word, context, _scratch(out.size, word))
+    except ValueError as e:
+        raise FormatError(
+            f"delta: ans payload does not decode ({e}): the delta is corrupt, or was made "
+            "against another parent"
+        ) from None
+
+
+def _scratch(nbytes: int, word: int) -> np.ndarray:
+    """This thread's scratch buffer for the C kernel, grown as needed and reused: fresh memory
+    for every segment costs a page fault per 4 KiB (a third of the encoder's time)."""
+    need = _delta_ans.scratch_size(nbytes, word)
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < need:
+        buf = _local.scratch = np.empty(need, np.uint8)
+    return buf
+
+
+def split_planes(new: np.ndarray, word: int) -> list[np.ndarray | None]:
+    """Byte ``i`` of every word of ``new`` for each ``i`` (None for a plane that is all zero)."""
+    if word == 1:
+        return [new if new.any() else None]
+    cols = new.reshape(-1, word)
     planes: list[np.ndarray | None] = []
-    for i in range(w):
+    for i in range(word):
         plane = np.ascontiguousarray(cols[:, i])
         planes.append(plane if plane.any() else None)
     return planes
 
 
-def inverse(
-    planes: list[np.ndarray | None], base: np.ndarray | None, t: Transform, out: np.ndarray
-) -> None:
-    """Write into ``out`` (uint8, writable) the bytes whose planes against ``base`` are ``planes``."""
-    w = t.word
-    if all(p is None for p in planes):
-        if base is None:
-            out[:] = 0
-        else:
-            out[:] = base
+def join_planes(planes: list[np.ndarray | None], out: np.ndarray) -> None:
+    """Write into ``out`` (uint8, writable) the words whose byte planes are ``planes``."""
+    word = len(planes)
+    if word == 1:
+        out[:] = 0 if planes[0] is None else planes[0]
         return
-    n = out.size // w
-    if w == 1:
-        z = planes[0] if planes[0] is not None else np.zeros(n, np.uint8)
-    else:
-        z = np.empty(n, WORD_TYPES[w])
-        cols = z.view(np.uint8).reshape(-1, w)
-        for i, plane in enumerate(planes):
-            cols[:, i] = 0 if plane is None else plane
-    out_words = _words(out, w)
-    if base is None:
-        out_words[:] = z
-        return
-    base_words = _words(base, w)
-    if t.order is not None:
-        unsorted = np.empty_like(z)
-        unsorted[_order(base_words, t.order)] = z
-        z = unsorted
-    if t.op == "xor":
-        np.bitwise_xor(base_words, z, out=out_words)
-    else:
-        s = z.view(SIGNED_TYPES[w])
-        one = SIGNED_TYPES[w](1)
-        d = ((z >> WORD_TYPES[w](1)).view(SIGNED_TYPES[w])) ^ (-(s & one))
-        np.add(base_words, d.view(WORD_TYPES[w]), out=out_words)
+    cols = out.reshape(-1, word)
+    for i, plane in enumerate(planes):
+        cols[:, i] = 0 if plane is None else plane
 
 
 # --------------------------------------------------------------------------- plane coding
@@ -298,65 +309,80 @@ class BaseRef:
     offset: int
 
 
+_KEYS = {
+    "copy": {"size", "op", "base", "tensor"},
+    "raw": {"size", "op", "word", "planes", "tensor"},
+    "ans": {"size", "op", "word", "base", "context", "payload", "tensor"},
+}
+
+
 @dataclass(frozen=True)
 class Segment:
-    """``size`` bytes of a target file, rebuilt from ``planes`` and an optional base."""
+    """``size`` bytes of a target file: a copy of its base, raw planes, or an ans payload."""
 
     size: int
-    transform: Transform
-    base: BaseRef | None
-    planes: tuple[tuple[str, str | None], ...]
-    """(codec, payload tensor name or None) per byte plane."""
+    op: str
+    word: int = 1
+    base: BaseRef | None = None
+    payloads: tuple[tuple[str, str | None], ...] = ()
+    """(codec, payload tensor name or None): one per byte plane (raw), one ``ans`` (ans)."""
+    context: tuple[int, int, int] | None = None
     tensor: str | None = None
     """The target tensor this segment belongs to (informative)."""
 
     @property
     def is_copy(self) -> bool:
-        return self.base is not None and all(c == "zero" for c, _ in self.planes)
+        return self.op == "copy"
 
     def to_json(self) -> dict[str, Any]:
-        t = self.transform
-        return {
-            "size": self.size,
-            "op": t.op,
-            "word": t.word,
-            "order": None if t.order is None else list(t.order),
-            "base": None
-            if self.base is None
-            else {"file": self.base.file, "tensor": self.base.tensor, "offset": self.base.offset},
-            "planes": [
-                {"codec": c} if p is None else {"codec": c, "payload": p} for c, p in self.planes
-            ],
-            "tensor": self.tensor,
-        }
+        obj: dict[str, Any] = {"size": self.size, "op": self.op, "tensor": self.tensor}
+        if self.op != "copy":
+            obj["word"] = self.word
+        if self.base is not None:
+            b = self.base
+            obj["base"] = {"file": b.file, "tensor": b.tensor, "offset": b.offset}
+        if self.op == "raw":
+            obj["planes"] = [
+                {"codec": c} if p is None else {"codec": c, "payload": p} for c, p in self.payloads
+            ]
+        elif self.op == "ans":
+            obj["context"] = None if self.context is None else list(self.context)
+            obj["payload"] = self.payloads[0][1]
+        return obj
 
     @classmethod
     def from_json(cls, obj: Any, *, where: str) -> Segment:
-        keys = {"size", "op", "word", "order", "base", "planes", "tensor"}
-        if not isinstance(obj, dict) or set(obj) != keys:
-            raise FormatError(f"{where}: a segment must have exactly {sorted(keys)}")
-        size, order, base, planes = obj["size"], obj["order"], obj["base"], obj["planes"]
+        op = obj.get("op") if isinstance(obj, dict) else None
+        if op not in _KEYS:
+            raise FormatError(f"{where}: unknown segment op {op!r} (known: {', '.join(OPS)})")
+        if set(obj) != _KEYS[op]:
+            raise FormatError(f"{where}: an {op} segment has exactly {sorted(_KEYS[op])}")
+        size, word = obj["size"], obj.get("word", 1)
         if not _is_count(size) or size == 0:
             raise FormatError(f"{where}: invalid segment size {size!r}")
-        if order is not None and not (isinstance(order, list) and len(order) == 2):
-            raise FormatError(f"{where}: invalid order {order!r}")
-        transform = Transform(obj["op"], obj["word"], None if order is None else tuple(order))
-        if size % transform.word:
-            raise FormatError(f"{where}: size {size} is not a multiple of word {transform.word}")
-        ref = None
-        if base is not None:
-            if not (
-                isinstance(base, dict)
-                and set(base) == {"file", "tensor", "offset"}
-                and isinstance(base["tensor"], str)
-                and _is_count(base["offset"])
-            ):
-                raise FormatError(f"{where}: invalid base {base!r}")
-            ref = BaseRef(safe_relpath(base["file"]), base["tensor"], base["offset"])
-        elif transform.order is not None:
-            raise FormatError(f"{where}: an order key without a base")
-        if not isinstance(planes, list) or len(planes) != transform.word:
-            raise FormatError(f"{where}: need {transform.word} planes")
+        if isinstance(word, bool) or not isinstance(word, int) or word not in WORD_TYPES:
+            raise FormatError(f"{where}: word size {word!r} is not 1, 2, 4 or 8")
+        if size % word:
+            raise FormatError(f"{where}: size {size} is not a multiple of word {word}")
+        if op != "copy" and size > MAX_SEGMENT:
+            raise FormatError(f"{where}: segment of {size} bytes (limit {MAX_SEGMENT})")
+        tensor = obj["tensor"]
+        if tensor is not None and not isinstance(tensor, str):
+            raise FormatError(f"{where}: invalid tensor name {tensor!r}")
+        ref = None if op == "raw" else _base_ref(obj["base"], where)
+        if op == "copy":
+            return cls(size, op, base=ref, tensor=tensor)
+        if op == "ans":
+            context = obj["context"]
+            if context is not None:
+                context = check_context(context, word)
+            payload = obj["payload"]
+            if not isinstance(payload, str):
+                raise FormatError(f"{where}: an ans segment needs a payload name")
+            return cls(size, op, word, ref, (("ans", payload),), context, tensor)
+        planes = obj["planes"]
+        if not isinstance(planes, list) or len(planes) != word:
+            raise FormatError(f"{where}: need {word} planes")
         parsed = []
         for p in planes:
             codec = p.get("codec") if isinstance(p, dict) else None
@@ -370,13 +396,18 @@ class Segment:
                 if set(p) != {"codec", "payload"} or not isinstance(p["payload"], str):
                     raise FormatError(f"{where}: a {codec} plane needs a payload name")
                 parsed.append((codec, p["payload"]))
-        tensor = obj["tensor"]
-        if tensor is not None and not isinstance(tensor, str):
-            raise FormatError(f"{where}: invalid tensor name {tensor!r}")
-        seg = cls(size, transform, ref, tuple(parsed), tensor)
-        if size > MAX_SEGMENT and not seg.is_copy:
-            raise FormatError(f"{where}: segment of {size} bytes (limit {MAX_SEGMENT})")
-        return seg
+        return cls(size, op, word, None, tuple(parsed), None, tensor)
+
+
+def _base_ref(base: Any, where: str) -> BaseRef:
+    if not (
+        isinstance(base, dict)
+        and set(base) == {"file", "tensor", "offset"}
+        and isinstance(base["tensor"], str)
+        and _is_count(base["offset"])
+    ):
+        raise FormatError(f"{where}: invalid base {base!r}")
+    return BaseRef(safe_relpath(base["file"]), base["tensor"], base["offset"])
 
 
 def _is_count(value: Any) -> bool:
@@ -439,11 +470,9 @@ class DeltaIndex:
             raise FormatError(f"{source}: not valid UTF-8 JSON ({e})") from None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
             raise FormatError(f"{source}: not a p2pdist delta index")
-        if obj.get("version") != FORMAT_VERSION:
-            raise FormatError(
-                f"{source}: delta format version {obj.get('version')!r}; this p2pdist reads "
-                f"{FORMAT_VERSION}: upgrade p2pdist"
-            )
+        version = obj.get("version")
+        if version != FORMAT_VERSION:
+            raise FormatError(f"{source}: {version_problem(version)}")
         if set(obj) != {"format", "version", "parent_files", "files"}:
             raise FormatError(f"{source}: unexpected fields {sorted(obj)}")
         parents = obj["parent_files"]
@@ -489,14 +518,18 @@ __all__ = [
     "OPS",
     "PLANE_CODECS",
     "BaseRef",
+    "Coded",
     "DeltaIndex",
     "DeltaTarget",
     "Plane",
     "Segment",
-    "Transform",
+    "check_context",
+    "decode_ans",
     "decode_plane",
     "encode_plane",
-    "float_order",
-    "forward",
-    "inverse",
+    "encode_segment",
+    "float_key",
+    "join_planes",
+    "split_planes",
+    "version_problem",
 ]

@@ -133,7 +133,8 @@ def test_tensor_moving_between_shards_is_a_delta(tmp_path: Path) -> None:
     )
     segs = {s.tensor: s for s in _segments(d) if s.tensor}
     assert segs["embed.weight"].base is not None
-    assert segs["embed.weight"].transform.op == "sub"
+    assert segs["embed.weight"].op == "ans"
+    assert segs["embed.weight"].context is not None  # the exponent of F32
 
 
 def test_added_removed_reshaped_and_retyped_tensors(tmp_path: Path) -> None:
@@ -149,7 +150,8 @@ def test_added_removed_reshaped_and_retyped_tensors(tmp_path: Path) -> None:
     assert segs["added"].base is None
     assert segs["embed.weight"].base is None
     assert segs["layer.1.weight"].base is None
-    assert segs["scale"].base is not None
+    # same dtype and shape, but one changed word: ans tables would cost more than 4 raw bytes
+    assert segs["scale"].op == "raw"
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
@@ -164,14 +166,50 @@ def test_every_dtype_round_trips(tmp_path: Path, dtype: torch.dtype) -> None:
     _round_trip(tmp_path, _write(tmp_path / "a", old), _write(tmp_path / "b", new))
 
 
-def test_small_chunks_and_no_grouping(tmp_path: Path) -> None:
+def test_small_chunks(tmp_path: Path) -> None:
     old = _model()
     new = {k: _nudge(v) if v.is_floating_point() else v for k, v in old.items()}
     a, b = _write(tmp_path / "a", old), _write(tmp_path / "b", new)
     d = _round_trip(tmp_path / "x", a, b, chunk_bytes=64, workers=3)
+    # 64-byte chunks are too small for ans to pay (its tables alone cost more): raw planes
     assert len([s for s in _segments(d) if s.tensor == "embed.weight"]) == 64 * 32 * 4 // 64
-    d = _round_trip(tmp_path / "y", a, b, group=False)
-    assert all(s.transform.order is None for s in _segments(d))
+
+
+def test_integer_moves_use_one_context_and_random_moves_fall_back_to_raw(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(2)
+    old = {
+        "steps": torch.arange(4096, dtype=torch.int64),
+        "noise": _random((64, 64), torch.float32, gen),
+    }
+    new = {"steps": old["steps"] + 3, "noise": _random((64, 64), torch.float32, gen)}
+    d = _round_trip(tmp_path, _write(tmp_path / "a", old), _write(tmp_path / "b", new))
+    segs = {s.tensor: s for s in _segments(d) if s.tensor}
+    assert (segs["steps"].op, segs["steps"].context) == ("ans", None)
+    # random bits against random bits: the moves cost more than the bits themselves
+    assert (segs["noise"].op, segs["noise"].base) == ("raw", None)
+
+
+def test_header_room_is_small_and_outgrowing_it_still_writes_the_file(tmp_path: Path) -> None:
+    old = _model()
+    new = {k: _nudge(v) if v.is_floating_point() else v for k, v in old.items()}
+    a, b = _write(tmp_path / "a", old, shard=1 << 30), _write(tmp_path / "b", new, shard=1 << 30)
+    d = _round_trip(tmp_path / "x", a, b)
+    assert 0 < _unused_header_room(_main_delta(d)) < 4096
+    # every based tensor falls back to raw planes: the header outgrows the room kept for ans
+    gen = torch.Generator().manual_seed(5)
+    old = {f"t{i}": _random((8, 8), torch.float32, gen) for i in range(64)}
+    new = {k: _random((8, 8), torch.float32, gen) for k in old}
+    a, b = _write(tmp_path / "c", old, shard=1 << 30), _write(tmp_path / "e", new, shard=1 << 30)
+    d = _round_trip(tmp_path / "y", a, b)
+    assert all(s.op == "raw" for s in _segments(d) if s.tensor)
+    assert _unused_header_room(_main_delta(d)) < 8  # rewritten with a header of its own size
+    assert not list(d.glob(".*"))
+
+
+def _unused_header_room(path: Path) -> int:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return n - len(raw[8 : 8 + n].rstrip(b" "))
 
 
 def test_side_files_and_a_broken_safetensors_file(tmp_path: Path) -> None:
@@ -232,6 +270,27 @@ def _rewrite(path: Path, header: dict, table: dict, data: bytes) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
 
 
+def _ans(table: dict) -> dict:
+    """The largest ans segment (the bf16 weight ``w``)."""
+    return max((s for s in table["segments"] if s["op"] == "ans"), key=lambda s: s["size"])
+
+
+def _set_payload(path: Path, name: str, payload: bytes) -> None:
+    """Replace payload tensor ``name`` of a delta file, moving the payloads after it."""
+    header, table, data = _table(path)
+    start, end = header[name]["data_offsets"]
+    data = data[:start] + payload + data[end:]
+    shift = len(payload) - (end - start)
+    for key, spec in header.items():
+        if key != "__metadata__" and spec["data_offsets"][0] >= end and key != name:
+            spec["data_offsets"] = [o + shift for o in spec["data_offsets"]]
+    header[name]["data_offsets"], header[name]["shape"] = (
+        [start, start + len(payload)],
+        [len(payload)],
+    )
+    _rewrite(path, header, table, data)
+
+
 def _main_delta(d: Path) -> Path:
     index = delta.read_index(d)
     return d / next(t.delta for t in index.files if t.path == "model.safetensors")
@@ -243,9 +302,10 @@ def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
     raw[-1] ^= 1
     (a / "model.safetensors").write_bytes(bytes(raw))
     _decode_fails(pair, IntegrityError, "model.safetensors: parent file has blake3")
-    # without verification of the parent, the rebuilt file's blake3 still catches it
+    # without verification of the parent, the ans stream's own check (its final states) or the
+    # rebuilt file's blake3 still catches it
     a, _, d, expected = pair
-    with pytest.raises(IntegrityError, match=r"model\.safetensors: rebuilt"):
+    with pytest.raises((FormatError, IntegrityError), match=r"another parent|rebuilt"):
         delta.decode(a, d, d.parent / "out2", expected=expected, verify_parent=False)
     _nothing_visible(d.parent / "out2")
 
@@ -279,13 +339,15 @@ def test_corrupt_payload_byte(pair) -> None:
     data = bytearray(data)
     data[len(data) // 2] ^= 0xFF
     _rewrite(path, header, table, bytes(data))
-    _decode_fails(pair, (FormatError, IntegrityError), "zstd plane|blake3")
+    _decode_fails(pair, (FormatError, IntegrityError), "zstd plane|ans payload|blake3")
 
 
 def test_decompression_bomb_is_refused(pair) -> None:
     path = _main_delta(pair[2])
     header, table, data = _table(path)
-    seg = next(s for s in table["segments"] if any(p["codec"] == "zstd" for p in s["planes"]))
+    seg = next(
+        s for s in table["segments"] if any(p["codec"] == "zstd" for p in s.get("planes", []))
+    )
     plane = next(p for p in seg["planes"] if p["codec"] == "zstd")
     bomb = zstandard.ZstdCompressor().compress(bytes(1 << 26))
     old = header[plane["payload"]]
@@ -308,7 +370,18 @@ def test_decompression_bomb_is_refused(pair) -> None:
         (lambda t: t["segments"][1].update(word=3), "word"),
         (lambda t: t["segments"][1].update(op="add"), "op"),
         (lambda t: t.update(size=5), "rebuilds"),
-        (lambda t: t["segments"][1]["planes"][0].update(payload="nope"), "payload"),
+        (lambda t: t.update(format=1), "older p2pdist"),
+        (lambda t: _ans(t).update(payload="nope"), "payload"),
+        (lambda t: _ans(t).update(payload=None), "payload name"),
+        (lambda t: _ans(t).update(context=[9, 8, 0]), "context key"),
+        (lambda t: _ans(t).update(context=[7, 8, 256]), "context offset"),
+        (lambda t: _ans(t).update(context=[7, 8]), "invalid context"),
+        (lambda t: _ans(t).update(context=[7, True, 0]), "invalid context"),
+        (lambda t: _ans(t).update(base=None), "invalid base"),
+        (lambda t: _ans(t).update(word=2.0), "word"),
+        (lambda t: _ans(t).update(planes=[]), "exactly"),
+        (lambda t: _ans(t).update(op="copy"), "exactly"),
+        (lambda t: _ans(t).update(op="raw"), "exactly"),
         (
             lambda t: t["segments"][1].update(base={"file": "../x", "tensor": "w", "offset": 0}),
             "unsafe path",
@@ -322,11 +395,49 @@ def test_decompression_bomb_is_refused(pair) -> None:
     ],
 )
 def test_lying_codec_table(pair, edit, match) -> None:
+    """Every field of the codec table is checked before anything is decoded."""
     path = _main_delta(pair[2])
     header, table, data = _table(path)
     edit(table)
     _rewrite(path, header, table, data)
     _decode_fails(pair, FormatError, match)
+
+
+def _ans_payload(path: Path) -> tuple[str, bytes]:
+    header, table, data = _table(path)
+    name = _ans(table)["payload"]
+    start, end = header[name]["data_offsets"]
+    return name, data[start:end]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda p: p[:-1], "extra bits"),
+        (lambda p: p[: len(p) // 2], "ans payload"),
+        (lambda p: p + b"\0", "extra bits"),
+        (lambda p: b"", "frequency table"),
+        (lambda p: b"\xff" * 6 + p[6:], "frequency table"),
+        (lambda p: bytes(1 << 20), "larger than its segment"),
+        (lambda p: p[:-9] + bytes([p[-9] ^ 0x10]) + p[-8:], "ans payload|rebuilt"),
+    ],
+    ids=["one byte short", "half", "trailing byte", "empty", "bad table", "too large", "flip"],
+)
+def test_tampered_ans_payload(pair, edit, match) -> None:
+    path = _main_delta(pair[2])
+    name, payload = _ans_payload(path)
+    assert len(payload) > 100
+    _set_payload(path, name, edit(payload))
+    _decode_fails(pair, (FormatError, IntegrityError), match)
+
+
+def test_a_format_1_delta_is_refused_saying_what_to_do(pair) -> None:
+    d = pair[2]
+    index = json.loads((d / delta.INDEX_FILE).read_bytes())
+    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=1)).encode())
+    _decode_fails(pair, FormatError, "older p2pdist.*fetch the version in full")
+    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=3)).encode())
+    _decode_fails(pair, FormatError, "upgrade p2pdist")
 
 
 def test_bad_index(pair) -> None:

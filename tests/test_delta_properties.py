@@ -1,4 +1,5 @@
-"""Property tests: every delta rebuilds its target bit for bit, whatever the tensors hold."""
+"""Property tests: every delta rebuilds its target bit for bit, whatever the tensors hold, and
+no payload, however hostile, makes the decoder read or write outside its buffers."""
 
 from __future__ import annotations
 
@@ -6,20 +7,21 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from p2pdist import delta
 from p2pdist.delta_codec import (
-    OPS,
-    Transform,
+    WORD_TYPES,
+    decode_ans,
     decode_plane,
-    encode_plane,
-    float_order,
-    forward,
-    inverse,
+    encode_segment,
+    float_key,
+    join_planes,
 )
+from p2pdist.errors import FormatError
 from p2pdist.header import DTYPE_SIZES
 from p2pdist.manifest import describe_files, list_files
 from p2pdist.shards import save_state_dict
@@ -36,57 +38,169 @@ TORCH_DTYPES = {
 def pairs(draw: st.DrawFn) -> tuple[str, bytes, bytes]:
     """A dtype and two byte strings of equal length: the parent's and the new tensor's bits.
 
-    The new bits are the parent's with a few low bits moved (a training step), or random.
+    The new words are the parent's moved by a few units in the last place (a training step),
+    by anything up to the whole word, a few flipped bits, or random.
     """
     dtype = draw(st.sampled_from(sorted(DTYPE_SIZES)))
-    n = draw(st.integers(0, 300)) * DTYPE_SIZES[dtype]
-    old = draw(st.binary(min_size=n, max_size=n))
-    if draw(st.booleans()):
-        new = draw(st.binary(min_size=n, max_size=n))
-    else:
-        a = np.frombuffer(old, np.uint8).copy()
-        flips = draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=20)) if n else []
-        for i in flips:
+    word = DTYPE_SIZES[dtype]
+    n = draw(st.integers(0, 600))
+    old = draw(st.binary(min_size=n * word, max_size=n * word))
+    how = draw(st.sampled_from(["ulps", "wide", "flips", "random"]))
+    if how == "random":
+        return dtype, old, draw(st.binary(min_size=n * word, max_size=n * word))
+    words = np.frombuffer(old, WORD_TYPES[word]).copy()
+    if how == "flips":
+        a = words.view(np.uint8)
+        for i in draw(st.lists(st.integers(0, max(n * word - 1, 0)), max_size=20)) if n else []:
             a[i] ^= 1 << draw(st.integers(0, 7))
-        new = a.tobytes()
-    return dtype, old, new
+        return dtype, old, a.tobytes()
+    return (
+        dtype,
+        old,
+        _moved(words, 8 if how == "ulps" else 8 * word, draw(st.integers(0, 2**32 - 1))),
+    )
 
 
-def _codec_round_trip(new: bytes, base: bytes | None, t: Transform) -> bytes:
-    new_a = np.frombuffer(new, np.uint8)
-    base_a = None if base is None else np.frombuffer(base, np.uint8)
-    planes = [encode_plane(p) for p in forward(new_a, base_a, t)]
-    decoded = [decode_plane(p.codec, p.payload, len(new) // t.word) for p in planes]
-    out = np.empty(len(new), np.uint8)
-    inverse(decoded, base_a, t, out)
+def _moved(words: np.ndarray, scale: int, seed: int) -> bytes:
+    """``words`` each moved up or down by a random number of up to ``scale`` bits."""
+    rng = np.random.default_rng(seed)
+    n = words.size
+    shifts = (64 - rng.integers(1, scale + 1, n)).astype(np.uint64)
+    moves = rng.integers(0, 2**63, n, dtype=np.uint64) >> shifts
+    moves = np.where(rng.integers(0, 2, n).astype(bool), ~moves + np.uint64(1), moves)
+    return (words + moves.astype(words.dtype)).tobytes()
+
+
+@st.composite
+def keys(draw: st.DrawFn, word: int, dtype: str) -> tuple[int, int] | None:
+    """The dtype's own context key, no context, or any valid key for the word size."""
+    kind = draw(st.sampled_from(["dtype", "none", "any"]))
+    if kind == "dtype":
+        return float_key(dtype)
+    if kind == "none":
+        return None
+    bits = draw(st.integers(1, min(16, 8 * word)))
+    return draw(st.integers(0, 8 * word - bits)), bits
+
+
+def _decode(coded, base: np.ndarray | None, size: int) -> bytes:
+    out = np.zeros(size, np.uint8)
+    if coded.op == "copy":
+        assert base is not None
+        out[:] = base
+    elif coded.op == "raw":
+        n = size // coded.word
+        planes = [decode_plane(p.codec, p.payload, n) for p in coded.payloads]
+        join_planes(planes, out)
+    else:
+        assert base is not None and len(coded.payloads) == 1
+        decode_ans(coded.payloads[0].payload, base, out, coded.word, coded.context)
     return out.tobytes()
 
 
-@settings(max_examples=300, deadline=None)
-@given(pairs(), st.sampled_from(OPS), st.booleans())
-def test_segment_codec_is_lossless(pair: tuple[str, bytes, bytes], op: str, grouped: bool) -> None:
-    dtype, old, new = pair
-    if not new:
-        return
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_segment_codec_is_lossless(data: st.DataObject) -> None:
+    dtype, old, new = data.draw(pairs())
     word = DTYPE_SIZES[dtype]
-    order = float_order(dtype) if grouped else None
-    assert _codec_round_trip(new, old, Transform(op, word, order)) == new
-    assert _codec_round_trip(new, None, Transform("xor", word)) == new
+    key = data.draw(keys(word, dtype))
+    new_a, old_a = np.frombuffer(new, np.uint8), np.frombuffer(old, np.uint8)
+    coded = encode_segment(new_a, old_a, word, key)
+    event(coded.op)
+    assert (coded.op == "copy") == (new == old)
+    if coded.op == "ans":
+        payload = coded.payloads[0].payload
+        assert payload is not None and len(payload) < len(new)
+        assert (coded.context is None) == (key is None)
+    assert _decode(coded, old_a, len(new)) == new
+    assert _decode(encode_segment(new_a, None, word), None, len(new)) == new
+
+
+def test_ans_pays_for_small_moves() -> None:
+    rng = np.random.default_rng(0)
+    old = (rng.standard_normal(1 << 16) * 0.02).astype(np.float32)
+    new = old + (rng.standard_normal(old.size) * 1e-4).astype(np.float32)
+    coded = encode_segment(new.view(np.uint8), old.view(np.uint8), 4, float_key("F32"))
+    assert coded.op == "ans" and coded.context is not None
+    payload = coded.payloads[0].payload
+    assert payload is not None and len(payload) < 0.7 * new.nbytes
+    assert _decode(coded, old.view(np.uint8), new.nbytes) == new.tobytes()
+
+
+@st.composite
+def ans_payloads(draw: st.DrawFn) -> tuple[bytes, bytes, int, tuple[int, int, int] | None]:
+    """A valid ans payload with its base, word and context."""
+    dtype = draw(st.sampled_from(sorted(DTYPE_SIZES)))
+    word = DTYPE_SIZES[dtype]
+    n = draw(st.integers(64, 600))
+    old = draw(st.binary(min_size=n * word, max_size=n * word))
+    new = _moved(np.frombuffer(old, WORD_TYPES[word]), 4, draw(st.integers(0, 2**32 - 1)))
+    key = draw(keys(word, dtype))
+    coded = encode_segment(np.frombuffer(new, np.uint8), np.frombuffer(old, np.uint8), word, key)
+    assume(coded.op == "ans")
+    payload = coded.payloads[0].payload
+    assert payload is not None
+    return payload, old, word, coded.context
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(ans_payloads(), st.data())
+def test_tampered_ans_payload_never_escapes(
+    case: tuple[bytes, bytes, int, tuple[int, int, int] | None], data: st.DataObject
+) -> None:
+    """Cut, extended or flipped payloads give FormatError or wrong bytes, nothing worse.
+
+    (Wrong bytes are then refused by the rebuilt file's blake3.)"""
+    payload, old, word, context = case
+    edit = data.draw(st.sampled_from(["cut", "extend", "flip", "random"]))
+    if edit == "cut":
+        bad = payload[: data.draw(st.integers(0, len(payload) - 1))]
+    elif edit == "extend":
+        bad = payload + data.draw(st.binary(min_size=1, max_size=16))
+    elif edit == "flip":
+        i = data.draw(st.integers(0, len(payload) - 1))
+        bad = payload[:i] + bytes([payload[i] ^ data.draw(st.integers(1, 255))]) + payload[i + 1 :]
+    else:
+        bad = data.draw(st.binary(max_size=len(old)))
+    out = np.zeros(len(old), np.uint8)
+    try:
+        decode_ans(bad, np.frombuffer(old, np.uint8), out, word, context)
+    except FormatError:
+        pass
+
+
+@pytest.mark.parametrize("word", [1, 2, 4, 8])
+def test_ans_decoder_refuses_mismatched_buffers(word: int) -> None:
+    base = np.zeros(8 * word, np.uint8)
+    with pytest.raises(FormatError, match="larger than"):
+        decode_ans(bytes(8 * word + 1), base, np.zeros(8 * word, np.uint8), word, None)
+    with pytest.raises(ValueError):
+        decode_ans(b"", base, np.zeros(4 * word, np.uint8), word, None)
+    with pytest.raises(ValueError):
+        decode_ans(b"", base, np.zeros(8 * word, np.uint8), word, (8 * word, 1, 0))
 
 
 @st.composite
 def versions(draw: st.DrawFn) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Two state dicts over random names, dtypes and shapes (0-d and empty included)."""
+    """Two state dicts over random names, dtypes and shapes (0-d, empty and 1-row included),
+    where a kept tensor is often the parent's after a small step."""
     names = draw(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6, unique=True))
     old, new = {}, {}
     for name in names:
         shape = tuple(draw(st.lists(st.integers(0, 6), max_size=3)))
+        if draw(st.booleans()):
+            shape = (1, draw(st.integers(1, 300)))
         for sd in (old, new):
             dtype = draw(st.sampled_from(sorted(TORCH_DTYPES)))
             if sd is new and name in old and draw(st.booleans()):
                 dtype, shape = old[name][0], old[name][1]
             n = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZES[dtype]
-            sd[name] = (dtype, shape, draw(st.binary(min_size=n, max_size=n)))
+            raw = draw(st.binary(min_size=n, max_size=n))
+            if sd is new and name in old and old[name][:2] == (dtype, shape):
+                word = DTYPE_SIZES[dtype]
+                moved = np.frombuffer(old[name][2], WORD_TYPES[word]) + WORD_TYPES[word](1)
+                raw = draw(st.sampled_from([raw, moved.tobytes(), old[name][2]]))
+            sd[name] = (dtype, shape, raw)
     if draw(st.booleans()):
         new.pop(names[0])
 
