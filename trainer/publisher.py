@@ -6,6 +6,10 @@ version, writes the shards, encodes the delta against the previous version, sign
 and seeds. Versions number themselves (v1, v2, …) unless given; the last ``keep`` versions stay
 in the store and seeded, older ones are dropped so a long run does not fill the disk.
 
+A training run that restarts (a new process, the same store) carries on where the last one
+stopped: its first version is a delta against the newest version of the model that is both in
+the store and registered, and retention counts those earlier versions too.
+
 A publish that fails (tracker down, disk full) fails its Future with one P2PDistError and
 leaves nothing behind: its unregistered build is removed from the store and its number is
 taken again by the next publish, whose parent is the last version that did get published.
@@ -90,7 +94,32 @@ class CheckpointPublisher:
         self._lock = threading.Lock()
         self._last_version: str | None = None
         self._next_number: int | None = None
+        self._resumed = False
+        self._earlier: list[str] = []
+        """Versions an earlier run left in the store (registered), oldest first."""
         self.published: list[PublishedVersion] = []
+
+    def _resume(self) -> None:
+        """Pick up what an earlier run of this model left in the store, once, on the worker.
+
+        The newest stored and registered version becomes the parent of the first publish,
+        and the earlier versions join the retention window. Without a reachable registry
+        nothing is picked up (the publish itself then fails with the registry's error).
+        """
+        if self._resumed:
+            return
+        self._resumed = True
+        try:
+            registered = {
+                v["version"]
+                for v in RegistryClient(self.tracker, self.token).list_versions(self.name)
+            }
+        except P2PDistError:
+            return
+        earlier = [m.version for m in self.store.versions(self.name) if m.version in registered]
+        self._earlier = earlier
+        if earlier and self._last_version is None:
+            self._last_version = earlier[-1]
 
     def _allocate_version(self) -> str:
         """The next ``v<n>``: counted here, first derived from the registry and the store.
@@ -133,6 +162,7 @@ class CheckpointPublisher:
     ) -> PublishedVersion:
         """The worker's part of one publish: number, build, register, seed, then retain."""
         try:
+            self._resume()
             version = version or self._allocate_version()
             try:
                 published = self._publish_version(snapshot, version, metadata)
@@ -216,18 +246,21 @@ class CheckpointPublisher:
             log.warning("cannot clean up the failed publish of %s@%s: %s", self.name, version, e)
 
     def _retain(self) -> None:
-        """Drop versions older than the newest ``keep`` from the swarm and the store."""
-        if len(self.published) <= self.keep:
+        """Drop versions older than the newest ``keep`` (this run's and an earlier run's)."""
+        excess = len(self._earlier) + len(self.published) - self.keep
+        if excess <= 0:
             return
-        stale, self.published = self.published[: -self.keep], self.published[-self.keep :]
         from p2pdist.seeder import unseed_version
 
-        for old in stale:
+        earlier_stale, self._earlier = self._earlier[:excess], self._earlier[excess:]
+        excess -= len(earlier_stale)
+        stale, self.published = self.published[:excess], self.published[excess:]
+        for version in [*earlier_stale, *(p.manifest.version for p in stale)]:
+            if not self.store.has(self.name, version):  # removed by hand meanwhile
+                continue
             if self.seed:
-                unseed_version(
-                    self.store, old.manifest.name, old.manifest.version, swarm=self.swarm
-                )
-            self.store.remove(old.manifest.name, old.manifest.version)
+                unseed_version(self.store, self.name, version, swarm=self.swarm)
+            self.store.remove(self.name, version)
         self.store.gc()
 
     def wait(self, timeout: float | None = None) -> list[PublishedVersion]:

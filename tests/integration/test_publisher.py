@@ -255,3 +255,29 @@ def test_failed_publish_leaves_nothing_and_the_next_one_takes_its_number(
     with pytest.raises(TrackerError):  # wait() still reports the failure it has not shown
         publisher.wait(timeout=WAIT)
     assert publisher.wait() == []
+
+
+def test_a_restarted_run_continues_with_a_delta_and_retains_the_earlier_versions(
+    make_publisher: Callable[..., CheckpointPublisher], swarm: Swarm
+) -> None:
+    """A new publisher on the same store (a restarted training process) picks up where the
+    last one stopped: the next number, a delta against the last version, one retention window."""
+    state = model_state()
+    first_run = make_publisher(keep=2)
+    for step in range(2):
+        first_run.publish(state)
+        train_step(state, step)
+    first_run.close()
+    before = {m.version: m for m in first_run.store.versions(NAME)}
+    assert sorted(before) == ["v1", "v2"]
+
+    second_run = make_publisher(keep=2)
+    published = second_run.publish(state).result(timeout=WAIT)
+    manifest = published.manifest
+    assert (manifest.version, manifest.parent) == ("v3", "v2")
+    assert manifest.delta_files and manifest.delta_torrent is not None
+    assert 0 < manifest.delta_size < manifest.total_size // 4
+    assert_same_tensors(load_state_dict(published.snapshot), state)
+    # keep=2 across both runs: v1 (the earlier run's oldest) is gone, v2 and v3 stay.
+    assert [m.version for m in second_run.store.versions(NAME)] == ["v2", "v3"]
+    second_run.store.verify(NAME, "v2")
