@@ -14,8 +14,11 @@ What it does, for our tracker (``python -m p2pdist.tracker serve``) and then for
    50 peers per swarm, ``compact=1&numwant=50``: a warm-up pass sends ``event=started`` for
    every (peer, swarm), then the measured pass sends plain re-announces; same threads,
    connections and duration for both trackers. Reported: announces/s, p50, p99, mean peers per
-   answer, refusals; and the ratio ours/opentracker. ``/healthz`` of ours under the same load is
-   printed too: the floor of aiohttp's own request path.
+   answer, refusals; and the ratio ours/opentracker. Our announces are answered by the raw
+   front (``tracker/front.py``); two more rows of ours under the same load show what it saves:
+   the same re-announces with a ``Content-Length: 0`` header, which the front hands to aiohttp
+   (aiohttp's announce path, as before the front), and ``/healthz`` (aiohttp's empty handler:
+   the floor of any request through aiohttp).
 3. paced: "p99 at 1,000 announces/s". wrk2 is not in Debian, so a Python load generator in a
    separate process (``--paced-worker``, uvloop when importable) sends announces on a fixed
    schedule over ``--paced-connections`` keep-alive connections and measures each latency from
@@ -58,7 +61,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 PEERS = 10_000
 SWARMS_PER_PEER = 5
 
-# The wrk script. Arguments after ``--``: mode (warm|steady|churn|healthz), hash file, threads.
+# The wrk script. Arguments after ``--``: mode (warm|steady|aiohttp|churn|healthz), hash file,
+# threads. Mode aiohttp is steady with a header that makes our front hand the request to aiohttp.
 # Pair k (0 <= k < PEERS*SWARMS_PER_PEER) is peer k // 5 in swarm k % hashes; thread t sends the
 # pairs k = t (mod threads), so one pair's events come from one thread, in order.
 WRK_LUA = r"""
@@ -104,6 +108,8 @@ local function announce(h, pid, port, left, event)
     "&port=" .. port .. "&uploaded=0&downloaded=0&left=" .. left ..
     "&compact=1&numwant=50"
   if event ~= "" then path = path .. "&event=" .. event end
+  -- an empty body: wrk sends Content-Length: 0, which the front hands to aiohttp
+  if mode == "aiohttp" then return wrk.format("GET", path, {}, "") end
   return wrk.format("GET", path)
 end
 
@@ -366,6 +372,7 @@ def _measure(
     _wrk(url, script, hash_file, "warm", args, args.warmup)
     out["load"] = _wrk(url, script, hash_file, "steady", args, args.duration)
     if name == "p2pdist":
+        out["aiohttp"] = _wrk(url, script, hash_file, "aiohttp", args, args.duration)
         out["healthz"] = _wrk(url, script, hash_file, "healthz", args, args.duration)
     out["paced"] = _run_paced(port, hash_file, args)
     churn = [
@@ -394,7 +401,7 @@ def _print(results: list[dict[str, Any]], args: argparse.Namespace, publish_s: f
     print(f"{'load':<22}{'ann/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'peers/ans':>10}"
           f"{'refused':>9}{'errors':>8}")  # fmt: skip
     rows = [("p2pdist /announce", ours["load"]), ("opentracker /announce", ot["load"]),
-            ("p2pdist /healthz", ours["healthz"])]  # fmt: skip
+            ("p2pdist via aiohttp", ours["aiohttp"]), ("p2pdist /healthz", ours["healthz"])]  # fmt: skip
     for label, r in rows:
         print(f"{label:<22}{r['requests_per_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['peers_per_answer']:>10.1f}{r['refusals']:>9}"

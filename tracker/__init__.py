@@ -1,7 +1,9 @@
-"""The p2pdist tracker: a BitTorrent tracker and a model registry on one aiohttp port.
+"""The p2pdist tracker: a BitTorrent tracker and a model registry on one port.
 
-Run it with ``p2pdist tracker serve --data DIR`` (or ``python -m p2pdist.tracker serve``);
-make tokens with ``p2pdist tracker token --data DIR [--namespace NS] [--read-only]``.
+Run it with ``p2pdist tracker serve --data DIR`` (or ``python -m p2pdist.tracker serve``):
+announces and scrapes are answered by a raw HTTP/1.1 front below aiohttp (``front.py``), every
+other request by the aiohttp application of ``create_app``, on the same port. Make tokens
+with ``p2pdist tracker token --data DIR [--namespace NS] [--read-only]``.
 
 HTTP contract (the client is ``p2pdist.client.RegistryClient``):
 

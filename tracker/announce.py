@@ -13,20 +13,26 @@ Private models' torrents announce to ``/announce/<passkey>`` (``p2pdist.client.p
 of a token with read right on the model's namespace). libtorrent's ``ssrf_mitigation`` (on by
 default) refuses a loopback tracker whose path is not exactly ``/announce``: on loopback,
 passkey URLs need it off; on a routable address they work as they are.
+
+``answer_announce`` and ``answer_scrape`` hold the whole of it (parsing, checks, metrics,
+answer bytes) and know nothing of aiohttp: the aiohttp handlers here and the raw front that
+answers announces below aiohttp (``front.py``, used by ``p2pdist tracker serve``) both call
+them, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from typing import NamedTuple
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from p2pdist.bencode import bencode
 from p2pdist.ref import ModelRef
-from p2pdist.tracker.db import TrackedHash
+from p2pdist.tracker.db import Grant, TrackedHash
 from p2pdist.tracker.peers import Peer
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
@@ -220,30 +226,34 @@ def _fast_announce(
     )
 
 
-def _bencoded(value: dict[str, object]) -> web.Response:
-    return web.Response(body=bencode(value), content_type="text/plain")
+Answer = bytes | Coroutine[Any, Any, bytes]
+"""A bencoded answer, or (only when a passkey's grant is not cached yet) a coroutine of one.
+
+``answer_announce`` and ``answer_scrape`` are the one implementation of the BitTorrent face:
+the aiohttp handlers below and the raw front (``front.py``) both call them, so every check,
+refusal and metric is the same whichever path a request takes."""
 
 
-def refusal(reason: str) -> web.Response:
-    """A bencoded ``failure reason`` answer."""
-    return _bencoded({"failure reason": reason})
+def _refused(state: TrackerState, error: Refusal) -> bytes:
+    """A bencoded ``failure reason`` answer, counted in the failures metric."""
+    state.metrics.announce_failures += 1
+    return bencode({"failure reason": str(error)})
 
 
-async def _may_track(
-    state: TrackerState, info_hash: bytes, passkey: str | None
-) -> TrackedHash | None:
-    """Return the registry entry of ``info_hash`` if this request may use it; else refuse."""
-    tracked = _may_track_public(state, info_hash, passkey is None)
-    if passkey is None:
-        return tracked
-    grant = await state.grant_for_passkey(passkey)
+def _check_passkey(passkey: str | None) -> str | None:
+    if passkey is not None and not _PASSKEY_RE.match(passkey):
+        raise Refusal("malformed passkey in the announce URL")
+    return passkey
+
+
+def _check_grant(grant: Grant | None, tracked: TrackedHash | None) -> None:
+    """Refuse an unknown passkey, or one that cannot read the private model it announces for."""
     if grant is None:
         raise Refusal("unknown passkey: get a token with `p2pdist tracker token`")
     if tracked is not None and tracked.private:
         namespace = ModelRef(tracked.model).namespace
         if not grant.can_read(namespace):
             raise Refusal(f"this passkey cannot read namespace {namespace}")
-    return tracked
 
 
 def _may_track_public(
@@ -263,13 +273,6 @@ def _may_track_public(
             "of a token that can read it"
         )
     return tracked
-
-
-def _passkey(request: web.Request) -> str | None:
-    passkey = request.match_info.get("passkey")
-    if passkey is not None and not _PASSKEY_RE.match(passkey):
-        raise Refusal("malformed passkey in the announce URL")
-    return passkey
 
 
 def _answer(
@@ -293,37 +296,59 @@ def _intervals(settings: TrackerSettings) -> bytes:
     )
 
 
-async def announce(request: web.Request) -> web.Response:
-    """``GET /announce`` and ``GET /announce/{passkey}``."""
-    state = request.app[STATE]
+def answer_announce(
+    state: TrackerState, raw_query: str, passkey: str | None, host: str | None
+) -> Answer:
+    """The answer to ``GET /announce[/<passkey>]?<raw_query>`` from a peer at ``host``.
+
+    Bytes when it can be decided at once (always, without a passkey, or with one whose grant
+    is cached); otherwise a coroutine that looks the passkey up first. A refusal is an answer
+    too (``failure reason``), counted in the metrics like an accepted announce.
+    """
     settings = state.settings
-    peers = state.peers
     try:
         query = parse_announce_query(
-            request.rel_url.raw_query_string,
-            settings.max_query,
-            settings.max_numwant,
-            settings.default_numwant,
+            raw_query, settings.max_query, settings.max_numwant, settings.default_numwant
         )
-        info_hash = query.info_hash
-        passkey = _passkey(request)
-        if passkey is None:
-            _may_track_public(state, info_hash, True)
-        else:
-            await _may_track(state, info_hash, passkey)
-        host = request.remote
-        if not host:
-            raise Refusal("cannot tell the address this announce comes from")
-        try:
-            peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
-        except ValueError:
-            raise Refusal(f"cannot use the address {host[:64]!r}") from None
-        event = query.event
-        if not peers.announce(info_hash, peer, event, time.monotonic()):
-            raise Refusal("this swarm is full; try again later")
+        passkey = _check_passkey(passkey)
+        tracked = _may_track_public(state, query.info_hash, passkey is None)
+        if passkey is not None:
+            grant = state.cached_passkey_grant(passkey)
+            if grant is None:
+                return _announce_after_lookup(state, query, passkey, tracked, host)
+            _check_grant(grant, tracked)
+        return _record(state, query, host)
     except Refusal as e:
-        state.metrics.announce_failures += 1
-        return refusal(str(e))
+        return _refused(state, e)
+
+
+async def _announce_after_lookup(
+    state: TrackerState,
+    query: Announce,
+    passkey: str,
+    tracked: TrackedHash | None,
+    host: str | None,
+) -> bytes:
+    try:
+        _check_grant(await state.grant_for_passkey(passkey), tracked)
+        return _record(state, query, host)
+    except Refusal as e:
+        return _refused(state, e)
+
+
+def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
+    """Put the announcing peer in its swarm (or take it out) and answer with peers to try."""
+    if not host:
+        raise Refusal("cannot tell the address this announce comes from")
+    try:
+        peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
+    except ValueError:
+        raise Refusal(f"cannot use the address {host[:64]!r}") from None
+    info_hash = query.info_hash
+    event = query.event
+    peers = state.peers
+    if not peers.announce(info_hash, peer, event, time.monotonic()):
+        raise Refusal("this swarm is full; try again later")
     state.metrics.announces[event or "none"] += 1
     counts = peers.counts(info_hash)
     if event == "stopped":
@@ -331,22 +356,25 @@ async def announce(request: web.Request) -> web.Response:
     else:
         sample = peers.sample(info_hash, peer, query.numwant)
         compact, compact6 = sample.peers, sample.peers6
-    body = _answer(
-        _intervals(settings),
+    return _answer(
+        _intervals(state.settings),
         counts.complete,
         counts.incomplete,
         counts.downloaded,
         compact,
         compact6,
     )
-    return web.Response(body=body, content_type="text/plain")
 
 
-async def scrape(request: web.Request) -> web.Response:
-    """``GET /scrape?info_hash=...`` (BEP 48); unknown or unreadable hashes are left out."""
-    state = request.app[STATE]
+def answer_scrape(state: TrackerState, raw_query: str, passkey: str | None) -> Answer:
+    """The answer to ``GET /scrape[/<passkey>]?<raw_query>`` (BEP 48).
+
+    Unknown hashes, and private ones the passkey (if any) cannot read, are left out; an
+    unknown passkey refuses the whole scrape. Bytes, or a coroutine when a passkey's grant
+    must be looked up first.
+    """
     try:
-        params = parse_query(request.rel_url.raw_query_string, state.settings.max_query)
+        params = parse_query(raw_query, state.settings.max_query)
         hashes = params.get("info_hash") or []
         if not hashes:
             raise Refusal("scrape needs at least one info_hash (a full scrape is not offered)")
@@ -354,26 +382,68 @@ async def scrape(request: web.Request) -> web.Response:
             raise Refusal(f"at most {MAX_SCRAPE_HASHES} info_hash values per scrape")
         if any(len(h) != 20 for h in hashes):
             raise Refusal("info_hash must be 20 bytes")
-        passkey = _passkey(request)
-        files: dict[bytes, dict[str, int]] = {}
-        for info_hash in hashes:
-            try:
-                await _may_track(state, info_hash, passkey)
-            except Refusal:
-                if passkey is not None and await state.grant_for_passkey(passkey) is None:
-                    raise
-                continue
-            counts = state.peers.counts(info_hash)
-            files[info_hash] = {
-                "complete": counts.complete,
-                "incomplete": counts.incomplete,
-                "downloaded": counts.downloaded,
-            }
+        passkey = _check_passkey(passkey)
+        if passkey is None:
+            return _scrape_files(state, hashes, None)
+        grant = state.cached_passkey_grant(passkey)
+        if grant is None:
+            return _scrape_after_lookup(state, hashes, passkey)
+        return _scrape_files(state, hashes, grant)
     except Refusal as e:
-        state.metrics.announce_failures += 1
-        return refusal(str(e))
+        return _refused(state, e)
+
+
+async def _scrape_after_lookup(state: TrackerState, hashes: list[bytes], passkey: str) -> bytes:
+    grant = await state.grant_for_passkey(passkey)
+    if grant is None:
+        return _refused(state, Refusal("unknown passkey: get a token with `p2pdist tracker token`"))
+    return _scrape_files(state, hashes, grant)
+
+
+def _scrape_files(state: TrackerState, hashes: list[bytes], grant: Grant | None) -> bytes:
+    """The ``files`` answer for the hashes this request may see (``grant``: its passkey's)."""
+    files: dict[bytes, dict[str, int]] = {}
+    for info_hash in hashes:
+        try:
+            tracked = _may_track_public(state, info_hash, grant is None)
+            if grant is not None:
+                _check_grant(grant, tracked)
+        except Refusal:
+            continue
+        counts = state.peers.counts(info_hash)
+        files[info_hash] = {
+            "complete": counts.complete,
+            "incomplete": counts.incomplete,
+            "downloaded": counts.downloaded,
+        }
     state.metrics.scrapes += 1
-    return _bencoded({"files": files})
+    return bencode({"files": files})
+
+
+async def _respond(answer: Answer) -> web.Response:
+    body = answer if isinstance(answer, bytes) else await answer
+    return web.Response(body=body, content_type="text/plain")
+
+
+async def announce(request: web.Request) -> web.Response:
+    """``GET /announce`` and ``GET /announce/{passkey}`` (aiohttp's path; see ``front.py``)."""
+    return await _respond(
+        answer_announce(
+            request.app[STATE],
+            request.rel_url.raw_query_string,
+            request.match_info.get("passkey"),
+            request.remote,
+        )
+    )
+
+
+async def scrape(request: web.Request) -> web.Response:
+    """``GET /scrape?info_hash=...`` (BEP 48); unknown or unreadable hashes are left out."""
+    return await _respond(
+        answer_scrape(
+            request.app[STATE], request.rel_url.raw_query_string, request.match_info.get("passkey")
+        )
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -385,9 +455,12 @@ def add_routes(app: web.Application) -> None:
 
 __all__ = [
     "Announce",
+    "Answer",
     "Refusal",
     "add_routes",
     "announce",
+    "answer_announce",
+    "answer_scrape",
     "parse_announce",
     "parse_announce_query",
     "parse_query",

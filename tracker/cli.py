@@ -23,6 +23,7 @@ from p2pdist.errors import P2PDistError
 from p2pdist.ref import validate_name
 from p2pdist.tracker.app import create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
+from p2pdist.tracker.front import FrontSite
 from p2pdist.tracker.state import DEFAULT_INTERVAL, TrackerSettings
 
 
@@ -36,16 +37,18 @@ def _url(host: str, port: int) -> str:
 
 
 async def serve_until_signalled(settings: TrackerSettings, host: str, port: int) -> None:
-    """Run the tracker on ``host:port`` until SIGINT/SIGTERM; print its URL once listening."""
+    """Run the tracker on ``host:port`` until SIGINT/SIGTERM; print its URL once listening.
+
+    Connections meet the raw announce front first (``front.FrontSite``); everything but
+    announces and scrapes is handed to aiohttp.
+    """
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = FrontSite(runner, host, port, reuse_address=True)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        actual = sockets[0].getsockname()[1] if sockets else port
+        actual = site.port
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -159,6 +159,10 @@ class TrackerState:
                 self._token_grants[token] = grant
         return grant
 
+    def cached_passkey_grant(self, passkey: str) -> Grant | None:
+        """The grant of ``passkey`` if a lookup already found it (no database call); else None."""
+        return self._passkey_grants.get(passkey)
+
     async def grant_for_passkey(self, passkey: str) -> Grant | None:
         grant = self._passkey_grants.get(passkey)
         if grant is None:
