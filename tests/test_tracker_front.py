@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import select
 import signal
 import socket
 import threading
@@ -514,3 +516,107 @@ def test_front_and_aiohttp_give_the_same_answer_to_odd_queries(
             assert status == 200 and by_front(headers) == (version == b"HTTP/1.1")
             answers.append(bdecode(body))
     assert answers[0] == answers[1]
+
+
+def test_a_hand_over_while_writes_are_held_keeps_aiohttp_s_flow_control(
+    tracker: Served,
+    public_hash: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Answers the front writes at a hand-over can fill the transport past its high-water mark
+    (the front is paused); aiohttp's handler must start out paused too, or it writes without
+    flow control and its ``resume_writing`` fails an assertion when the client drains."""
+    made = FrontConnection.connection_made
+
+    def small_send_buffer(self: FrontConnection, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    monkeypatch.setattr(FrontConnection, "connection_made", small_send_buffer)
+    swarm = [announce(public_hash, n, event=None) for n in range(1, 51)]
+    held, behind = swarm * 6, [*(swarm * 4), get("/healthz")]
+    with tracker.connect() as c:
+        c.send(b"".join(held))  # the front answers these until its writes are paused
+        time.sleep(0.3)
+        c.send(b"".join(behind))  # queued behind them, the hand-over last
+        time.sleep(0.3)
+        for _ in range(len(held) + len(behind) - 1):
+            assert by_front(c.bencoded()[1])
+        status, headers, _ = c.answer()
+        assert status == 200 and not by_front(headers)
+        c.send(get("/healthz"))
+        assert c.answer()[0] == 200
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+
+
+def test_a_head_trickled_byte_by_byte_does_not_keep_the_connection_open(
+    tracker: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow-loris head (a byte now and then, never a whole request) is closed like an idle
+    connection, as aiohttp closes one that completes no request within its keep-alive time."""
+    monkeypatch.setattr(front_module, "KEEPALIVE_TIMEOUT", 1.0)
+    request = announce(public_hash, 1)
+    closed = False
+    with tracker.connect() as c:
+        deadline = time.monotonic() + 6
+        for i in range(len(request) - 1):  # never the whole request
+            if select.select([c.sock], [], [], 0.1)[0]:
+                closed = True
+                break
+            assert time.monotonic() < deadline, "the trickling connection is still open"
+            with contextlib.suppress(OSError):
+                c.send(request[i : i + 1])
+        assert closed
+        with contextlib.suppress(ConnectionResetError):
+            assert c.is_closed()
+
+
+def test_a_client_that_never_reads_is_dropped_once_idle(
+    tracker: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that pipelines requests and reads no answer holds the server's buffers; the
+    idle sweep must drop it (a plain close would wait for it to read, that is forever)."""
+    monkeypatch.setattr(front_module, "KEEPALIVE_TIMEOUT", 1.0)
+    lost = threading.Event()
+    connection_lost = FrontConnection.connection_lost
+
+    def noted(self: FrontConnection, exc: Exception | None) -> None:
+        lost.set()
+        connection_lost(self, exc)
+
+    monkeypatch.setattr(FrontConnection, "connection_lost", noted)
+    requests = b"".join([announce(public_hash, n, event=None) for n in range(1, 51)] * 400)
+
+    def send(c: Client) -> None:
+        with contextlib.suppress(OSError):
+            c.send(requests)
+
+    with tracker.connect() as c:
+        sender = threading.Thread(target=send, args=(c,), daemon=True)
+        sender.start()
+        assert lost.wait(10), "the server still holds a client that has read nothing"
+        sender.join(15)
+
+
+def test_a_half_closed_connection_is_closed_after_a_hand_over(
+    data_dir: Path, public_hash: bytes, loop_kind: str
+) -> None:
+    """The client's end of stream arrives while the front waits for a passkey lookup (the front
+    keeps the connection to answer); the request behind it goes to aiohttp, which must learn
+    of the end of stream too, or it keeps the half-closed connection for its keep-alive time
+    (the client's read of everything that comes then times out)."""
+    private = _publish(data_dir, "acme/secret", private=True)
+    reader = passkey_for(make_token(data_dir, "acme", publish=False))
+    with serve(TrackerSettings(data_dir=data_dir), loop_kind) as served, served.connect() as c:
+        c.sock.settimeout(5)
+        query = announce_query(private, peer_id(1), port=7001)
+        c.send(get(f"/announce/{reader}?{query}") + get("/healthz"))
+        c.sock.shutdown(socket.SHUT_WR)
+        answer, headers = c.bencoded()
+        assert by_front(headers) and answer[b"incomplete"] == 1
+        # aiohttp then does what it does alone at an end of stream: it closes (whether its
+        # answer to /healthz made it out first is a race, as without the front)
+        c.file.read()

@@ -182,7 +182,6 @@ class FrontConnection(asyncio.Protocol):
         self._front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.active = True
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -224,9 +223,13 @@ class FrontConnection(asyncio.Protocol):
             self._transport.close()
 
     def sweep(self) -> None:
-        """Close the connection if it stayed idle since the last sweep."""
+        """Close the connection if it answered no request since the last sweep (idle, or a
+        head trickling in); abort it if its answers wait for a client that reads nothing."""
         if not self.active and self._waiting is None:
-            self.close()
+            if self._writing_paused and self._transport is not None:
+                self._transport.abort()  # close() would wait for the client to read
+            else:
+                self.close()
         self.active = False
 
     # -- serving ---------------------------------------------------------------------------
@@ -268,6 +271,7 @@ class FrontConnection(asyncio.Protocol):
                 self._hand_over(out, data, pos)
                 return
             pos = end
+            self.active = True
             raw = "" if query is None else query.decode("ascii")
             key = None if passkey is None else passkey.decode("ascii")
             try:
@@ -318,6 +322,7 @@ class FrontConnection(asyncio.Protocol):
         if self._waiting is not task:
             return  # closed (and cancelled) meanwhile
         self._waiting = None
+        self.active = True
         transport = self._transport
         if transport is None:
             return
@@ -363,8 +368,12 @@ class FrontConnection(asyncio.Protocol):
         handler = self._front.server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._writing_paused:  # the transport will not tell the handler again
+            handler.pause_writing()
         if pos < len(data):
             handler.data_received(data[pos:])
+        if self._eof and not handler.eof_received():
+            transport.close()  # what the transport would have done at the end of stream
 
 
 class FrontSite(web.BaseSite):
