@@ -103,19 +103,22 @@ class CheckpointPublisher:
         """Pick up what an earlier run of this model left in the store, once, on the worker.
 
         The newest stored and registered version becomes the parent of the first publish,
-        and the earlier versions join the retention window. Without a reachable registry
-        nothing is picked up (the publish itself then fails with the registry's error).
+        and the earlier versions join the retention window. While the registry cannot be
+        reached nothing is picked up (the publish then fails with the registry's error) and
+        the next publish tries again.
         """
         if self._resumed:
             return
-        self._resumed = True
         try:
             registered = {
                 v["version"]
                 for v in RegistryClient(self.tracker, self.token).list_versions(self.name)
             }
-        except P2PDistError:
+        except NotFoundError:  # never published: nothing to carry on from
+            registered = set()
+        except P2PDistError:  # tried again by the next publish
             return
+        self._resumed = True
         earlier = [m.version for m in self.store.versions(self.name) if m.version in registered]
         self._earlier = earlier
         if earlier and self._last_version is None:
