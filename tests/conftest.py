@@ -81,6 +81,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (containers often have IPv6 off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def write_random_files(root: Path, sizes: dict[str, int], seed: int = 0) -> list[str]:
     """Random bytes at root/<path> for each path and size; returns the sorted paths."""
     rng = random.Random(seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from p2pdist.tracker.announce import (
 from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.peers import MemoryPeerStore, Peer
 from p2pdist.tracker.registry import check_publish
+from tests.conftest import has_ipv6_loopback
 from tests.tracker_world import announce_query, make_token, make_version, peer_id
 
 LOCAL = b"\x7f\x00\x00\x01"
@@ -203,16 +203,7 @@ async def test_silent_peers_expire_after_two_intervals(client: Any, public_hash:
     assert answer[b"peers"] == b""
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_ipv6_peers_come_back_in_peers6(
     aiohttp_client: Any, data_dir: Path, public_hash: bytes
 ) -> None:

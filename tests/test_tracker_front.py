@@ -33,6 +33,7 @@ from p2pdist.tracker import front as front_module
 from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.front import MAX_BUFFER, MAX_HEAD, FrontConnection, FrontSite
 from p2pdist.tracker.registry import check_publish
+from tests.conftest import has_ipv6_loopback
 from tests.tracker_world import announce_query, make_token, make_version, peer_id
 
 LOOPS = ["asyncio", "uvloop"]
@@ -421,16 +422,7 @@ def test_passkey_announces_keep_their_order_behind_a_lookup(
         assert by_front(headers) and scrape[b"files"][private][b"incomplete"] == 2
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
 def test_ipv6_peers_get_their_address_from_the_socket(
     data_dir: Path, public_hash: bytes, loop_kind: str
 ) -> None:
