@@ -60,7 +60,7 @@ from p2pdist.delta_codec import (
 )
 from p2pdist.delta_file import DeltaFileWriter, header_bound, read_table
 from p2pdist.digest import hash_file, hash_files
-from p2pdist.errors import FormatError, IntegrityError, NotFoundError
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError
 from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
 from p2pdist.manifest import FileEntry, describe_files, list_files, safe_relpath
 
@@ -366,8 +366,8 @@ def _check_expected(index: DeltaIndex, expected: Sequence[FileEntry], source: st
             )
 
 
-def _check_parent(index: DeltaIndex, parent_dir: Path, verify: bool) -> None:
-    """Refuse a parent whose files are not the ones the delta was made against."""
+def _check_parent_sizes(index: DeltaIndex, parent_dir: Path) -> None:
+    """Refuse a parent whose files are missing or of other sizes than the delta's parent."""
     for entry in index.parent_files:
         path = parent_dir / entry.path
         try:
@@ -386,8 +386,10 @@ def _check_parent(index: DeltaIndex, parent_dir: Path, verify: bool) -> None:
                 path=entry.path,
                 expected=entry.blake3,
             )
-    if not verify:
-        return
+
+
+def _check_parent_digests(index: DeltaIndex, parent_dir: Path) -> None:
+    """Refuse a parent whose files are not the ones the delta was made against."""
     digests = hash_files([parent_dir / e.path for e in index.parent_files])
     for entry, actual in zip(index.parent_files, digests, strict=True):
         if actual != entry.blake3:
@@ -439,15 +441,17 @@ def decode(
 
     ``expected`` are the files the signed manifest declares: their sizes bound every
     allocation, and each rebuilt file must have their blake3 (IntegrityError otherwise). A
-    parent other than the one the delta was made against is an IntegrityError naming the file
-    (``verify_parent=False`` checks only sizes, for a parent already verified, such as blobs of
-    a content-addressed store). Files appear in ``out_dir`` only once all of them verified.
+    parent other than the one the delta was made against is an IntegrityError naming the file.
+    The parent's sizes are checked first and its blake3 only if decoding fails (rebuilt files
+    that verify prove the parent right, so a good decode does not hash the parent);
+    ``verify_parent=False`` skips that diagnosis, for a parent already verified such as blobs
+    of a content-addressed store. Files appear in ``out_dir`` only once all of them verified.
     """
     parent_dir, delta_dir, out_dir = Path(parent_dir), Path(delta_dir), Path(out_dir)
     workers = workers or _default_workers()
     index = read_index(delta_dir)
     _check_expected(index, expected, str(delta_dir / INDEX_FILE))
-    _check_parent(index, parent_dir, verify_parent)
+    _check_parent_sizes(index, parent_dir)
     parent_files = {e.path: e for e in index.parent_files}
     tag = uuid.uuid4().hex[:12]
     staged: list[tuple[Path, Path]] = []
@@ -476,17 +480,27 @@ def decode(
         for tmp, final in staged:
             os.replace(tmp, final)
             renamed.append(final)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        for final in renamed:
-            final.unlink(missing_ok=True)
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+    except P2PDistError:
+        _undo(staged, renamed, created)
+        if verify_parent:
+            _check_parent_digests(index, parent_dir)  # a wrong parent, named precisely
         raise
+    except BaseException:
+        _undo(staged, renamed, created)
+        raise
+
+
+def _undo(staged: list[tuple[Path, Path]], renamed: list[Path], created: list[Path]) -> None:
+    """Remove what a failed decode wrote: staged and renamed files, then new directories."""
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
+    for final in renamed:
+        final.unlink(missing_ok=True)
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _verify(path: Path, target: DeltaTarget) -> None:
