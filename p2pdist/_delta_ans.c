@@ -9,7 +9,7 @@
  *           its leading one, and the p - 2 lowest bits of z are "extra bits", stored raw
  *   context = clamp(((base >> shift) & (2^bits - 1)) - lo, 0, 15)   (a float's exponent)
  *
- * Tokens are entropy coded by rANS (32-bit states, 16-bit I/O, 4 interleaved states, 12-bit
+ * Tokens are entropy coded by rANS (32-bit states, 16-bit I/O, 16 interleaved states, 12-bit
  * probabilities) with one static frequency table per context; the tables are stored in the
  * payload. Weights of one exponent move by similar numbers of units in the last place, so the
  * exponent context does what sorting by exponent did for zstd, without moving any data.
@@ -33,7 +33,7 @@
 #define SCALE_BITS 12
 #define SCALE (1u << SCALE_BITS)
 #define RANS_L (1u << 15) /* states live in [2^15, 2^31): the reciprocal division is exact */
-#define NSTATES 4
+#define NSTATES 16 /* word i is coded by state i % 16: two vectors of 8 lanes for AVX2 */
 #define MAX_CTX 16
 #define ALPHABET_MAX 256 /* 32 * w tokens for w-byte words */
 #define SMALL 16
@@ -284,7 +284,7 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     uint64_t kmask = use_ctx ? ((1ull << bits) - 1) : 0;
     uint16_t *codes = take(&a, (n ? n : 1) * sizeof *codes); /* context * alphabet + token */
     uint8_t *extra = take(&a, raw + 8);                        /* extra bits, forward */
-    uint16_t *ans = take(&a, raw + 16); /* rANS words, written backward; capped at raw */
+    uint16_t *ans = take(&a, raw + 4 * NSTATES); /* rANS words, written backward; capped at raw */
     uint8_t *tables = take(&a, TABLE_BYTES + 8); /* + the varint of the stream's length */
     uint32_t(*hist)[MAX_CTX * ALPHABET_MAX] = take(&a, 4 * sizeof *hist);
     EncSym *enc = take(&a, MAX_CTX * ALPHABET_MAX * sizeof *enc);
@@ -370,11 +370,13 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
         }
     }
 
-    /* pass 2: rANS, last word first, state i % 4 codes word i */
-    uint32_t x[NSTATES] = {RANS_L, RANS_L, RANS_L, RANS_L};
-    size_t cap_words = raw / 2 + 8;
-    /* each group of 4 words writes at most 4 words below ptr; 8 stay free for the states */
-    uint16_t *ptr = ans + cap_words, *floor_ptr = ans + 8 + 4;
+    /* pass 2: rANS, last word first, state i % NSTATES codes word i */
+    uint32_t x[NSTATES];
+    for (int j = 0; j < NSTATES; j++) x[j] = RANS_L;
+    size_t cap_words = raw / 2 + 2 * NSTATES;
+    /* each group of NSTATES words writes at most NSTATES words below ptr; 2 * NSTATES stay
+     * free for the states */
+    uint16_t *ptr = ans + cap_words, *floor_ptr = ans + 3 * NSTATES;
 #define ENC_PUT(i, j)                                                                            \
     do {                                                                                         \
         const EncSym *s_ = &enc[codes[i]];                                                       \
@@ -387,13 +389,11 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
         x[j] = v_ + s_->bias + q_ * s_->cmpl_freq;                                               \
     } while (0)
     if (ptr < floor_ptr) return ENC_TOO_BIG;
-    for (size_t i = n; i-- > n4;) ENC_PUT(i, i & 3);
-    for (size_t g = n4; g > 0; g -= 4) {
+    size_t ng = n & ~(size_t)(NSTATES - 1);
+    for (size_t i = n; i-- > ng;) ENC_PUT(i, i % NSTATES);
+    for (size_t g = ng; g > 0; g -= NSTATES) {
         if (ptr < floor_ptr) return ENC_TOO_BIG;
-        ENC_PUT(g - 1, 3);
-        ENC_PUT(g - 2, 2);
-        ENC_PUT(g - 3, 1);
-        ENC_PUT(g - 4, 0);
+        for (int j = NSTATES; j-- > 0;) ENC_PUT(g - NSTATES + (size_t)j, j);
     }
 #undef ENC_PUT
     for (int j = NSTATES; j-- > 0;) {
@@ -474,6 +474,125 @@ static const char *read_tables(In *in, int ntables, int alphabet, Slot (*lut)[SC
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ AVX2 decoder */
+
+/* Whether decode() may use the vector decoder: set when the module loads (the CPU has AVX2),
+ * and switchable for the tests, which check that both decoders agree byte for byte. */
+static int simd_enabled = 0;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_DECODER 1
+#include <immintrin.h>
+
+/* For each 8-bit mask of lanes that renormalise, the stream word each lane takes: lane k
+ * takes the next word number (lanes before k that also take one). */
+static uint32_t renorm_shuffle[256][8];
+
+static void init_renorm_shuffle(void) {
+    for (int m = 0; m < 256; m++) {
+        uint32_t next = 0;
+        for (int k = 0; k < 8; k++) renorm_shuffle[m][k] = (m >> k) & 1 ? next++ : 0;
+    }
+}
+
+#define AVX2 __attribute__((target("avx2,bmi2")))
+
+/* Decode 8 words [i, i + 8) with the 8 states in *x: the same steps as the scalar DEC, lane k
+ * doing word i + k. Reads stream words at *rp (lanes in order) and extra bits at *pos. */
+AVX2 INLINE void avx2_decode8(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
+                              __m256i kmask, __m128i shift, __m256i lo, __m256i *x,
+                              const uint16_t *words, size_t *rp, const uint8_t *xb,
+                              uint64_t *pos) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    __m256i b = w == 2 ? _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bs + i * 2)))
+                       : _mm256_loadu_si256((const __m256i *)(bs + i * 4));
+    /* context: clamp(key - lo, 0, 15), as the scalar context_lut */
+    __m256i c = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(b, shift), kmask), lo);
+    c = _mm256_min_epi32(_mm256_max_epi32(c, zero), _mm256_set1_epi32(MAX_CTX - 1));
+    __m256i v = *x;
+    __m256i slot = _mm256_or_si256(_mm256_slli_epi32(c, SCALE_BITS),
+                                   _mm256_and_si256(v, _mm256_set1_epi32(SCALE - 1)));
+    __m256i e = _mm256_i32gather_epi32((const int *)lut, slot, 4);
+    __m256i t = _mm256_and_si256(e, _mm256_set1_epi32(0xff));
+    __m256i f = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(e, 8), _mm256_set1_epi32(0xfff)), one);
+    v = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srli_epi32(v, SCALE_BITS)), _mm256_srli_epi32(e, 20));
+    /* renormalise: lanes below RANS_L take the next stream words, in lane order */
+    __m256i need = _mm256_cmpgt_epi32(_mm256_set1_epi32(RANS_L), v);
+    unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i fresh = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(words + *rp)));
+    fresh = _mm256_permutevar8x32_epi32(fresh, _mm256_loadu_si256((const __m256i *)renorm_shuffle[mask]));
+    *x = _mm256_blendv_epi8(v, _mm256_or_si256(_mm256_slli_epi32(v, 16), fresh), need);
+    *rp += (size_t)__builtin_popcount(mask);
+    /* extra bits: token t >= 16 has nb = (t - 16) / 4 + 2 of them, z = (4 + t % 4) << nb | bits */
+    __m256i big = _mm256_cmpgt_epi32(t, _mm256_set1_epi32(SMALL - 1));
+    __m256i nb = _mm256_and_si256(big, _mm256_add_epi32(_mm256_srli_epi32(_mm256_sub_epi32(t, _mm256_set1_epi32(SMALL)), 2),
+                                                        _mm256_set1_epi32(2)));
+    /* bit offsets: an exclusive prefix sum of nb over the lanes, after *pos */
+    __m256i sum = _mm256_add_epi32(nb, _mm256_slli_si256(nb, 4));
+    sum = _mm256_add_epi32(sum, _mm256_slli_si256(sum, 8));
+    __m256i carry = _mm256_shuffle_epi32(sum, 0xff);
+    sum = _mm256_add_epi32(sum, _mm256_permute2x128_si256(carry, carry, 0x08));
+    __m256i at = _mm256_add_epi32(_mm256_sub_epi32(sum, nb), _mm256_set1_epi32((int)(*pos & 7)));
+    const uint8_t *from = xb + (*pos >> 3);
+    __m256i byte = _mm256_srli_epi32(at, 3), off = _mm256_and_si256(at, _mm256_set1_epi32(7));
+    __m256i bits;
+    if (w == 2) { /* nb <= 13: 32 bits from the byte hold them after a shift of at most 7 */
+        bits = _mm256_srlv_epi32(_mm256_i32gather_epi32((const int *)from, byte, 1), off);
+    } else { /* nb <= 29: 64-bit loads */
+        __m256i lo4 = _mm256_i32gather_epi64((const long long *)from, _mm256_castsi256_si128(byte), 1);
+        __m256i hi4 = _mm256_i32gather_epi64((const long long *)from, _mm256_extracti128_si256(byte, 1), 1);
+        lo4 = _mm256_srlv_epi64(lo4, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(off)));
+        hi4 = _mm256_srlv_epi64(hi4, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(off, 1)));
+        bits = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(lo4), _mm256_castsi256_ps(hi4), 0x88));
+        bits = _mm256_permute4x64_epi64(bits, 0xd8);
+    }
+    bits = _mm256_and_si256(bits, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
+    *pos += (uint32_t)_mm256_extract_epi32(sum, 7);
+    __m256i zbig = _mm256_sllv_epi32(_mm256_add_epi32(_mm256_and_si256(t, _mm256_set1_epi32(3)), _mm256_set1_epi32(4)), nb);
+    __m256i z = _mm256_or_si256(_mm256_blendv_epi8(t, zbig, big), bits);
+    __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(zero, _mm256_and_si256(z, one)));
+    __m256i r = _mm256_add_epi32(b, d);
+    if (w == 2) {
+        r = _mm256_and_si256(r, _mm256_set1_epi32(0xffff));
+        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(out + i * 2), _mm256_castsi256_si128(r));
+    } else {
+        _mm256_storeu_si256((__m256i *)(out + i * 4), r);
+    }
+}
+
+/* Decode whole groups of NSTATES words from word 0 while both streams surely hold a group's
+ * reads (the scalar decoder checks the rest); returns the number of words decoded. Only for
+ * 2- and 4-byte words. */
+AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, size_t ng,
+                                      const Slot *lut, uint64_t kmask, unsigned shift, int64_t lo,
+                                      uint32_t *x, const uint16_t *words, size_t nwords,
+                                      size_t *rp, const uint8_t *xb, size_t xlen, uint64_t *pos) {
+    __m256i xa = _mm256_loadu_si256((const __m256i *)x), xz = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
+    __m128i sh = _mm_cvtsi32_si128((int)shift);
+    size_t g = 0, r = *rp;
+    uint64_t p = *pos;
+    /* a group: at most 16 stream words (+ 8 read past by the vector load, which the buffer's
+     * padding or the stream holds) and 16 * 29 extra bits (+ 8 bytes of load) */
+    size_t xbytes = (size_t)(w == 2 ? 16 * 13 : 16 * 29) / 8 + 16;
+    for (; g < ng; g += NSTATES) {
+        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;
+        if (w == 2) {
+            avx2_decode8(2, bs, out, g, lut, km, sh, l, &xa, words, &r, xb, &p);
+            avx2_decode8(2, bs, out, g + 8, lut, km, sh, l, &xz, words, &r, xb, &p);
+        } else {
+            avx2_decode8(4, bs, out, g, lut, km, sh, l, &xa, words, &r, xb, &p);
+            avx2_decode8(4, bs, out, g + 8, lut, km, sh, l, &xz, words, &r, xb, &p);
+        }
+    }
+    _mm256_storeu_si256((__m256i *)x, xa);
+    _mm256_storeu_si256((__m256i *)(x + 8), xz);
+    *rp = r, *pos = p;
+    return g;
+}
+#endif
+
 INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8_t *bs, uint8_t *out,
                                 size_t n, int w, int use_ctx, unsigned shift, unsigned bits,
                                 int64_t lo, Arena a) {
@@ -492,10 +611,10 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
         return "bad rANS stream length";
     /* copy the stream into a padded buffer: reads past its end see zeros, never memory */
     size_t nwords = ans_bytes / 2;
-    uint16_t *words = take(&a, (nwords + 4) * sizeof *words);
+    uint16_t *words = take(&a, (nwords + 8) * sizeof *words);
     if (!words) return "scratch buffer too small";
     for (size_t k = 0; k < nwords; k++) words[k] = (uint16_t)(in.p[2 * k] | (in.p[2 * k + 1] << 8));
-    memset(words + nwords, 0, 4 * sizeof *words);
+    memset(words + nwords, 0, 8 * sizeof *words);
     in.p += ans_bytes;
     BitReader br = {in.p, (size_t)(in.end - in.p), 0};
 
@@ -521,12 +640,12 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
     size_t xlen = br.len;
     uint64_t pos = 0; /* extra bits read */
     /* One word: its context from the base, its token from state j, then its extra bits. The
-     * fast form reads the streams unchecked: the caller made sure 4 words fit in both. */
+     * fast form reads the streams unchecked: the caller made sure a group fits in both. */
 #define DEC(i, j, SAFE)                                                                          \
     do {                                                                                         \
         uint64_t b_ = load_word(bs + (i) * w, w);                                                \
         const Slot *l_ = lut0 + cl[(b_ >> shift) & kmask];                                       \
-        uint32_t v_ = x##j;                                                                      \
+        uint32_t v_ = x[j];                                                                      \
         Slot e_ = l_[v_ & (SCALE - 1)];                                                          \
         unsigned t_ = e_ & 0xff;                                                                 \
         v_ = (((e_ >> 8) & 0xfff) + 1) * (v_ >> SCALE_BITS) + (e_ >> 20);                        \
@@ -537,7 +656,7 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
             need_ &= avail_;                                                                     \
         }                                                                                        \
         /* shifts and masks, not a branch: renormalisation is a coin toss for the predictor */  \
-        x##j = (v_ << (need_ << 4)) | (words[rp] & (0u - need_));                                \
+        x[j] = (v_ << (need_ << 4)) | (words[rp] & (0u - need_));                                \
         rp += need_;                                                                             \
         unsigned nb_ = nbits[t_];                                                                \
         uint64_t r_;                                                                             \
@@ -558,31 +677,23 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
         pos += nb_;                                                                              \
         store_word(out + (i) * w, w, b_ + unzigzag(zbase[t_] | r_));                             \
     } while (0)
-    uint32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-    size_t n4 = n & ~(size_t)3;
-    for (size_t g = 0; g < n4; g += 4) {
-        /* 4 words read at most 4 stream words and 4 * 62 extra bits (+ 8 bytes of load) */
-        if (rp + 4 <= nwords && (pos >> 3) + 40 <= xlen) {
-            DEC(g, 0, 0);
-            DEC(g + 1, 1, 0);
-            DEC(g + 2, 2, 0);
-            DEC(g + 3, 3, 0);
+    size_t ng = n & ~(size_t)(NSTATES - 1), g = 0;
+#ifdef HAVE_AVX2_DECODER
+    if ((w == 2 || w == 4) && simd_enabled)
+        g = avx2_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
+                               x, words, nwords, &rp, xb, xlen, &pos);
+#endif
+    for (; g < ng; g += NSTATES) {
+        /* a group reads at most NSTATES stream words and NSTATES * 62 extra bits (+ 8 bytes
+         * of load) */
+        if (rp + NSTATES <= nwords && (pos >> 3) + 8 * NSTATES + 8 <= xlen) {
+            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 0);
         } else {
-            DEC(g, 0, 1);
-            DEC(g + 1, 1, 1);
-            DEC(g + 2, 2, 1);
-            DEC(g + 3, 3, 1);
+            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 1);
         }
     }
-    for (size_t i = n4; i < n; i++) {
-        switch (i & 3) {
-        case 0: DEC(i, 0, 1); break;
-        case 1: DEC(i, 1, 1); break;
-        default: DEC(i, 2, 1); break; /* n % 4 <= 3 words remain */
-        }
-    }
+    for (size_t i = ng; i < n; i++) DEC(i, i % NSTATES, 1);
 #undef DEC
-    x[0] = x0, x[1] = x1, x[2] = x2, x[3] = x3;
     br.pos = pos;
     if (bad || rp != nwords) return "rANS stream does not match its length (truncated or tampered)";
     for (int j = 0; j < NSTATES; j++)
@@ -631,7 +742,7 @@ CLONES static const char *ans_decode(const uint8_t *payload, size_t plen, const 
  * alignment of each piece included). */
 static size_t scratch_need(size_t nbytes, int w) {
     size_t n = nbytes / (size_t)w, align = 10 * 64;
-    size_t enc = (n + 1) * 2 + (nbytes + 8) + (nbytes + 16) + TABLE_BYTES + 8 +
+    size_t enc = (n + 1) * 2 + (nbytes + 8) + (nbytes + 4 * NSTATES) + TABLE_BYTES + 8 +
                  4 * MAX_CTX * ALPHABET_MAX * 4 + MAX_CTX * ALPHABET_MAX * sizeof(EncSym) +
                  MAX_CTX * ALPHABET_MAX * 4 + MAX_KEYS * 4 + align;
     size_t dec = MAX_CTX * SCALE * sizeof(Slot) + MAX_KEYS * 4 + (nbytes + 16) + align;
@@ -798,7 +909,23 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(set_simd_doc,
+"set_simd(enabled) -> bool\n\n"
+"Let decode() use the AVX2 decoder (when the CPU has it), or only the portable one; returns\n"
+"whether the AVX2 decoder is now in use. For tests and benchmarks: both decode the same bytes.");
+
+static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
+    int enable = PyObject_IsTrue(arg);
+    if (enable < 0) return NULL;
+#ifdef HAVE_AVX2_DECODER
+    __builtin_cpu_init();
+    simd_enabled = enable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+#endif
+    return PyBool_FromLong(simd_enabled);
+}
+
 static PyMethodDef methods[] = {
+    {"set_simd", py_set_simd, METH_O, set_simd_doc},
     {"scratch_size", py_scratch_size, METH_VARARGS, scratch_size_doc},
     {"encode", py_encode, METH_VARARGS, encode_doc},
     {"decode", py_decode, METH_VARARGS, decode_doc},
@@ -815,5 +942,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__delta_ans(void) {
     init_short_tokens();
+#ifdef HAVE_AVX2_DECODER
+    init_renorm_shuffle();
+    __builtin_cpu_init();
+    simd_enabled = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+#endif
     return PyModule_Create(&module);
 }

@@ -431,12 +431,12 @@ def test_tampered_ans_payload(pair, edit, match) -> None:
     _decode_fails(pair, (FormatError, IntegrityError), match)
 
 
-def test_a_format_1_delta_is_refused_saying_what_to_do(pair) -> None:
+def test_an_older_format_is_refused_saying_what_to_do(pair) -> None:
     d = pair[2]
     index = json.loads((d / delta.INDEX_FILE).read_bytes())
-    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=1)).encode())
+    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=2)).encode())
     _decode_fails(pair, FormatError, "older p2pdist.*fetch the version in full")
-    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=3)).encode())
+    (d / delta.INDEX_FILE).write_bytes(json.dumps(dict(index, version=4)).encode())
     _decode_fails(pair, FormatError, "upgrade p2pdist")
 
 

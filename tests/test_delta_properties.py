@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from p2pdist import delta
+from p2pdist import _delta_ans, delta
 from p2pdist.delta_codec import (
     WORD_TYPES,
     decode_ans,
@@ -98,6 +98,63 @@ def _decode(coded, base: np.ndarray | None, size: int) -> bytes:
     return out.tobytes()
 
 
+def _ans_both_ways(
+    payload: bytes, base: np.ndarray, size: int, word: int, context: tuple[int, int, int] | None
+) -> bytes | str:
+    """What the AVX2 decoder and the portable one make of a payload (the bytes, or the error),
+    checked to be the same: only the AVX2 decoder runs in production on x86-64."""
+    results = []
+    for simd in (True, False):
+        was = _delta_ans.set_simd(simd)
+        try:
+            out = np.zeros(size, np.uint8)
+            decode_ans(payload, base, out, word, context)
+            results.append(out.tobytes())
+        except FormatError as e:
+            results.append(str(e))
+        finally:
+            _delta_ans.set_simd(was)
+    assert results[0] == results[1]
+    return results[0]
+
+
+def test_the_avx2_decoder_is_used_where_the_cpu_has_it() -> None:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    has_avx2 = " avx2" in flags and " bmi2" in flags
+    was = _delta_ans.set_simd(True)
+    try:
+        assert _delta_ans.set_simd(True) == has_avx2
+        assert _delta_ans.set_simd(False) is False
+    finally:
+        _delta_ans.set_simd(was)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["BF16", "F16", "F32", "I32"]),
+    st.integers(16, 3000),
+    st.sampled_from([1, 3, 8, 14]),
+    st.integers(0, 2**32 - 1),
+)
+def test_avx2_and_portable_decoders_agree(dtype: str, n: int, scale: int, seed: int) -> None:
+    """Moves of up to ``scale`` bits (tokens with up to 13 extra bits for 16-bit words, 29 for
+    32-bit ones come from the wide moves of random words below)."""
+    word = DTYPE_SIZES[dtype]
+    rng = np.random.default_rng(seed)
+    old = rng.integers(0, 256, n * word, dtype=np.uint8)
+    new = _moved(old.view(WORD_TYPES[word]), min(scale, 8 * word), seed)
+    if seed % 4 == 0:  # a few words moved by anything: the widest tokens
+        wide = np.frombuffer(_moved(old.view(WORD_TYPES[word]), 8 * word, seed + 1), np.uint8)
+        new_a = np.frombuffer(new, np.uint8).copy()
+        pick = rng.integers(0, n, max(1, n // 50))
+        for i in pick:
+            new_a[i * word : (i + 1) * word] = wide[i * word : (i + 1) * word]
+        new = new_a.tobytes()
+    coded = encode_segment(np.frombuffer(new, np.uint8), old, word, float_key(dtype))
+    assume(coded.op == "ans")
+    assert _ans_both_ways(coded.payloads[0].payload, old, n * word, word, coded.context) == new
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_segment_codec_is_lossless(data: st.DataObject) -> None:
@@ -162,11 +219,7 @@ def test_tampered_ans_payload_never_escapes(
         bad = payload[:i] + bytes([payload[i] ^ data.draw(st.integers(1, 255))]) + payload[i + 1 :]
     else:
         bad = data.draw(st.binary(max_size=len(old)))
-    out = np.zeros(len(old), np.uint8)
-    try:
-        decode_ans(bad, np.frombuffer(old, np.uint8), out, word, context)
-    except FormatError:
-        pass
+    _ans_both_ways(bad, np.frombuffer(old, np.uint8), len(old), word, context)
 
 
 @pytest.mark.parametrize("word", [1, 2, 4, 8])
