@@ -9,18 +9,22 @@
  *           its leading one, and the p - 2 lowest bits of z are "extra bits", stored raw
  *   context = clamp(((base >> shift) & (2^bits - 1)) - lo, 0, 15)   (a float's exponent)
  *
- * Tokens are entropy coded by rANS (32-bit states, 16-bit I/O, 16 interleaved states, 12-bit
+ * Tokens are entropy coded by rANS (32-bit states, 16-bit I/O, 32 interleaved states, 12-bit
  * probabilities) with one static frequency table per context; the tables are stored in the
  * payload. Weights of one exponent move by similar numbers of units in the last place, so the
  * exponent context does what sorting by exponent did for zstd, without moving any data.
  *
  * Everything here works on caller-owned buffers, allocates only small fixed tables and
  * per-segment scratch bounded by the segment's size, and releases the GIL while it computes,
- * so a thread pool keeps every core busy. The decoder trusts nothing in the payload: every
- * table, length and read is checked, and it never reads or writes outside the buffers it was
- * given. A malformed payload (bad table, stream too short or too long, final rANS states not
- * the initial ones, nonzero padding) is refused with ValueError; a well-formed but wrong one
- * decodes to bytes that the caller's blake3 check then refuses.
+ * so a thread pool keeps every core busy. Decoding 16- and 32-bit words runs on AVX-512 or
+ * AVX2 where the CPU has them (chosen when the module loads; the portable decoder finishes
+ * each segment's last groups, and the tests check that all three decode the same bytes).
+ * The decoder trusts nothing in the payload: every table, length and read is checked (the
+ * vector decoders run only while a whole group's reads surely fit), and it never reads or
+ * writes outside the buffers it was given. A malformed payload (bad table, stream too short
+ * or too long, final rANS states not the initial ones, nonzero padding) is refused with
+ * ValueError; a well-formed but wrong one decodes to bytes that the caller's blake3 check
+ * then refuses.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -33,7 +37,7 @@
 #define SCALE_BITS 12
 #define SCALE (1u << SCALE_BITS)
 #define RANS_L (1u << 15) /* states live in [2^15, 2^31): the reciprocal division is exact */
-#define NSTATES 16 /* word i is coded by state i % 16: two vectors of 8 lanes for AVX2 */
+#define NSTATES 32 /* word i is coded by state i % 32: two AVX-512 vectors, four of AVX2 */
 #define MAX_CTX 16
 #define ALPHABET_MAX 256 /* 32 * w tokens for w-byte words */
 #define SMALL 16
@@ -476,9 +480,11 @@ static const char *read_tables(In *in, int ntables, int alphabet, Slot (*lut)[SC
 
 /* ------------------------------------------------------------------------ AVX2 decoder */
 
-/* Whether decode() may use the vector decoder: set when the module loads (the CPU has AVX2),
- * and switchable for the tests, which check that both decoders agree byte for byte. */
-static int simd_enabled = 0;
+/* Which decoder decode() uses: 0 portable C, 1 AVX2, 2 AVX-512 (16-bit words; others use
+ * AVX2). The best the CPU has is chosen when the module loads; the tests switch between them
+ * and check that all decode the same bytes. */
+enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
+static int simd_level = SIMD_NONE;
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_DECODER 1
@@ -536,8 +542,15 @@ AVX2 INLINE void avx2_decode8(int w, const uint8_t *bs, uint8_t *out, size_t i, 
     const uint8_t *from = xb + (*pos >> 3);
     __m256i byte = _mm256_srli_epi32(at, 3), off = _mm256_and_si256(at, _mm256_set1_epi32(7));
     __m256i bits;
-    if (w == 2) { /* nb <= 13: 32 bits from the byte hold them after a shift of at most 7 */
-        bits = _mm256_srlv_epi32(_mm256_i32gather_epi32((const int *)from, byte, 1), off);
+    if (w == 2) {
+        /* nb <= 13: the 8 lanes' bits lie in the 16 bytes from `from` (at most 7 + 8 * 13 bits),
+         * and each lane's in the 3 bytes from its own byte: a byte shuffle of those 16 bytes,
+         * not a gather (which measured as a fifth of the decoder's time) */
+        __m256i window = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)from));
+        const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                                0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+        __m256i pick = _mm256_add_epi8(_mm256_shuffle_epi8(byte, spread), _mm256_set1_epi32(0x03020100));
+        bits = _mm256_srlv_epi32(_mm256_shuffle_epi8(window, pick), off);
     } else { /* nb <= 29: 64-bit loads */
         __m256i lo4 = _mm256_i32gather_epi64((const long long *)from, _mm256_castsi256_si128(byte), 1);
         __m256i hi4 = _mm256_i32gather_epi64((const long long *)from, _mm256_extracti128_si256(byte, 1), 1);
@@ -568,26 +581,112 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
                                       const Slot *lut, uint64_t kmask, unsigned shift, int64_t lo,
                                       uint32_t *x, const uint16_t *words, size_t nwords,
                                       size_t *rp, const uint8_t *xb, size_t xlen, uint64_t *pos) {
-    __m256i xa = _mm256_loadu_si256((const __m256i *)x), xz = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i xs[NSTATES / 8];
+    for (int k = 0; k < NSTATES / 8; k++) xs[k] = _mm256_loadu_si256((const __m256i *)(x + 8 * k));
     __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
     __m128i sh = _mm_cvtsi32_si128((int)shift);
     size_t g = 0, r = *rp;
     uint64_t p = *pos;
-    /* a group: at most 16 stream words (+ 8 read past by the vector load, which the buffer's
-     * padding or the stream holds) and 16 * 29 extra bits (+ 8 bytes of load) */
-    size_t xbytes = (size_t)(w == 2 ? 16 * 13 : 16 * 29) / 8 + 16;
+    /* a group: at most NSTATES stream words (the last vector's load reads 8 of them) and
+     * NSTATES * 29 extra bits (+ 16 bytes of load) */
+    size_t xbytes = (size_t)(w == 2 ? NSTATES * 13 : NSTATES * 29) / 8 + 16;
     for (; g < ng; g += NSTATES) {
         if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;
-        if (w == 2) {
-            avx2_decode8(2, bs, out, g, lut, km, sh, l, &xa, words, &r, xb, &p);
-            avx2_decode8(2, bs, out, g + 8, lut, km, sh, l, &xz, words, &r, xb, &p);
-        } else {
-            avx2_decode8(4, bs, out, g, lut, km, sh, l, &xa, words, &r, xb, &p);
-            avx2_decode8(4, bs, out, g + 8, lut, km, sh, l, &xz, words, &r, xb, &p);
+        for (int k = 0; k < NSTATES / 8; k++) {
+            if (w == 2)
+                avx2_decode8(2, bs, out, g + 8 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
+            else
+                avx2_decode8(4, bs, out, g + 8 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
         }
     }
-    _mm256_storeu_si256((__m256i *)x, xa);
-    _mm256_storeu_si256((__m256i *)(x + 8), xz);
+    for (int k = 0; k < NSTATES / 8; k++) _mm256_storeu_si256((__m256i *)(x + 8 * k), xs[k]);
+    *rp = r, *pos = p;
+    return g;
+}
+#define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512vl,avx512vbmi")))
+
+/* Decode groups of 16 16-bit words with the 16 states in one vector: the steps of
+ * avx2_decode8, where lanes that renormalise take their stream words with one expand, and the
+ * extra bits of all 16 lanes (at most 7 + 16 * 13 bits) come from one 32-byte load and a byte
+ * permutation. */
+AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
+                                   __m512i km, __m128i sh, __m512i l, __m512i *x,
+                                   const uint16_t *words, size_t *rp, const uint8_t *xb,
+                                   uint64_t *pos) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    __m512i v = *x;
+    __m512i b = w == 2 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)))
+                       : _mm512_loadu_si512((const void *)(bs + i * 4));
+    __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_srl_epi32(b, sh), km), l);
+    c = _mm512_min_epi32(_mm512_max_epi32(c, zero), _mm512_set1_epi32(MAX_CTX - 1));
+    __m512i slot = _mm512_or_si512(_mm512_slli_epi32(c, SCALE_BITS),
+                                   _mm512_and_si512(v, _mm512_set1_epi32(SCALE - 1)));
+    __m512i e = _mm512_i32gather_epi32(slot, (const void *)lut, 4);
+    __m512i t = _mm512_and_si512(e, _mm512_set1_epi32(0xff));
+    __m512i f = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(0xfff)), one);
+    v = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srli_epi32(v, SCALE_BITS)), _mm512_srli_epi32(e, 20));
+    __mmask16 need = _mm512_cmplt_epu32_mask(v, _mm512_set1_epi32(RANS_L));
+    __m512i fresh = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(words + *rp)));
+    *x = _mm512_mask_or_epi32(v, need, _mm512_slli_epi32(v, 16), _mm512_maskz_expand_epi32(need, fresh));
+    *rp += (size_t)__builtin_popcount((unsigned)need);
+    __mmask16 big = _mm512_cmpgt_epi32_mask(t, _mm512_set1_epi32(SMALL - 1));
+    __m512i nb = _mm512_maskz_add_epi32(big, _mm512_srli_epi32(_mm512_sub_epi32(t, _mm512_set1_epi32(SMALL)), 2),
+                                        _mm512_set1_epi32(2));
+    __m512i sum = _mm512_add_epi32(nb, _mm512_alignr_epi32(nb, zero, 15));
+    sum = _mm512_add_epi32(sum, _mm512_alignr_epi32(sum, zero, 14));
+    sum = _mm512_add_epi32(sum, _mm512_alignr_epi32(sum, zero, 12));
+    sum = _mm512_add_epi32(sum, _mm512_alignr_epi32(sum, zero, 8));
+    __m512i at = _mm512_add_epi32(_mm512_sub_epi32(sum, nb), _mm512_set1_epi32((int)(*pos & 7)));
+    /* each lane's bits start in byte at / 8 of a window of 32 (w = 2: at most 7 + 16 * 13 bits)
+     * or 64 bytes (w = 4: 7 + 16 * 29 bits); a byte permutation gathers them */
+    const __m512i spread = _mm512_set4_epi32(0x0c0c0c0c, 0x08080808, 0x04040404, 0);
+    __m512i pick = _mm512_add_epi8(_mm512_shuffle_epi8(_mm512_srli_epi32(at, 3), spread), _mm512_set1_epi32(0x03020100));
+    __m512i off = _mm512_and_si512(at, _mm512_set1_epi32(7)), bits;
+    if (w == 2) { /* nb + off <= 20: the 4 bytes from at / 8 hold them */
+        __m512i window = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xb + (*pos >> 3))));
+        bits = _mm512_srlv_epi32(_mm512_permutexvar_epi8(pick, window), off);
+    } else { /* nb + off <= 36: 8 bytes, shifted as a pair of 32-bit halves */
+        __m512i window = _mm512_loadu_si512((const void *)(xb + (*pos >> 3)));
+        __m512i low = _mm512_permutexvar_epi8(pick, window);
+        __m512i high = _mm512_permutexvar_epi8(_mm512_add_epi8(pick, _mm512_set1_epi8(4)), window);
+        bits = _mm512_or_si512(_mm512_srlv_epi32(low, off),
+                               _mm512_sllv_epi32(high, _mm512_sub_epi32(_mm512_set1_epi32(32), off)));
+    }
+    bits = _mm512_and_si512(bits, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
+    *pos += (uint32_t)_mm_extract_epi32(_mm512_extracti32x4_epi32(sum, 3), 3);
+    __m512i zbig = _mm512_sllv_epi32(_mm512_add_epi32(_mm512_and_si512(t, _mm512_set1_epi32(3)), _mm512_set1_epi32(4)), nb);
+    __m512i z = _mm512_or_si512(_mm512_mask_blend_epi32(big, t, zbig), bits);
+    __m512i d = _mm512_xor_si512(_mm512_srli_epi32(z, 1), _mm512_sub_epi32(zero, _mm512_and_si512(z, one)));
+    if (w == 2)
+        _mm256_storeu_si256((__m256i *)(out + i * 2), _mm512_cvtepi32_epi16(_mm512_add_epi32(b, d)));
+    else
+        _mm512_storeu_si512((void *)(out + i * 4), _mm512_add_epi32(b, d));
+}
+
+AVX512 static size_t avx512_decode_groups(int w, const uint8_t *bs, uint8_t *out, size_t ng,
+                                            const Slot *lut, uint64_t kmask, unsigned shift,
+                                            int64_t lo, uint32_t *x, const uint16_t *words,
+                                            size_t nwords, size_t *rp, const uint8_t *xb,
+                                            size_t xlen, uint64_t *pos) {
+    const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    __m512i xs[NSTATES / 16];
+    for (int k = 0; k < NSTATES / 16; k++) xs[k] = _mm512_loadu_si512((const void *)(x + 16 * k));
+    size_t g = 0, r = *rp;
+    uint64_t p = *pos;
+    /* a group: NSTATES stream words at most, and a vector's window of extra bits (32 or 64
+     * bytes) at most NSTATES * 13 or 29 bits on */
+    size_t xbytes = w == 2 ? NSTATES * 13 / 8 + 32 : NSTATES * 29 / 8 + 64;
+    for (; g < ng; g += NSTATES) {
+        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;
+        for (int k = 0; k < NSTATES / 16; k++) {
+            if (w == 2)
+                avx512_decode16(2, bs, out, g + 16 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
+            else
+                avx512_decode16(4, bs, out, g + 16 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
+        }
+    }
+    for (int k = 0; k < NSTATES / 16; k++) _mm512_storeu_si512((void *)(x + 16 * k), xs[k]);
     *rp = r, *pos = p;
     return g;
 }
@@ -679,7 +778,10 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
     } while (0)
     size_t ng = n & ~(size_t)(NSTATES - 1), g = 0;
 #ifdef HAVE_AVX2_DECODER
-    if ((w == 2 || w == 4) && simd_enabled)
+    if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512)
+        g = avx512_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
+                                   x, words, nwords, &rp, xb, xlen, &pos);
+    else if ((w == 2 || w == 4) && simd_level >= SIMD_AVX2)
         g = avx2_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
                                x, words, nwords, &rp, xb, xlen, &pos);
 #endif
@@ -909,19 +1011,32 @@ done:
     return res;
 }
 
-PyDoc_STRVAR(set_simd_doc,
-"set_simd(enabled) -> bool\n\n"
-"Let decode() use the AVX2 decoder (when the CPU has it), or only the portable one; returns\n"
-"whether the AVX2 decoder is now in use. For tests and benchmarks: both decode the same bytes.");
-
-static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
-    int enable = PyObject_IsTrue(arg);
-    if (enable < 0) return NULL;
+/* The best decoder this CPU runs (the libgcc checks include the OS's support of the registers). */
+static int best_simd_level(void) {
 #ifdef HAVE_AVX2_DECODER
     __builtin_cpu_init();
-    simd_enabled = enable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("bmi2")) return SIMD_NONE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi"))
+        return SIMD_AVX512;
+    return SIMD_AVX2;
+#else
+    return SIMD_NONE;
 #endif
-    return PyBool_FromLong(simd_enabled);
+}
+
+PyDoc_STRVAR(set_simd_doc,
+"set_simd(level) -> int\n\n"
+"Let decode() use vector decoders up to ``level`` (0 portable C, 1 AVX2, 2 AVX-512) where the\n"
+"CPU has them; returns the level now in use. For tests and benchmarks: all decode the same\n"
+"bytes, and the best one is chosen when the module loads.");
+
+static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
+    long level = PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred()) return NULL;
+    int best = best_simd_level();
+    simd_level = level < 0 ? SIMD_NONE : level > best ? best : (int)level;
+    return PyLong_FromLong(simd_level);
 }
 
 static PyMethodDef methods[] = {
@@ -944,8 +1059,7 @@ PyMODINIT_FUNC PyInit__delta_ans(void) {
     init_short_tokens();
 #ifdef HAVE_AVX2_DECODER
     init_renorm_shuffle();
-    __builtin_cpu_init();
-    simd_enabled = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
 #endif
+    simd_level = best_simd_level();
     return PyModule_Create(&module);
 }

@@ -52,7 +52,8 @@ INDEX_FILE = "delta.json"
 FORMAT_NAME = "p2pdist-delta"
 FORMAT_VERSION = 3
 """1: xor/sub byte planes sorted by exponent, zstd. 2: copy / raw / ans segments. 3: ans
-with 16 interleaved rANS states instead of 4, so that two 8-lane vectors decode a group."""
+with 32 interleaved rANS states instead of 4, so that vector decoders (AVX2, AVX-512) decode
+a group of 32 words at once."""
 META_KEY = "p2pdist.delta"
 MAX_SEGMENT = 64 << 20
 """The decoder refuses a segment that must be decoded and is larger than this."""

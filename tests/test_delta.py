@@ -234,7 +234,10 @@ def test_files_argument_limits_the_version(tmp_path: Path) -> None:
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path, Path, tuple[FileEntry, ...]]:
     gen = torch.Generator().manual_seed(3)
-    old = {"w": torch.randn(256, 64, generator=gen).bfloat16(), "b": torch.randn(64, generator=gen)}
+    old = {
+        "w": torch.randn(256, 64, generator=gen).bfloat16(),
+        "b": torch.randn(512, generator=gen),
+    }
     new = {k: _nudge(v) for k, v in old.items()}
     a = _write(tmp_path / "a", old, shard=1 << 30, **{"config.json": b'{"a": 1}'})
     b = _write(tmp_path / "b", new, shard=1 << 30, **{"config.json": b'{"a": 2}'})

@@ -101,11 +101,11 @@ def _decode(coded, base: np.ndarray | None, size: int) -> bytes:
 def _ans_both_ways(
     payload: bytes, base: np.ndarray, size: int, word: int, context: tuple[int, int, int] | None
 ) -> bytes | str:
-    """What the AVX2 decoder and the portable one make of a payload (the bytes, or the error),
-    checked to be the same: only the AVX2 decoder runs in production on x86-64."""
+    """What each decoder this CPU has (AVX-512, AVX2, portable C) makes of a payload, the bytes
+    or the error, checked to be the same: production runs only the best one."""
     results = []
-    for simd in (True, False):
-        was = _delta_ans.set_simd(simd)
+    for level in (2, 1, 0):
+        was = _delta_ans.set_simd(level)
         try:
             out = np.zeros(size, np.uint8)
             decode_ans(payload, base, out, word, context)
@@ -114,25 +114,27 @@ def _ans_both_ways(
             results.append(str(e))
         finally:
             _delta_ans.set_simd(was)
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     return results[0]
 
 
-def test_the_avx2_decoder_is_used_where_the_cpu_has_it() -> None:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    has_avx2 = " avx2" in flags and " bmi2" in flags
-    was = _delta_ans.set_simd(True)
+def test_the_best_decoder_the_cpu_has_is_used() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    avx2 = {"avx2", "bmi2"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512vbmi"} <= flags
+    best = _delta_ans.set_simd(9)
     try:
-        assert _delta_ans.set_simd(True) == has_avx2
-        assert _delta_ans.set_simd(False) is False
+        assert best == (2 if avx512 else 1 if avx2 else 0)
+        assert _delta_ans.set_simd(0) == 0
     finally:
-        _delta_ans.set_simd(was)
+        _delta_ans.set_simd(best)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["BF16", "F16", "F32", "I32"]),
-    st.integers(16, 3000),
+    st.integers(32, 5000),
     st.sampled_from([1, 3, 8, 14]),
     st.integers(0, 2**32 - 1),
 )
