@@ -209,13 +209,19 @@ def encode(
     out_dir: str | Path,
     *,
     files: Sequence[str] | None = None,
+    new_files: Sequence[FileEntry] = (),
+    parent_files: Sequence[FileEntry] = (),
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> list[str]:
     """Write into ``out_dir`` the delta that rebuilds ``new_dir`` from ``parent_dir``.
 
     ``files`` are the new version's files (default: every non-hidden file of ``new_dir``).
-    Returns the delta's file names (``delta.json`` first). Nothing is left in ``out_dir`` if
+    ``new_files`` and ``parent_files`` are the versions' files as their manifests describe
+    them, when the caller has them (a publisher does): the files they list are not hashed
+    again unless their size changed. Their digests are trusted; a wrong one gives a delta
+    whose rebuilt files fail their check, which is why a publisher decodes every delta before
+    it signs. Returns the delta's file names (``delta.json`` first). Nothing is left in ``out_dir`` if
     encoding fails.
     """
     parent_dir, new_dir, out_dir = Path(parent_dir), Path(new_dir), Path(out_dir)
@@ -224,11 +230,11 @@ def encode(
         raise ValueError(f"chunk_bytes must be between 8 and {MAX_SEGMENT}")
     new_paths = sorted(safe_relpath(p) for p in (list_files(new_dir) if files is None else files))
     parent_paths = list_files(parent_dir)
-    new_entries = describe_files(new_dir, new_paths)
+    new_entries = _describe(new_dir, new_paths, new_files)
     parent_tensors = _parent_tensors(parent_dir, parent_paths)
     same_path = [p for p in new_paths if p in set(parent_paths)]
     candidates = sorted(set(same_path) | {f for f, _ in parent_tensors.values()})
-    parent_entries = {e.path: e for e in describe_files(parent_dir, candidates)}
+    parent_entries = {e.path: e for e in _describe(parent_dir, candidates, parent_files)}
 
     targets: list[DeltaTarget] = []
     plans: list[tuple[int, FileEntry, SafetensorsHeader | None]] = []
@@ -290,6 +296,15 @@ def encode(
             p.unlink(missing_ok=True)
         raise
     return index.delta_files
+
+
+def _describe(folder: Path, paths: Sequence[str], known: Sequence[FileEntry]) -> list[FileEntry]:
+    """Entries of ``paths`` under ``folder``: from ``known`` where it lists the file with its
+    current size, else hashed."""
+    by_path = {e.path: e for e in known}
+    reuse = {p for p in paths if p in by_path and (folder / p).stat().st_size == by_path[p].size}
+    hashed = {e.path: e for e in describe_files(folder, [p for p in paths if p not in reuse])}
+    return [by_path[p] if p in reuse else hashed[p] for p in paths]
 
 
 def _encode_target(

@@ -116,7 +116,10 @@ def build_version(
         if parent is not None:
             parent_snapshot = store.snapshot(name, parent)
             delta_dir = stage / "delta"
-            delta_entries = _encode_delta(parent_snapshot, folder, delta_dir, entries, stage)
+            parent_entries = store.manifest(name, parent).files
+            delta_entries = _encode_delta(
+                parent_snapshot, parent_entries, folder, delta_dir, entries, stage
+            )
             delta_meta = make_torrent(
                 delta_dir,
                 [e.path for e in delta_entries],
@@ -146,6 +149,7 @@ def build_version(
 
 def _encode_delta(
     parent_snapshot: Path,
+    parent_entries: tuple[FileEntry, ...],
     folder: Path,
     delta_dir: Path,
     entries: tuple[FileEntry, ...],
@@ -154,7 +158,9 @@ def _encode_delta(
     from p2pdist import delta as delta_codec
 
     delta_dir.mkdir(parents=True)
-    written = delta_codec.encode(parent_snapshot, folder, delta_dir)
+    written = delta_codec.encode(
+        parent_snapshot, folder, delta_dir, new_files=entries, parent_files=parent_entries
+    )
     delta_entries = describe_files(delta_dir, written)
     # Prove the delta rebuilds the version byte for byte before anyone can download it.
     rebuilt = stage / "rebuilt"

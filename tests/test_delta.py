@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,29 @@ def _set_payload(path: Path, name: str, payload: bytes) -> None:
 def _main_delta(d: Path) -> Path:
     index = delta.read_index(d)
     return d / next(t.delta for t in index.files if t.path == "model.safetensors")
+
+
+def test_digests_the_caller_knows_are_not_computed_again(pair) -> None:
+    a, b, d, expected = pair
+    parent_files = _expected(a)
+    again = d.parent / "again"
+    delta.encode(a, b, again, new_files=expected, parent_files=parent_files)
+    for name in delta.read_index(d).delta_files:
+        assert (again / name).read_bytes() == (d / name).read_bytes(), name
+    # a digest given with the file's size is trusted, so a wrong one shows in the delta, whose
+    # rebuilt file then fails its check (a publisher decodes every delta before signing)
+    lying = tuple(
+        replace(e, blake3="0" * 64) if e.path == "model.safetensors" else e for e in expected
+    )
+    wrong = d.parent / "wrong"
+    delta.encode(a, b, wrong, new_files=lying, parent_files=parent_files)
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: rebuilt from the delta"):
+        delta.decode(a, wrong, d.parent / "out3", expected=lying)
+    # a listed file whose size changed is hashed
+    stale = tuple(replace(e, size=e.size + 1) for e in expected)
+    fresh = d.parent / "fresh"
+    delta.encode(a, b, fresh, new_files=stale, parent_files=parent_files)
+    assert delta.read_index(fresh).files == delta.read_index(d).files
 
 
 def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
