@@ -218,6 +218,65 @@ static void enc_sym_init(EncSym *s, uint32_t start, uint32_t freq) {
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_VECTOR_CODERS 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,bmi2")))
+#define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512cd,avx512vl,avx512vbmi")))
+
+/* Which vector code runs: 0 portable C, 1 AVX2 (decoder), 2 AVX-512 (decoder, and the
+ * encoder's rANS pass). The best the CPU has is chosen when the module loads; the tests
+ * switch between them and check that all code the same bytes. */
+enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
+static int simd_level = SIMD_NONE;
+
+/* The encoder's rANS pass over whole groups, last group first: the steps of ENC_PUT for
+ * states 31..16 as one vector, then 15..0. A vector's lanes that renormalise write their low
+ * 16 bits below ptr in lane order (a compress and a masked store), as the scalar encoder does
+ * one state at a time. Returns 0, or -1 if the stream would reach floor. */
+AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc, size_t ng,
+                                       uint32_t *x, uint16_t **pptr, const uint16_t *floor) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m256i one = _mm256_set1_epi32(1);
+    const long long *table = (const long long *)enc; /* a symbol is two 64-bit halves */
+    __m512i xs[NSTATES / 16];
+    for (int k = 0; k < NSTATES / 16; k++) xs[k] = _mm512_loadu_si512((const void *)(x + 16 * k));
+    uint16_t *ptr = *pptr;
+    for (size_t g = ng; g > 0; g -= NSTATES) {
+        if (ptr < floor) return -1;
+        for (int k = NSTATES / 16; k-- > 0;) {
+            __m512i c = _mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(codes + g - NSTATES + 16 * (size_t)k))), 1);
+            __m256i c0 = _mm512_castsi512_si256(c), c1 = _mm512_extracti64x4_epi64(c, 1);
+            __m512i a0 = _mm512_i32gather_epi64(c0, table, 8), a1 = _mm512_i32gather_epi64(c1, table, 8);
+            __m512i b0 = _mm512_i32gather_epi64(_mm256_add_epi32(c0, one), table, 8);
+            __m512i b1 = _mm512_i32gather_epi64(_mm256_add_epi32(c1, one), table, 8);
+            __m512i x_max = _mm512_permutex2var_epi32(a0, even, a1);
+            __m512i rcp = _mm512_permutex2var_epi32(a0, odd, a1);
+            __m512i bias = _mm512_permutex2var_epi32(b0, even, b1);
+            __m512i cs = _mm512_permutex2var_epi32(b0, odd, b1); /* cmpl_freq | rcp_shift << 16 */
+            __m512i v = xs[k];
+            __mmask16 need = _mm512_cmpge_epu32_mask(v, x_max);
+            unsigned cnt = (unsigned)__builtin_popcount((unsigned)need);
+            ptr -= cnt;
+            _mm256_mask_storeu_epi16(ptr, (__mmask16)((1u << cnt) - 1),
+                                     _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(need, v)));
+            v = _mm512_mask_srli_epi32(v, need, v, 16);
+            /* q = (v * rcp) >> 32 >> rcp_shift, even and odd lanes apart */
+            __m512i lo = _mm512_srli_epi64(_mm512_mul_epu32(v, rcp), 32);
+            __m512i hi = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(rcp, 32));
+            __m512i q = _mm512_srlv_epi32(_mm512_mask_blend_epi32(0xaaaa, lo, hi), _mm512_srli_epi32(cs, 16));
+            __m512i cmpl = _mm512_and_si512(cs, _mm512_set1_epi32(0xffff));
+            xs[k] = _mm512_add_epi32(_mm512_add_epi32(v, bias), _mm512_mullo_epi32(q, cmpl));
+        }
+    }
+    for (int k = 0; k < NSTATES / 16; k++) _mm512_storeu_si512((void *)(x + 16 * k), xs[k]);
+    *pptr = ptr;
+    return 0;
+}
+#endif
+
 /* ------------------------------------------------------------------------ encoder */
 
 /* Extra bits, least significant first. A word's extra bits are fewer than its own bits, so the
@@ -264,14 +323,72 @@ INLINE int64_t choose_lo_w(const uint8_t *base, size_t n, int w, unsigned shift,
     if (!hist) return 0;
     memset(hist, 0, nkeys * sizeof *hist);
     uint64_t kmask = nkeys - 1;
-    /* every 8th word is sample enough, and spares a store-to-load stall per word */
-    for (size_t i = 0; i < n; i += 8) hist[(load_word(base + i * w, w) >> shift) & kmask]++;
-    size_t threshold = (n + 7) / 8 / 1024 + 1;
+    /* a word in 64 is sample enough (at least 1024 of them in segments over 64 Ki words), and
+     * leaves most of the base's cache lines to be read once, by pass 1 */
+    size_t step = n >= (64u << 10) ? 64 : 8, samples = (n + step - 1) / step;
+    for (size_t i = 0; i < n; i += step) hist[(load_word(base + i * w, w) >> shift) & kmask]++;
+    size_t threshold = samples / 1024 + 1;
     int64_t top = (int64_t)nkeys - 1;
     while (top > 0 && hist[top] < threshold) top--;
     int64_t lo = top - (MAX_CTX - 1);
     return lo < 0 ? 0 : lo;
 }
+
+#ifdef HAVE_VECTOR_CODERS
+/* Pass 1 of the encoder for words [0, n16) of w = 2 or 4 bytes, 16 at a time: the tokens,
+ * contexts and extra bits of the TOKEN macro, computed as vectors; the extra bits of the lanes
+ * that have any are then written in lane order, and the histogram counted, one lane at a time.
+ * Returns the OR of every z (zero when nothing moved). */
+AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
+                                     uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                     uint16_t *codes, BitWriter *bw,
+                                     uint32_t (*hist)[MAX_CTX * ALPHABET_MAX]) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
+    const __m512i top = _mm512_set1_epi32(MAX_CTX - 1), units = _mm512_set1_epi32(alphabet);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    __m512i any = zero;
+    uint32_t xs[16], nbs[16];
+    for (size_t i = 0; i < n16; i += 16) {
+        __m512i b, z;
+        if (w == 2) {
+            b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)));
+            __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nw + i * 2)));
+            __m512i d = _mm512_and_si512(_mm512_sub_epi32(a, b), _mm512_set1_epi32(0xffff));
+            __m512i neg = _mm512_sub_epi32(zero, _mm512_srli_epi32(d, 15));
+            z = _mm512_and_si512(_mm512_xor_si512(_mm512_slli_epi32(d, 1), neg), _mm512_set1_epi32(0xffff));
+        } else {
+            b = _mm512_loadu_si512((const void *)(bs + i * 4));
+            __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(nw + i * 4)), b);
+            z = _mm512_xor_si512(_mm512_slli_epi32(d, 1), _mm512_srai_epi32(d, 31));
+        }
+        any = _mm512_or_si512(any, z);
+        /* z >= 16: p = floor(log2 z), token 4p + the two bits below the leading one, p - 2
+         * extra bits; else token z */
+        __mmask16 big = _mm512_cmpge_epu32_mask(z, _mm512_set1_epi32(SMALL));
+        __m512i p = _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(z));
+        __m512i nb = _mm512_maskz_sub_epi32(big, p, _mm512_set1_epi32(2));
+        __m512i tb = _mm512_add_epi32(_mm512_slli_epi32(p, 2),
+                                      _mm512_and_si512(_mm512_srlv_epi32(z, nb), _mm512_set1_epi32(3)));
+        __m512i t = _mm512_mask_blend_epi32(big, z, tb);
+        __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_srl_epi32(b, sh), km), l);
+        c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
+        __m512i ct = _mm512_add_epi32(_mm512_mullo_epi32(c, units), t);
+        _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
+        if (big) {
+            __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
+            _mm512_storeu_si512((void *)xs, x);
+            _mm512_storeu_si512((void *)nbs, nb);
+            for (unsigned m = big; m; m &= m - 1) {
+                int k = __builtin_ctz(m);
+                bw_put(bw, xs[k], nbs[k]);
+            }
+        }
+        for (int k = 0; k < 16; k++) hist[k & 3][codes[i + (size_t)k]]++;
+    }
+    return (uint64_t)_mm512_reduce_or_epi32(any);
+}
+#endif
 
 /* The payload, in pieces that live in the scratch arena: concatenated, they are the payload. */
 typedef struct {
@@ -331,8 +448,14 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
         codes[i] = (uint16_t)ct_;                                                                \
         hist[k][ct_]++;                                                                          \
     } while (0)
-    size_t n4 = n & ~(size_t)3;
-    for (size_t g = 0; g < n4; g += 4) {
+    size_t n4 = n & ~(size_t)3, g0 = 0;
+#ifdef HAVE_VECTOR_CODERS
+    if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512) {
+        g0 = n & ~(size_t)15;
+        any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes, &bw, hist);
+    }
+#endif
+    for (size_t g = g0; g < n4; g += 4) {
         TOKEN(g, 0);
         TOKEN(g + 1, 1);
         TOKEN(g + 2, 2);
@@ -395,10 +518,15 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     if (ptr < floor_ptr) return ENC_TOO_BIG;
     size_t ng = n & ~(size_t)(NSTATES - 1);
     for (size_t i = n; i-- > ng;) ENC_PUT(i, i % NSTATES);
-    for (size_t g = ng; g > 0; g -= NSTATES) {
-        if (ptr < floor_ptr) return ENC_TOO_BIG;
-        for (int j = NSTATES; j-- > 0;) ENC_PUT(g - NSTATES + (size_t)j, j);
-    }
+#ifdef HAVE_VECTOR_CODERS
+    if (simd_level >= SIMD_AVX512) {
+        if (avx512_encode_groups(codes, enc, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
+    } else
+#endif
+        for (size_t g = ng; g > 0; g -= NSTATES) {
+            if (ptr < floor_ptr) return ENC_TOO_BIG;
+            for (int j = NSTATES; j-- > 0;) ENC_PUT(g - NSTATES + (size_t)j, j);
+        }
 #undef ENC_PUT
     for (int j = NSTATES; j-- > 0;) {
         *--ptr = (uint16_t)(x[j] >> 16);
@@ -480,15 +608,8 @@ static const char *read_tables(In *in, int ntables, int alphabet, Slot (*lut)[SC
 
 /* ------------------------------------------------------------------------ AVX2 decoder */
 
-/* Which decoder decode() uses: 0 portable C, 1 AVX2, 2 AVX-512 (16-bit words; others use
- * AVX2). The best the CPU has is chosen when the module loads; the tests switch between them
- * and check that all decode the same bytes. */
-enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
-static int simd_level = SIMD_NONE;
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_AVX2_DECODER 1
-#include <immintrin.h>
+#ifdef HAVE_VECTOR_CODERS
 
 /* For each 8-bit mask of lanes that renormalise, the stream word each lane takes: lane k
  * takes the next word number (lanes before k that also take one). */
@@ -500,8 +621,6 @@ static void init_renorm_shuffle(void) {
         for (int k = 0; k < 8; k++) renorm_shuffle[m][k] = (m >> k) & 1 ? next++ : 0;
     }
 }
-
-#define AVX2 __attribute__((target("avx2,bmi2")))
 
 /* Decode 8 words [i, i + 8) with the 8 states in *x: the same steps as the scalar DEC, lane k
  * doing word i + k. Reads stream words at *rp (lanes in order) and extra bits at *pos. */
@@ -603,12 +722,10 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
     *rp = r, *pos = p;
     return g;
 }
-#define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512vl,avx512vbmi")))
 
-/* Decode groups of 16 16-bit words with the 16 states in one vector: the steps of
+/* Decode 16 words [i, i + 16) of w = 2 or 4 bytes with the 16 states in *x: the steps of
  * avx2_decode8, where lanes that renormalise take their stream words with one expand, and the
- * extra bits of all 16 lanes (at most 7 + 16 * 13 bits) come from one 32-byte load and a byte
- * permutation. */
+ * extra bits of all 16 lanes come from one load and a byte permutation. */
 AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
                                    __m512i km, __m128i sh, __m512i l, __m512i *x,
                                    const uint16_t *words, size_t *rp, const uint8_t *xb,
@@ -777,7 +894,7 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
         store_word(out + (i) * w, w, b_ + unzigzag(zbase[t_] | r_));                             \
     } while (0)
     size_t ng = n & ~(size_t)(NSTATES - 1), g = 0;
-#ifdef HAVE_AVX2_DECODER
+#ifdef HAVE_VECTOR_CODERS
     if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512)
         g = avx512_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
                                    x, words, nwords, &rp, xb, xlen, &pos);
@@ -1013,11 +1130,12 @@ done:
 
 /* The best decoder this CPU runs (the libgcc checks include the OS's support of the registers). */
 static int best_simd_level(void) {
-#ifdef HAVE_AVX2_DECODER
+#ifdef HAVE_VECTOR_CODERS
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("bmi2")) return SIMD_NONE;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi"))
+        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vbmi"))
         return SIMD_AVX512;
     return SIMD_AVX2;
 #else
@@ -1057,7 +1175,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__delta_ans(void) {
     init_short_tokens();
-#ifdef HAVE_AVX2_DECODER
+#ifdef HAVE_VECTOR_CODERS
     init_renorm_shuffle();
 #endif
     simd_level = best_simd_level();
