@@ -8,9 +8,13 @@ steps. For each pair, in the same run and on the same files::
     delta bytes / full bytes         p2pdist.delta.encode
     zstd --patch-from=OLD NEW --long=31 -3   (bytes / full)
     zstd -3 NEW                      (bytes / full)
-    encode and decode MB/s of model bytes (decode verifies the parent and every output blake3),
-    with the default workers (one per core) and with one worker (blake3 still uses every core),
-    the fastest of 3 runs
+    encode and decode MB/s of model bytes, the fastest of 3 runs, with the default workers (one
+    per core) and with one worker (blake3 still uses every core): encode as ``p2pdist
+    publish`` runs it (the versions' digests from their manifests) and standalone (hashing
+    both versions first); decode writes the files and verifies each one's blake3 (the
+    parent's is checked only if that fails)
+    codec MB/s: the segment codec alone on the model's tensors in memory (4 MiB chunks, one
+    thread per core), encode / decode, with the best vector code the CPU has
 
 Needs the ``zstd`` command line tool (apt-get install zstd). Run from the repository root::
 
@@ -27,12 +31,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from p2pdist import delta
+from p2pdist import _delta_ans, delta
+from p2pdist.delta import CHUNK_BYTES
+from p2pdist.delta_codec import decode_ans, encode_segment, float_key
+from p2pdist.header import DTYPE_SIZES, read_header
 from p2pdist.manifest import describe_files, list_files
 from p2pdist.shards import save_state_dict
 from p2pdist.trainer import lm
@@ -57,32 +66,77 @@ def _zstd(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _best(fn: Any) -> float:
+    """The fastest of REPEATS runs of ``fn()``, in seconds."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def codec_speed(old: Path, new: Path) -> dict[str, float]:
+    """MB/s of the segment codec alone: every tensor in CHUNK_BYTES chunks, in memory."""
+    name = "model.safetensors"
+    old_raw, new_raw = (np.fromfile(f / name, np.uint8) for f in (old, new))
+    parent = read_header(old / name).by_name()
+    jobs = []
+    for spec in read_header(new / name).tensors:
+        word, key, base = DTYPE_SIZES[spec.dtype], float_key(spec.dtype), parent[spec.name].start
+        for at in range(0, spec.nbytes, CHUNK_BYTES):
+            n = min(CHUNK_BYTES, spec.nbytes - at)
+            jobs.append((new_raw[spec.start + at :][:n], old_raw[base + at :][:n], word, key))
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+
+        def encode_all() -> list[Any]:
+            return list(pool.map(lambda job: encode_segment(*job), jobs))
+
+        def decode_one(job: tuple[Any, ...], coded: Any) -> None:
+            new_part, base, word, _ = job
+            if coded.op == "ans":
+                out = np.empty_like(new_part)
+                decode_ans(coded.payloads[0].payload, base, out, word, coded.context)
+
+        enc = _best(encode_all)
+        coded = encode_all()
+        dec = _best(lambda: list(pool.map(decode_one, jobs, coded)))
+    full = new_raw.size
+    return {"encode_MBps": full / enc / 1e6, "decode_MBps": full / dec / 1e6}
+
+
 def measure(old: Path, new: Path, work: Path) -> dict[str, Any]:
     """Every figure of one checkpoint pair (single-file versions)."""
     full = _size(new)
     expected = describe_files(new, list_files(new))
+    parent_files = describe_files(old, list_files(old))
     row: dict[str, Any] = {"full_bytes": full}
     for label, workers in (("delta", None), ("delta_1_worker", 1)):
         out, rebuilt = work / label, work / f"{label}-out"
-        enc = dec = float("inf")
-        for _ in range(REPEATS):
+
+        def encode(known: bool, out: Path = out, workers: int | None = workers) -> None:
             shutil.rmtree(out, ignore_errors=True)
+            digests = {"new_files": expected, "parent_files": parent_files} if known else {}
+            delta.encode(old, new, out, workers=workers, **digests)
+
+        def decode(out: Path = out, rebuilt: Path = rebuilt, workers: int | None = workers) -> None:
             shutil.rmtree(rebuilt, ignore_errors=True)
-            t0 = time.perf_counter()
-            delta.encode(old, new, out, workers=workers)
-            enc = min(enc, time.perf_counter() - t0)
-            t0 = time.perf_counter()
             delta.decode(old, out, rebuilt, expected=expected, workers=workers)
-            dec = min(dec, time.perf_counter() - t0)
+
+        standalone = _best(lambda: encode(False))
+        enc = _best(lambda: encode(True))
+        dec = _best(decode)
         size = delta.delta_size(out)
         row[label] = {
             "bytes": size,
             "ratio": size / full,
             "encode_MBps": full / enc / 1e6,
+            "encode_standalone_MBps": full / standalone / 1e6,
             "decode_MBps": full / dec / 1e6,
         }
         shutil.rmtree(out)
         shutil.rmtree(rebuilt)
+    row["codec"] = codec_speed(old, new)
     name = "model.safetensors"
     patch = work / "patch.zst"
     t = _zstd([f"--patch-from={old / name}", str(new / name), "--long=31", "-3", "-o", str(patch)])
@@ -142,9 +196,12 @@ def main() -> None:
         root = Path(tmp)
         pairs = checkpoints(root, args.k, args.batch_size, args.seed)
         results = {}
+        level = ("portable C", "AVX2", "AVX-512")[_delta_ans.set_simd(9)]
+        print(f"vector code: {level}; encode as publish runs it (standalone in brackets)")
         header = (
             f"{'pair':<24} {'full MB':>8} {'delta':>7} {'patch-from':>10} {'zstd-3':>7} "
-            f"{'d/pf':>6} {'enc MB/s':>9} {'dec MB/s':>9} {'1 worker enc/dec':>17}"
+            f"{'d/pf':>6} {'enc MB/s':>15} {'dec MB/s':>9} {'1 worker enc/dec':>17} "
+            f"{'codec enc/dec':>14}"
         )
         print(header)
         for name, (old, new) in pairs.items():
@@ -152,17 +209,20 @@ def main() -> None:
             work.mkdir()
             row = results[name] = measure(old, new, work)
             shutil.rmtree(work)
-            d, one = row["delta"], row["delta_1_worker"]
+            d, one, codec = row["delta"], row["delta_1_worker"], row["codec"]
+            enc = f"{d['encode_MBps']:.0f} ({d['encode_standalone_MBps']:.0f})"
             print(
                 f"{name:<24} {row['full_bytes'] / 1e6:>8.1f} {d['ratio']:>7.3f} "
                 f"{row['zstd_patch_from']['ratio']:>10.3f} {row['zstd_3']['ratio']:>7.3f} "
-                f"{row['delta_vs_patch_from']:>6.3f} {d['encode_MBps']:>9.0f} "
-                f"{d['decode_MBps']:>9.0f} {one['encode_MBps']:>8.0f}/{one['decode_MBps']:<8.0f}",
+                f"{row['delta_vs_patch_from']:>6.3f} {enc:>15} "
+                f"{d['decode_MBps']:>9.0f} {one['encode_MBps']:>8.0f}/{one['decode_MBps']:<8.0f} "
+                f"{codec['encode_MBps']:>6.0f}/{codec['decode_MBps']:<6.0f}",
                 flush=True,
             )
     if args.json:
         meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "k": args.k,
-                "batch_size": args.batch_size, "lr": 1e-4}  # fmt: skip
+                "batch_size": args.batch_size, "lr": 1e-4,
+                "vector_code": _delta_ans.set_simd(9)}  # fmt: skip
         args.json.write_text(json.dumps({"meta": meta, "pairs": results}, indent=2) + "\n")
 
 
