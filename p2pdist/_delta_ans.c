@@ -12,7 +12,10 @@
  * Tokens are entropy coded by rANS (32-bit states, 16-bit I/O, 32 interleaved states, 12-bit
  * probabilities) with one static frequency table per context; the tables are stored in the
  * payload. Weights of one exponent move by similar numbers of units in the last place, so the
- * exponent context does what sorting by exponent did for zstd, without moving any data.
+ * exponent context does what sorting by exponent did for zstd, without moving any data. A
+ * segment of whole rows of a weight matrix also has row and column classes (which rows, and
+ * which positions along a row, moved further: 2 x 2 by quantiles, stored as bits), each with
+ * its own set of tables.
  *
  * Everything here works on caller-owned buffers, allocates only small fixed tables and
  * per-segment scratch bounded by the segment's size, and releases the GIL while it computes,
@@ -43,7 +46,12 @@
 #define SMALL 16
 #define INLINE static inline __attribute__((always_inline))
 #define MAX_KEYS (1u << 16) /* context keys have at most 16 bits */
-#define TABLE_BYTES (MAX_CTX * (2 + ALPHABET_MAX * 4)) /* varint tables, worst case */
+#define MAX_ROW_CLASSES 4
+#define MAX_COL_CLASSES 2
+#define MAX_TABLES (MAX_CTX * MAX_ROW_CLASSES * MAX_COL_CLASSES)
+#define ROW_CLASSES 2 /* what the encoder uses (2 x 2 measured best on bench/delta.py's pairs) */
+#define COL_CLASSES 2
+#define TABLE_BYTES (MAX_TABLES * (2 + ALPHABET_MAX * 4)) /* varint tables, worst case */
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "p2pdist._delta_ans reads little-endian words with memcpy: little-endian hosts only"
@@ -109,6 +117,11 @@ static uint32_t *context_lut(Arena *a, int use_ctx, unsigned bits, int64_t lo, u
 }
 
 INLINE int floor_log2(uint64_t z) { return 63 - __builtin_clzll(z); }
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
 
 /* Token (low byte) and number of extra bits (high byte) of every z below 2^16, filled once
  * when the module loads. */
@@ -337,12 +350,12 @@ INLINE int64_t choose_lo_w(const uint8_t *base, size_t n, int w, unsigned shift,
 #ifdef HAVE_VECTOR_CODERS
 /* Pass 1 of the encoder for words [0, n16) of w = 2 or 4 bytes, 16 at a time: the tokens,
  * contexts and extra bits of the TOKEN macro, computed as vectors; the extra bits of the lanes
- * that have any are then written in lane order, and the histogram counted, one lane at a time.
+ * that have any are then written in lane order, one lane at a time.
  * Returns the OR of every z (zero when nothing moved). */
 AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
                                      uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
-                                     uint16_t *codes, BitWriter *bw,
-                                     uint32_t (*hist)[MAX_CTX * ALPHABET_MAX]) {
+                                     uint16_t *codes, BitWriter *bw, size_t L,
+                                     uint32_t *rowsum, uint32_t *colsum) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
     const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
     const __m512i top = _mm512_set1_epi32(MAX_CTX - 1), units = _mm512_set1_epi32(alphabet);
@@ -375,6 +388,13 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
         c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
         __m512i ct = _mm512_add_epi32(_mm512_mullo_epi32(c, units), t);
         _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
+        if (L) { /* row and column activity for the classes (16 words never straddle a row) */
+            __m512i act = _mm512_min_epu32(t, _mm512_set1_epi32(24));
+            size_t r = i / L, c = i % L;
+            rowsum[r] += (uint32_t)_mm512_reduce_add_epi32(act);
+            __m512i cs = _mm512_loadu_si512((const void *)(colsum + c));
+            _mm512_storeu_si512((void *)(colsum + c), _mm512_add_epi32(cs, act));
+        }
         if (big) {
             __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
             _mm512_storeu_si512((void *)xs, x);
@@ -384,7 +404,6 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
                 bw_put(bw, xs[k], nbs[k]);
             }
         }
-        for (int k = 0; k < 16; k++) hist[k & 3][codes[i + (size_t)k]]++;
     }
     return (uint64_t)_mm512_reduce_or_epi32(any);
 }
@@ -392,28 +411,80 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
 
 /* The payload, in pieces that live in the scratch arena: concatenated, they are the payload. */
 typedef struct {
-    const uint8_t *part[4];
-    size_t len[4];
+    const uint8_t *part[5];
+    size_t len[5];
 } Pieces;
 
+/* Classes of n/L values (row or column activity) by quantile: class = how many of the k - 1
+ * thresholds lie below the value. ``sorted`` is scratch for count values. */
+static void classify(const uint32_t *value, size_t count, unsigned k, uint32_t *sorted,
+                     uint8_t *cls) {
+    uint32_t thr[MAX_ROW_CLASSES];
+    memcpy(sorted, value, count * sizeof *sorted);
+    qsort(sorted, count, sizeof *sorted, cmp_u32);
+    for (unsigned j = 0; j + 1 < k; j++) thr[j] = sorted[(j + 1) * count / k];
+    for (size_t i = 0; i < count; i++) {
+        uint8_t c = 0;
+        for (unsigned j = 0; j + 1 < k; j++) c += thr[j] < value[i];
+        cls[i] = c;
+    }
+}
+
+INLINE unsigned class_bits(unsigned k) { return k > 2 ? 2 : k > 1 ? 1 : 0; }
+
+/* Append ``count`` classes of ``bits`` bits, least significant first, zero-padded to a byte. */
+static void put_classes(Out *o, const uint8_t *cls, size_t count, unsigned bits) {
+    uint32_t acc = 0;
+    unsigned nacc = 0;
+    for (size_t i = 0; i < count; i++) {
+        acc |= (uint32_t)cls[i] << nacc;
+        nacc += bits;
+        while (nacc >= 8) *o->p++ = (uint8_t)acc, acc >>= 8, nacc -= 8;
+    }
+    if (nacc) *o->p++ = (uint8_t)acc;
+}
+
 /* Encode n words. ENC_TOO_BIG when the payload would not be smaller than the raw n*w bytes. */
+/* Whether a segment of n w-byte words in rows of row_len gets row and column classes: rows a
+ * multiple of a group long (a group never straddles two), enough of them, a segment large
+ * enough to pay for 4x the tables, and words of at most 16 bits (on the fp32 pairs of
+ * bench/delta.py classes saved nothing: their raw extra bits dominate, and decoding with 4x
+ * the tables is about 15 % slower). */
+INLINE int use_classes(size_t n, int w, size_t row_len) {
+    return w <= 2 && row_len && row_len % NSTATES == 0 && n % row_len == 0 &&
+           n / row_len >= 16 && n >= (64u << 10);
+}
+
 INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, int w, int use_ctx,
-                              unsigned shift, unsigned bits, int64_t lo, Arena a, Pieces *out) {
+                              unsigned shift, unsigned bits, int64_t lo, size_t row_len, Arena a,
+                              Pieces *out) {
     size_t raw = n * (size_t)w;
-    int alphabet = 32 * w;
-    int ntables = use_ctx ? MAX_CTX : 1;
+    int alphabet = 32 * w, nctx = use_ctx ? MAX_CTX : 1;
+    size_t L = use_classes(n, w, row_len) ? row_len : 0, nruns = L ? n / L : 0;
+    unsigned nrow = L ? ROW_CLASSES : 1, ncol = L ? COL_CLASSES : 1;
+    int ntables = nctx * (int)(nrow * ncol);
     uint64_t kmask = use_ctx ? ((1ull << bits) - 1) : 0;
-    uint16_t *codes = take(&a, (n ? n : 1) * sizeof *codes); /* context * alphabet + token */
+    uint16_t *codes = take(&a, (n ? n : 1) * sizeof *codes); /* table * alphabet + token */
     uint8_t *extra = take(&a, raw + 8);                        /* extra bits, forward */
     uint16_t *ans = take(&a, raw + 4 * NSTATES); /* rANS words, written backward; capped at raw */
     uint8_t *tables = take(&a, TABLE_BYTES + 8); /* + the varint of the stream's length */
-    uint32_t(*hist)[MAX_CTX * ALPHABET_MAX] = take(&a, 4 * sizeof *hist);
-    EncSym *enc = take(&a, MAX_CTX * ALPHABET_MAX * sizeof *enc);
-    uint32_t(*freq)[ALPHABET_MAX] = take(&a, MAX_CTX * sizeof *freq);
+    uint32_t(*hist)[MAX_TABLES * ALPHABET_MAX] = take(&a, 4 * sizeof *hist);
+    EncSym *enc = take(&a, MAX_TABLES * ALPHABET_MAX * sizeof *enc);
+    uint32_t(*freq)[ALPHABET_MAX] = take(&a, MAX_TABLES * sizeof *freq);
     uint32_t *cl = context_lut(&a, use_ctx, bits, lo, (uint32_t)alphabet);
-    if (!codes || !extra || !ans || !tables || !hist || !enc || !freq || !cl) return ENC_NOMEM;
-    memset(hist, 0, 4 * sizeof *hist);
-    memset(freq, 0, MAX_CTX * sizeof *freq);
+    /* classes: activity sums per row and per column, a sorted copy, the classes, the header */
+    size_t ncls_max = nruns > L ? nruns : L;
+    uint32_t *rowsum = take(&a, (nruns + 1) * 4), *colsum = take(&a, (L + 1) * 4);
+    uint32_t *sorted = take(&a, (ncls_max + 1) * 4);
+    uint8_t *rowcls = take(&a, nruns + 1), *colcls = take(&a, L + 1);
+    uint16_t *offs = take(&a, (MAX_ROW_CLASSES * L + 1) * 2); /* code offsets by row class */
+    size_t class_cap = 8 + (nruns * 2 + 7) / 8 + (L + 7) / 8;
+    uint8_t *classbuf = take(&a, class_cap);
+    if (!codes || !extra || !ans || !tables || !hist || !enc || !freq || !cl || !rowsum ||
+        !colsum || !sorted || !rowcls || !colcls || !offs || !classbuf)
+        return ENC_NOMEM;
+    for (int k = 0; k < 4; k++) memset(hist[k], 0, (size_t)ntables * (size_t)alphabet * 4);
+    memset(freq, 0, (size_t)ntables * sizeof *freq);
 
     /* pass 1: tokens, contexts, extra bits, histograms (4 copies: no store-to-load stalls).
      * Written with masks, not branches: whether a word is small is a coin toss. */
@@ -446,13 +517,17 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
             bw.nacc += nb_;                                                                      \
         }                                                                                        \
         codes[i] = (uint16_t)ct_;                                                                \
-        hist[k][ct_]++;                                                                          \
     } while (0)
     size_t n4 = n & ~(size_t)3, g0 = 0;
 #ifdef HAVE_VECTOR_CODERS
     if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512) {
         g0 = n & ~(size_t)15;
-        any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes, &bw, hist);
+        if (L) {
+            memset(rowsum, 0, nruns * 4);
+            memset(colsum, 0, L * 4);
+        }
+        any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes, &bw,
+                             L, rowsum, colsum);
     }
 #endif
     for (size_t g = g0; g < n4; g += 4) {
@@ -469,8 +544,45 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
 #undef TOKEN
     if (!any) return ENC_UNCHANGED;
     bw_flush(&bw);
+
+    /* classes: rows (and columns) by how much their weights moved, in quantiles; a word's
+     * table is class * nctx + its context. Then the histograms (4 copies: no store-to-load
+     * stalls). */
+    Out co = {classbuf, classbuf + class_cap};
+    put_varint(&co, (uint32_t)L);
+    if (L) {
+        uint32_t amask = (uint32_t)alphabet - 1;
+        if (g0 == 0) /* the portable pass 1 left the activity sums to here */
+            memset(colsum, 0, L * 4);
+        for (size_t r = 0; r < nruns && g0 == 0; r++) {
+            const uint16_t *cr = codes + r * L;
+            uint32_t sum = 0;
+            for (size_t c = 0; c < L; c++) {
+                uint32_t t = cr[c] & amask;
+                t = t < 24 ? t : 24;
+                sum += t;
+                colsum[c] += t;
+            }
+            rowsum[r] = sum;
+        }
+        classify(rowsum, nruns, nrow, sorted, rowcls);
+        classify(colsum, L, ncol, sorted, colcls);
+        *co.p++ = (uint8_t)(nrow << 4 | ncol);
+        put_classes(&co, rowcls, nruns, class_bits(nrow));
+        put_classes(&co, colcls, L, class_bits(ncol));
+        /* each row class's offsets of the codes along a row, then one vectorisable add */
+        for (unsigned rc = 0; rc < nrow; rc++)
+            for (size_t c = 0; c < L; c++)
+                offs[rc * L + c] = (uint16_t)((rc * ncol + colcls[c]) * (unsigned)(nctx * alphabet));
+        for (size_t r = 0; r < nruns; r++) {
+            uint16_t *cr = codes + r * L;
+            const uint16_t *o = offs + rowcls[r] * L;
+            for (size_t c = 0; c < L; c++) cr[c] = (uint16_t)(cr[c] + o[c]);
+        }
+    }
+    for (size_t i = 0; i < n; i++) hist[i & 3][codes[i]]++;
     for (int k = 1; k < 4; k++)
-        for (int j = 0; j < MAX_CTX * ALPHABET_MAX; j++) hist[0][j] += hist[k][j];
+        for (int j = 0; j < ntables * alphabet; j++) hist[0][j] += hist[k][j];
 
     /* tables */
     Out to = {tables, tables + TABLE_BYTES};
@@ -534,15 +646,16 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     }
     size_t ans_bytes = (size_t)(ans + cap_words - ptr) * 2;
 
-    /* payload: tables, varint ans length, ans stream (little-endian words), extra bits */
+    /* payload: classes, tables, varint ans length, ans stream (little-endian words), extra bits */
     uint8_t *len_buf = tables + TABLE_BYTES;
     Out lo_ = {len_buf, len_buf + 8};
     if (ans_bytes > 0xffffffffu) return ENC_TOO_BIG;
     put_varint(&lo_, (uint32_t)ans_bytes);
     size_t table_bytes = (size_t)(to.p - tables), len_bytes = (size_t)(lo_.p - len_buf);
-    if (table_bytes + len_bytes + ans_bytes + bw.pos >= raw) return ENC_TOO_BIG;
-    *out = (Pieces){{tables, len_buf, (const uint8_t *)ptr, extra},
-                    {table_bytes, len_bytes, ans_bytes, bw.pos}};
+    size_t class_bytes = (size_t)(co.p - classbuf);
+    if (class_bytes + table_bytes + len_bytes + ans_bytes + bw.pos >= raw) return ENC_TOO_BIG;
+    *out = (Pieces){{classbuf, tables, len_buf, (const uint8_t *)ptr, extra},
+                    {class_bytes, table_bytes, len_bytes, ans_bytes, bw.pos}};
     return ENC_OK;
 }
 
@@ -578,6 +691,50 @@ INLINE uint64_t br_get_wide(BitReader *br, unsigned nb) {
 
 /* Decoder slot entry: token (8 bits) | freq - 1 (12 bits) | slot - start (12 bits). */
 typedef uint32_t Slot;
+
+/* A word's tables start at table (rowo[its row] + colo[its column]) (row and column classes
+ * times their table counts); without classes (L = 0) both are 0. Rows are a whole number of
+ * groups long, so a group lies in one row. */
+typedef struct {
+    size_t L; /* words per row, 0: no classes */
+    const uint8_t *rowo, *colo;
+} Classes;
+
+/* Where group after group is in its row: its row's offset and its columns' (one division when
+ * it starts, none per group). */
+typedef struct {
+    const uint8_t *row, *col, *col0, *col_end; /* col_end NULL: no classes */
+} ClassCursor;
+
+INLINE ClassCursor class_cursor(const Classes *c, size_t g) {
+    if (!c->L) return (ClassCursor){c->rowo, c->colo, c->colo, NULL}; /* NSTATES zeros */
+    return (ClassCursor){c->rowo + g / c->L, c->colo + g % c->L, c->colo, c->colo + c->L};
+}
+
+INLINE void class_next(ClassCursor *k) {
+    if (k->col_end && (k->col += NSTATES) == k->col_end) k->col = k->col0, k->row++;
+}
+
+/* Read ``count`` classes of ceil(log2 k) bits (least significant first, the last byte
+ * zero-padded), each below k; out[i] = class * mult. */
+static const char *get_classes(In *in, size_t count, unsigned k, uint8_t mult, uint8_t *out) {
+    unsigned bits = class_bits(k);
+    if (!bits) {
+        memset(out, 0, count);
+        return NULL;
+    }
+    size_t nbytes = (count * bits + 7) / 8;
+    if ((size_t)(in->end - in->p) < nbytes) return "truncated classes";
+    for (size_t i = 0; i < count; i++) {
+        size_t at = i * bits;
+        unsigned c = (in->p[at / 8] >> (at % 8)) & ((1u << bits) - 1);
+        if (c >= k) return "class out of range";
+        out[i] = (uint8_t)(c * mult);
+    }
+    if ((count * bits) % 8 && in->p[nbytes - 1] >> ((count * bits) % 8)) return "nonzero class padding";
+    in->p += nbytes;
+    return NULL;
+}
 
 static const char *read_tables(In *in, int ntables, int alphabet, Slot (*lut)[SCALE]) {
     for (int c = 0; c < ntables; c++) {
@@ -625,7 +782,7 @@ static void init_renorm_shuffle(void) {
 /* Decode 8 words [i, i + 8) with the 8 states in *x: the same steps as the scalar DEC, lane k
  * doing word i + k. Reads stream words at *rp (lanes in order) and extra bits at *pos. */
 AVX2 INLINE void avx2_decode8(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
-                              __m256i kmask, __m128i shift, __m256i lo, __m256i *x,
+                              __m256i kmask, __m128i shift, __m256i lo, __m256i cls, __m256i *x,
                               const uint16_t *words, size_t *rp, const uint8_t *xb,
                               uint64_t *pos) {
     const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
@@ -634,6 +791,7 @@ AVX2 INLINE void avx2_decode8(int w, const uint8_t *bs, uint8_t *out, size_t i, 
     /* context: clamp(key - lo, 0, 15), as the scalar context_lut */
     __m256i c = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(b, shift), kmask), lo);
     c = _mm256_min_epi32(_mm256_max_epi32(c, zero), _mm256_set1_epi32(MAX_CTX - 1));
+    c = _mm256_add_epi32(c, cls);
     __m256i v = *x;
     __m256i slot = _mm256_or_si256(_mm256_slli_epi32(c, SCALE_BITS),
                                    _mm256_and_si256(v, _mm256_set1_epi32(SCALE - 1)));
@@ -698,7 +856,7 @@ AVX2 INLINE void avx2_decode8(int w, const uint8_t *bs, uint8_t *out, size_t i, 
  * 2- and 4-byte words. */
 AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, size_t ng,
                                       const Slot *lut, uint64_t kmask, unsigned shift, int64_t lo,
-                                      uint32_t *x, const uint16_t *words, size_t nwords,
+                                      const Classes *cls, uint32_t *x, const uint16_t *words, size_t nwords,
                                       size_t *rp, const uint8_t *xb, size_t xlen, uint64_t *pos) {
     __m256i xs[NSTATES / 8];
     for (int k = 0; k < NSTATES / 8; k++) xs[k] = _mm256_loadu_si256((const __m256i *)(x + 8 * k));
@@ -709,15 +867,28 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
     /* a group: at most NSTATES stream words (the last vector's load reads 8 of them) and
      * NSTATES * 29 extra bits (+ 16 bytes of load) */
     size_t xbytes = (size_t)(w == 2 ? NSTATES * 13 : NSTATES * 29) / 8 + 16;
-    for (; g < ng; g += NSTATES) {
-        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;
-        for (int k = 0; k < NSTATES / 8; k++) {
-            if (w == 2)
-                avx2_decode8(2, bs, out, g + 8 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
-            else
-                avx2_decode8(4, bs, out, g + 8 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
-        }
+    ClassCursor at = class_cursor(cls, 0);
+    /* one loop without classes and one with, so that the first carries nothing of them */
+#define GROUPS(WITH_CLASSES)                                                                     \
+    for (; g < ng; g += NSTATES, class_next(&at)) {                                              \
+        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;                             \
+        for (int k = 0; k < NSTATES / 8; k++) {                                                  \
+            __m256i c = _mm256_setzero_si256();                                                  \
+            if (WITH_CLASSES)                                                                    \
+                c = _mm256_add_epi32(_mm256_set1_epi32(*at.row),                                 \
+                                     _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(at.col + 8 * k)))); \
+            if (w == 2)                                                                          \
+                avx2_decode8(2, bs, out, g + 8 * (size_t)k, lut, km, sh, l, c, &xs[k], words, &r, xb, &p); \
+            else                                                                                 \
+                avx2_decode8(4, bs, out, g + 8 * (size_t)k, lut, km, sh, l, c, &xs[k], words, &r, xb, &p); \
+        }                                                                                        \
     }
+    if (at.col_end) {
+        GROUPS(1)
+    } else {
+        GROUPS(0)
+    }
+#undef GROUPS
     for (int k = 0; k < NSTATES / 8; k++) _mm256_storeu_si256((__m256i *)(x + 8 * k), xs[k]);
     *rp = r, *pos = p;
     return g;
@@ -727,7 +898,7 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
  * avx2_decode8, where lanes that renormalise take their stream words with one expand, and the
  * extra bits of all 16 lanes come from one load and a byte permutation. */
 AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
-                                   __m512i km, __m128i sh, __m512i l, __m512i *x,
+                                   __m512i km, __m128i sh, __m512i l, __m512i cls, __m512i *x,
                                    const uint16_t *words, size_t *rp, const uint8_t *xb,
                                    uint64_t *pos) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
@@ -735,7 +906,7 @@ AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_
     __m512i b = w == 2 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)))
                        : _mm512_loadu_si512((const void *)(bs + i * 4));
     __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_srl_epi32(b, sh), km), l);
-    c = _mm512_min_epi32(_mm512_max_epi32(c, zero), _mm512_set1_epi32(MAX_CTX - 1));
+    c = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(c, zero), _mm512_set1_epi32(MAX_CTX - 1)), cls);
     __m512i slot = _mm512_or_si512(_mm512_slli_epi32(c, SCALE_BITS),
                                    _mm512_and_si512(v, _mm512_set1_epi32(SCALE - 1)));
     __m512i e = _mm512_i32gather_epi32(slot, (const void *)lut, 4);
@@ -782,7 +953,8 @@ AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_
 
 AVX512 static size_t avx512_decode_groups(int w, const uint8_t *bs, uint8_t *out, size_t ng,
                                             const Slot *lut, uint64_t kmask, unsigned shift,
-                                            int64_t lo, uint32_t *x, const uint16_t *words,
+                                            int64_t lo, const Classes *cls, uint32_t *x,
+                                            const uint16_t *words,
                                             size_t nwords, size_t *rp, const uint8_t *xb,
                                             size_t xlen, uint64_t *pos) {
     const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
@@ -794,15 +966,28 @@ AVX512 static size_t avx512_decode_groups(int w, const uint8_t *bs, uint8_t *out
     /* a group: NSTATES stream words at most, and a vector's window of extra bits (32 or 64
      * bytes) at most NSTATES * 13 or 29 bits on */
     size_t xbytes = w == 2 ? NSTATES * 13 / 8 + 32 : NSTATES * 29 / 8 + 64;
-    for (; g < ng; g += NSTATES) {
-        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;
-        for (int k = 0; k < NSTATES / 16; k++) {
-            if (w == 2)
-                avx512_decode16(2, bs, out, g + 16 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
-            else
-                avx512_decode16(4, bs, out, g + 16 * (size_t)k, lut, km, sh, l, &xs[k], words, &r, xb, &p);
-        }
+    ClassCursor at = class_cursor(cls, 0);
+    /* one loop without classes and one with, so that the first carries nothing of them */
+#define GROUPS(WITH_CLASSES)                                                                     \
+    for (; g < ng; g += NSTATES, class_next(&at)) {                                              \
+        if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;                             \
+        for (int k = 0; k < NSTATES / 16; k++) {                                                 \
+            __m512i c = _mm512_setzero_si512();                                                  \
+            if (WITH_CLASSES)                                                                    \
+                c = _mm512_add_epi32(_mm512_set1_epi32(*at.row),                                 \
+                                     _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(at.col + 16 * k)))); \
+            if (w == 2)                                                                          \
+                avx512_decode16(2, bs, out, g + 16 * (size_t)k, lut, km, sh, l, c, &xs[k], words, &r, xb, &p); \
+            else                                                                                 \
+                avx512_decode16(4, bs, out, g + 16 * (size_t)k, lut, km, sh, l, c, &xs[k], words, &r, xb, &p); \
+        }                                                                                        \
     }
+    if (at.col_end) {
+        GROUPS(1)
+    } else {
+        GROUPS(0)
+    }
+#undef GROUPS
     for (int k = 0; k < NSTATES / 16; k++) _mm512_storeu_si512((void *)(x + 16 * k), xs[k]);
     *rp = r, *pos = p;
     return g;
@@ -812,10 +997,31 @@ AVX512 static size_t avx512_decode_groups(int w, const uint8_t *bs, uint8_t *out
 INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8_t *bs, uint8_t *out,
                                 size_t n, int w, int use_ctx, unsigned shift, unsigned bits,
                                 int64_t lo, Arena a) {
-    int alphabet = 32 * w;
-    int ntables = use_ctx ? MAX_CTX : 1;
+    int alphabet = 32 * w, nctx = use_ctx ? MAX_CTX : 1;
     uint64_t kmask = use_ctx ? ((1ull << bits) - 1) : 0;
     In in = {payload, payload + plen};
+    /* classes: a word's tables are (rowo[its row] + colo[its column]) * SCALE on */
+    uint32_t L32;
+    if (get_varint(&in, &L32)) return "truncated class header";
+    size_t L = L32, nruns = 0;
+    unsigned nrow = 1, ncol = 1;
+    static const uint8_t no_classes[NSTATES] = {0};
+    uint8_t zero_row = 0, *rowo = &zero_row, *colo = (uint8_t *)no_classes;
+    if (L) {
+        if (L % NSTATES || L > n || n % L) return "bad class row length";
+        if (in.p >= in.end) return "truncated class header";
+        nrow = *in.p >> 4, ncol = *in.p & 15;
+        in.p++;
+        if (nrow < 1 || nrow > MAX_ROW_CLASSES || ncol < 1 || ncol > MAX_COL_CLASSES)
+            return "bad class counts";
+        nruns = n / L;
+        rowo = take(&a, nruns), colo = take(&a, L);
+        if (!rowo || !colo) return "scratch buffer too small";
+        const char *e1 = get_classes(&in, nruns, nrow, (uint8_t)(ncol * (unsigned)nctx), rowo);
+        const char *e2 = e1 ? e1 : get_classes(&in, L, ncol, (uint8_t)nctx, colo);
+        if (e2) return e2;
+    }
+    int ntables = nctx * (int)(nrow * ncol);
     Slot(*lut)[SCALE] = take(&a, (size_t)ntables * sizeof *lut);
     uint32_t *cl = context_lut(&a, use_ctx, bits, lo, SCALE);
     const char *err = NULL;
@@ -829,7 +1035,7 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
     size_t nwords = ans_bytes / 2;
     uint16_t *words = take(&a, (nwords + 8) * sizeof *words);
     if (!words) return "scratch buffer too small";
-    for (size_t k = 0; k < nwords; k++) words[k] = (uint16_t)(in.p[2 * k] | (in.p[2 * k + 1] << 8));
+    memcpy(words, in.p, nwords * 2); /* little-endian words (checked when compiling) */
     memset(words + nwords, 0, 8 * sizeof *words);
     in.p += ans_bytes;
     BitReader br = {in.p, (size_t)(in.end - in.p), 0};
@@ -857,10 +1063,10 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
     uint64_t pos = 0; /* extra bits read */
     /* One word: its context from the base, its token from state j, then its extra bits. The
      * fast form reads the streams unchecked: the caller made sure a group fits in both. */
-#define DEC(i, j, SAFE)                                                                          \
+#define DEC(i, j, SAFE, CLS)                                                                     \
     do {                                                                                         \
         uint64_t b_ = load_word(bs + (i) * w, w);                                                \
-        const Slot *l_ = lut0 + cl[(b_ >> shift) & kmask];                                       \
+        const Slot *l_ = lut0 + cl[(b_ >> shift) & kmask] + (size_t)(CLS) * SCALE;               \
         uint32_t v_ = x[j];                                                                      \
         Slot e_ = l_[v_ & (SCALE - 1)];                                                          \
         unsigned t_ = e_ & 0xff;                                                                 \
@@ -894,24 +1100,28 @@ INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8
         store_word(out + (i) * w, w, b_ + unzigzag(zbase[t_] | r_));                             \
     } while (0)
     size_t ng = n & ~(size_t)(NSTATES - 1), g = 0;
+    Classes cls = {L, rowo, colo};
 #ifdef HAVE_VECTOR_CODERS
     if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512)
         g = avx512_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
-                                   x, words, nwords, &rp, xb, xlen, &pos);
+                                 &cls, x, words, nwords, &rp, xb, xlen, &pos);
     else if ((w == 2 || w == 4) && simd_level >= SIMD_AVX2)
         g = avx2_decode_groups(w, bs, out, ng, lut0, use_ctx ? kmask : 0, shift, use_ctx ? lo : 0,
-                               x, words, nwords, &rp, xb, xlen, &pos);
+                               &cls, x, words, nwords, &rp, xb, xlen, &pos);
 #endif
-    for (; g < ng; g += NSTATES) {
+    for (ClassCursor at = class_cursor(&cls, g); g < ng; g += NSTATES, class_next(&at)) {
         /* a group reads at most NSTATES stream words and NSTATES * 62 extra bits (+ 8 bytes
          * of load) */
-        if (rp + NSTATES <= nwords && (pos >> 3) + 8 * NSTATES + 8 <= xlen) {
-            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 0);
+        int fast = rp + NSTATES <= nwords && (pos >> 3) + 8 * NSTATES + 8 <= xlen;
+        if (!at.col_end && fast) {
+            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 0, 0);
+        } else if (fast) {
+            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 0, *at.row + at.col[j]);
         } else {
-            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 1);
+            for (int j = 0; j < NSTATES; j++) DEC(g + (size_t)j, j, 1, *at.row + at.col[j]);
         }
     }
-    for (size_t i = ng; i < n; i++) DEC(i, i % NSTATES, 1);
+    for (size_t i = ng; i < n; i++) DEC(i, i % NSTATES, 1, 0); /* no classes: n % L == 0 */
 #undef DEC
     br.pos = pos;
     if (bad || rp != nwords) return "rANS stream does not match its length (truncated or tampered)";
@@ -946,9 +1156,9 @@ CLONES static int64_t choose_lo(const uint8_t *base, size_t n, int w, unsigned s
 }
 
 CLONES static EncResult ans_encode(const uint8_t *nw, const uint8_t *bs, size_t n, int w,
-                                   int use_ctx, unsigned shift, unsigned bits, int64_t lo, Arena a,
-                                   Pieces *out) {
-    BY_WORD(ans_encode_w(nw, bs, n, w, use_ctx, shift, bits, lo, a, out))
+                                   int use_ctx, unsigned shift, unsigned bits, int64_t lo,
+                                   size_t row_len, Arena a, Pieces *out) {
+    BY_WORD(ans_encode_w(nw, bs, n, w, use_ctx, shift, bits, lo, row_len, a, out))
 }
 
 CLONES static const char *ans_decode(const uint8_t *payload, size_t plen, const uint8_t *bs,
@@ -961,10 +1171,16 @@ CLONES static const char *ans_decode(const uint8_t *payload, size_t plen, const 
  * alignment of each piece included). */
 static size_t scratch_need(size_t nbytes, int w) {
     size_t n = nbytes / (size_t)w, align = 10 * 64;
+    /* classes: n / L <= n / 32 rows, L <= n / 16 columns (use_classes) */
+    size_t classes = (n / 32 + 1) * 4 + 2 * (n / 16 + 1) * 4 + (n / 32 + 1) + (n / 16 + 1) +
+                     (MAX_ROW_CLASSES * (n / 16) + 1) * 2 + 8 + (n / 32 * 2 + 7) / 8 +
+                     (n / 16 + 7) / 8;
     size_t enc = (n + 1) * 2 + (nbytes + 8) + (nbytes + 4 * NSTATES) + TABLE_BYTES + 8 +
-                 4 * MAX_CTX * ALPHABET_MAX * 4 + MAX_CTX * ALPHABET_MAX * sizeof(EncSym) +
-                 MAX_CTX * ALPHABET_MAX * 4 + MAX_KEYS * 4 + align;
-    size_t dec = MAX_CTX * SCALE * sizeof(Slot) + MAX_KEYS * 4 + (nbytes + 16) + align;
+                 4 * MAX_TABLES * ALPHABET_MAX * 4 + MAX_TABLES * ALPHABET_MAX * sizeof(EncSym) +
+                 MAX_TABLES * ALPHABET_MAX * 4 + MAX_KEYS * 4 + classes + 2 * align;
+    /* the decoder's class offsets: n / L <= n / 32 rows, L <= n columns */
+    size_t dec = MAX_TABLES * SCALE * sizeof(Slot) + MAX_KEYS * 4 + (nbytes + 16) +
+                 (n / 32 + 1) + (n + 1) + 2 * align;
     return enc > dec ? enc : dec;
 }
 
@@ -1026,9 +1242,10 @@ static PyObject *py_scratch_size(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(encode_doc,
-"encode(new, base, word, key, scratch) -> (lo, payload) | None | False\n\n"
+"encode(new, base, word, key, scratch, row=0) -> (lo, payload) | None | False\n\n"
 "Code the words of buffer ``new`` against ``base`` (same length, a multiple of ``word``).\n"
-"``key`` is None or (shift, bits): the context is read from the base words. Returns the\n"
+"``key`` is None or (shift, bits): the context is read from the base words. ``row``: words\n"
+"per row of the tensor (0: none), for row and column classes. Returns the\n"
 "chosen context offset ``lo`` (None without a key) and the payload; None when new == base;\n"
 "False when the payload would not be smaller than the raw bytes. ``scratch`` is a writable\n"
 "buffer of at least scratch_size(len(new), word) bytes.");
@@ -1037,7 +1254,8 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_buffer nb, bb, sb;
     int w;
     PyObject *key;
-    if (!PyArg_ParseTuple(args, "y*y*iOw*", &nb, &bb, &w, &key, &sb)) return NULL;
+    Py_ssize_t row = 0;
+    if (!PyArg_ParseTuple(args, "y*y*iOw*|n", &nb, &bb, &w, &key, &sb, &row)) return NULL;
     PyObject *res = NULL;
     int use_ctx;
     unsigned shift, bits;
@@ -1054,7 +1272,8 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     EncResult r;
     Py_BEGIN_ALLOW_THREADS
     if (use_ctx) lo = choose_lo(bb.buf, n, w, shift, bits, a);
-    r = ans_encode(nb.buf, bb.buf, n, w, use_ctx, shift, bits, lo, a, &pieces);
+    r = ans_encode(nb.buf, bb.buf, n, w, use_ctx, shift, bits, lo, row > 0 ? (size_t)row : 0, a,
+                   &pieces);
     Py_END_ALLOW_THREADS
     if (r == ENC_NOMEM) {
         PyErr_SetString(PyExc_ValueError, "scratch buffer too small");
@@ -1063,12 +1282,13 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     } else if (r == ENC_TOO_BIG) {
         res = Py_NewRef(Py_False);
     } else {
-        size_t total = pieces.len[0] + pieces.len[1] + pieces.len[2] + pieces.len[3];
+        size_t total = 0;
+        for (int k = 0; k < 5; k++) total += pieces.len[k];
         PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
         if (payload) {
             uint8_t *q = (uint8_t *)PyBytes_AS_STRING(payload);
             Py_BEGIN_ALLOW_THREADS
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 5; k++) {
                 memcpy(q, pieces.part[k], pieces.len[k]);
                 q += pieces.len[k];
             }

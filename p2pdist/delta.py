@@ -29,6 +29,7 @@ hidden temporary names, and renames only once every file verified.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import shutil
@@ -103,6 +104,8 @@ class _Job:
     base: BaseRef | None
     base_offset: int
     tensor: str | None
+    row: int = 0
+    """Words per row of the tensor when the segment holds whole rows (for the row classes)."""
 
 
 def _map(stack: ExitStack, path: Path, size: int) -> mmap.mmap | None:
@@ -180,6 +183,11 @@ def _plan(
     for spec in header.tensors:
         word = DTYPE_SIZES[spec.dtype]
         step = max(word, chunk - chunk % word)
+        row = _row_words(spec.shape)
+        if row and row * word <= step:
+            step -= step % (row * word)  # chunks of whole rows
+        else:
+            row = 0
         found = parent.get(spec.name)
         same = found is not None and (found[1].dtype, found[1].shape) == (spec.dtype, spec.shape)
         key = float_key(spec.dtype)
@@ -187,9 +195,19 @@ def _plan(
             if found is not None and same:
                 file, base = found
                 ref = BaseRef(file, spec.name, start)
-                yield _Job(spec.start + start, n, word, key, ref, base.start + start, spec.name)
+                yield _Job(
+                    spec.start + start, n, word, key, ref, base.start + start, spec.name, row
+                )
             else:
                 yield _Job(spec.start + start, n, word, None, None, 0, spec.name)
+
+
+def _row_words(shape: tuple[int, ...]) -> int:
+    """Words per row of a weight matrix (the weights of one output: everything after the first
+    dimension), 0 for a vector or a scalar."""
+    if len(shape) < 2 or shape[0] < 2:
+        return 0
+    return math.prod(shape[1:])
 
 
 def _worst(job: _Job, name: str) -> Segment:
@@ -325,7 +343,7 @@ def _encode_target(
             base = None
             if job.base is not None:
                 base = _view(parent_maps[job.base.file], job.base_offset, job.size)
-            return encode_segment(new, base, job.word, job.key)
+            return encode_segment(new, base, job.word, job.key, job.row)
 
         segments: list[Segment] = []
         for job, coded in _ordered(pool, work, iter(jobs), 2 * workers + 2):

@@ -145,20 +145,26 @@ def check_context(context: Any, word: int) -> tuple[int, int, int]:
 
 
 def encode_segment(
-    new: np.ndarray, base: np.ndarray | None, word: int, key: tuple[int, int] | None = None
+    new: np.ndarray,
+    base: np.ndarray | None,
+    word: int,
+    key: tuple[int, int] | None = None,
+    row: int = 0,
 ) -> Coded:
     """Code ``new`` (uint8, a multiple of ``word`` bytes) against ``base`` (same length) or none.
 
     With a base: ``copy`` when equal, else ``ans`` with context ``key`` (None: one context),
     unless its payload would not be smaller than the raw bytes; then, and without a base,
-    ``raw`` byte planes.
+    ``raw`` byte planes. ``row`` is the tensor's words per row (the segment holding whole
+    rows), or 0: ``ans`` then also classes rows and columns by how much they moved (a row of
+    a weight matrix is one output's weights, and Adam moves some outputs further than others).
     """
     if word not in WORD_TYPES or new.size % word:
         raise ValueError(f"{new.size} bytes are not words of {word}")
     if base is not None:
         if base.size != new.size:
             raise ValueError("new and base differ in length")
-        coded = _delta_ans.encode(new, base, word, key, _scratch(new.size, word))
+        coded = _delta_ans.encode(new, base, word, key, _scratch(new.size, word), row)
         if coded is None:
             return Coded("copy", word)
         if coded is not False:

@@ -443,12 +443,22 @@ def _ans_payload(path: Path) -> tuple[str, bytes]:
         (lambda p: p[:-1], "extra bits"),
         (lambda p: p[: len(p) // 2], "ans payload"),
         (lambda p: p + b"\0", "extra bits"),
-        (lambda p: b"", "frequency table"),
-        (lambda p: b"\xff" * 6 + p[6:], "frequency table"),
+        (lambda p: b"", "class header"),
+        (lambda p: b"\xff" * 6 + p[6:], "class header"),
+        (lambda p: b"\x00" + b"\xff" * 6 + p[7:], "frequency table"),
         (lambda p: bytes(1 << 20), "larger than its segment"),
         (lambda p: p[:-9] + bytes([p[-9] ^ 0x10]) + p[-8:], "ans payload|rebuilt"),
     ],
-    ids=["one byte short", "half", "trailing byte", "empty", "bad table", "too large", "flip"],
+    ids=[
+        "one byte short",
+        "half",
+        "trailing byte",
+        "empty",
+        "bad class header",
+        "bad table",
+        "too large",
+        "flip",
+    ],
 )
 def test_tampered_ans_payload(pair, edit, match) -> None:
     path = _main_delta(pair[2])

@@ -166,6 +166,88 @@ def test_vector_and_portable_coders_agree(dtype: str, n: int, scale: int, seed: 
     assert _ans_both_ways(coded.payloads[0].payload, old, n * word, word, coded.context) == new
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(["BF16", "F16", "I16"]),
+    st.sampled_from([32, 96, 256, 768]),
+    st.integers(16, 200),
+    st.sampled_from([1, 3, 8]),
+    st.integers(0, 2**32 - 1),
+)
+def test_coders_agree_with_row_classes(
+    dtype: str, row: int, rows: int, scale: int, seed: int
+) -> None:
+    """Segments of whole rows (at least 64 Ki words, so that classes are used) code to the
+    same payload and decode to the same bytes whichever vector code runs."""
+    word = DTYPE_SIZES[dtype]
+    rows = max(rows, -(-(64 << 10) // row))
+    rng = np.random.default_rng(seed)
+    old = rng.integers(0, 256, rows * row * word, dtype=np.uint8)
+    new = np.frombuffer(_moved(old.view(WORD_TYPES[word]), scale, seed), np.uint8)
+    payloads = []
+    for level in (2, 1, 0):
+        was = _delta_ans.set_simd(level)
+        try:
+            coded = encode_segment(new, old, word, float_key(dtype), row=row)
+        finally:
+            _delta_ans.set_simd(was)
+        payloads.append([p.payload for p in coded.payloads])
+    assert payloads[0] == payloads[1] == payloads[2]
+    assume(coded.op == "ans")
+    payload = coded.payloads[0].payload
+    assert payload[:1] != b"\x00"  # classes in use
+    assert _ans_both_ways(payload, old, new.size, word, coded.context) == new.tobytes()
+
+
+def _rows_pair(rows: int = 512, cols: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """bf16 weights and a step that moves some rows (outputs) and columns further than others."""
+    rng = np.random.default_rng(7)
+    old = torch.from_numpy(rng.standard_normal((rows, cols)).astype(np.float32) * 0.02)
+    scale = np.outer(rng.choice([0.2, 3.0], rows), rng.choice([0.5, 2.0], cols))
+    step = torch.from_numpy((rng.standard_normal((rows, cols)) * scale * 1e-3).astype(np.float32))
+    bits = [t.bfloat16().view(torch.uint16).numpy().view(np.uint8) for t in (old, old + step)]
+    return bits[0].reshape(-1), bits[1].reshape(-1)
+
+
+def test_row_and_column_classes_pay_and_round_trip() -> None:
+    old, new = _rows_pair()
+    plain = encode_segment(new, old, 2, float_key("BF16"))
+    rows = encode_segment(new, old, 2, float_key("BF16"), row=256)
+    assert plain.op == rows.op == "ans"
+    with_classes = rows.payloads[0].payload
+    assert with_classes[:2] == bytes([0x80, 0x02])  # varint 256: rows of 256 words
+    assert plain.payloads[0].payload[:1] == b"\x00"  # no classes
+    assert len(with_classes) < 0.97 * len(plain.payloads[0].payload)
+    assert _ans_both_ways(with_classes, old, new.size, 2, rows.context) == new.tobytes()
+    # no classes for rows that do not tile the segment, are not whole groups of 32 words, or
+    # are fewer than 16, nor for 32-bit words (where they measured as no smaller)
+    for row in (100, 48, new.size // 2 // 2, new.size // 2 // 8):
+        coded = encode_segment(new, old, 2, float_key("BF16"), row=row)
+        assert coded.payloads[0].payload[:1] == b"\x00", row
+    coded = encode_segment(new, old, 4, float_key("F32"), row=128)
+    assert coded.op == "ans" and coded.payloads[0].payload[:1] == b"\x00"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda p: bytes([0x30]) + p[2:], "class row length"),  # rows of 48 words
+        (lambda p: b"\x80\x80\x40" + p[2:], "class row length"),  # longer than the segment
+        (lambda p: p[:2] + bytes([0x52]) + p[3:], "class counts"),  # 5 row classes
+        (lambda p: p[:2] + bytes([0x23]) + p[3:], "class counts"),  # 3 column classes
+        (lambda p: p[:3], "truncated classes"),
+        (lambda p: p[:2] + bytes([0x32]) + b"\xff" * 128 + p[3 + 128 :], "class out of range"),
+    ],
+)
+def test_tampered_class_header(edit, match) -> None:
+    old, new = _rows_pair()
+    coded = encode_segment(new, old, 2, float_key("BF16"), row=256)
+    payload = coded.payloads[0].payload
+    assert payload[:3] == bytes([0x80, 0x02, 0x22])  # 256 words a row, 2 x 2 classes
+    with pytest.raises(FormatError, match=match):
+        decode_ans(edit(payload), old, np.zeros(new.size, np.uint8), 2, coded.context)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_segment_codec_is_lossless(data: st.DataObject) -> None:
