@@ -14,11 +14,12 @@ directly. A segment is coded one of three ways (docs/FORMAT_DELTA.md has the byt
   whatever its sign, split into a token (small values, or the position of the leading one
   and the two bits below it) and raw extra bits. Tokens are rANS-coded with one frequency
   table per *context*, the exponent of the base word for floats: weights of one exponent
-  move by similar numbers of units in the last place. On the AdamW pairs of bench/delta.py
-  (k->k+10) this gives 0.274 of full size for bf16 and 0.635 for fp32, against 0.282 and
-  0.640 for zstd on byte planes grouped by exponent (format 1); the order-0 entropy of bf16
-  moves given the exponent is 0.271, and the extra bits of fp32 moves, noise, are 0.52 of
-  full size alone. The kernel is C (``_delta_ans.c``): two passes to encode, one to decode,
+  move by similar numbers of units in the last place. A segment of whole rows of a 16-bit
+  weight matrix also classes its rows and columns by how far they moved (2 x 2), each class
+  with its own tables. On the AdamW pairs of bench/delta.py (k->k+10) this gives 0.269 of
+  full size for bf16 (0.274 without classes) and 0.635 for fp32, against 0.282 and 0.640 for
+  zstd on byte planes grouped by exponent (format 1); the extra bits of fp32 moves, noise,
+  are 0.52 of full size alone. The kernel is C (``_delta_ans.c``): two passes to encode, one to decode,
   no sorting, the GIL released, with AVX-512 (encode and decode) and AVX2 (decode) versions
   picked at load time, byte-identical to the portable one.
 - ``raw`` (no base: an added tensor, another dtype or shape, a header, a side file, or a
