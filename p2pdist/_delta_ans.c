@@ -237,9 +237,9 @@ static void enc_sym_init(EncSym *s, uint32_t start, uint32_t freq) {
 #define AVX2 __attribute__((target("avx2,bmi2")))
 #define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512cd,avx512vl,avx512vbmi")))
 
-/* Which vector code runs: 0 portable C, 1 AVX2 (decoder), 2 AVX-512 (decoder, and the
- * encoder's rANS pass). The best the CPU has is chosen when the module loads; the tests
- * switch between them and check that all code the same bytes. */
+/* Which vector code runs: 0 portable C, 1 AVX2, 2 AVX-512 (encoder and decoder, 16- and
+ * 32-bit words). The best the CPU has is chosen when the module loads; the tests switch
+ * between them and check that all code the same bytes. */
 enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
 static int simd_level = SIMD_NONE;
 
@@ -362,6 +362,7 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
     const __m128i sh = _mm_cvtsi32_si128((int)shift);
     __m512i any = zero;
     uint32_t xs[16], nbs[16];
+    size_t row = 0, col = 0;
     for (size_t i = 0; i < n16; i += 16) {
         __m512i b, z;
         if (w == 2) {
@@ -390,10 +391,10 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
         _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
         if (L) { /* row and column activity for the classes (16 words never straddle a row) */
             __m512i act = _mm512_min_epu32(t, _mm512_set1_epi32(24));
-            size_t r = i / L, c = i % L;
-            rowsum[r] += (uint32_t)_mm512_reduce_add_epi32(act);
-            __m512i cs = _mm512_loadu_si512((const void *)(colsum + c));
-            _mm512_storeu_si512((void *)(colsum + c), _mm512_add_epi32(cs, act));
+            rowsum[row] += (uint32_t)_mm512_reduce_add_epi32(act);
+            __m512i cs = _mm512_loadu_si512((const void *)(colsum + col));
+            _mm512_storeu_si512((void *)(colsum + col), _mm512_add_epi32(cs, act));
+            if ((col += 16) == L) col = 0, row++;
         }
         if (big) {
             __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
@@ -406,6 +407,140 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
         }
     }
     return (uint64_t)_mm512_reduce_or_epi32(any);
+}
+/* For each 8-bit mask of encoder lanes that renormalise: a permutation that puts those lanes,
+ * in lane order, at the top of the vector (positions 8 - count .. 7). */
+static uint32_t renorm_pack[256][8];
+
+static void init_renorm_pack(void) {
+    for (int m = 0; m < 256; m++) {
+        int count = __builtin_popcount((unsigned)m), at = 8 - count;
+        for (int k = 0; k < 8; k++) renorm_pack[m][k] = 0;
+        for (int k = 0; k < 8; k++)
+            if ((m >> k) & 1) renorm_pack[m][at++] = (uint32_t)k;
+    }
+}
+
+/* x >= y for unsigned 32-bit lanes */
+AVX2 INLINE __m256i avx2_ge_epu32(__m256i x, __m256i y) {
+    return _mm256_cmpeq_epi32(_mm256_max_epu32(x, y), x);
+}
+
+/* The encoder's rANS pass with AVX2, as avx512_encode_groups with 8-lane vectors. A vector's
+ * renormalising lanes are packed, in lane order, to the top of an 8-word store that ends at
+ * ptr: the words below the new ptr are free stream space, overwritten later. */
+AVX2 static int avx2_encode_groups(const uint16_t *codes, const EncSym *enc, size_t ng,
+                                   uint32_t *x, uint16_t **pptr, const uint16_t *floor) {
+    const int *table = (const int *)enc; /* a symbol is 4 32-bit fields */
+    __m256i xs[NSTATES / 8];
+    for (int k = 0; k < NSTATES / 8; k++) xs[k] = _mm256_loadu_si256((const __m256i *)(x + 8 * k));
+    uint16_t *ptr = *pptr;
+    for (size_t g = ng; g > 0; g -= NSTATES) {
+        if (ptr < floor) return -1;
+        for (int k = NSTATES / 8; k-- > 0;) {
+            __m256i c = _mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(codes + g - NSTATES + 8 * (size_t)k))), 2);
+            __m256i x_max = _mm256_i32gather_epi32(table, c, 4);
+            __m256i rcp = _mm256_i32gather_epi32(table + 1, c, 4);
+            __m256i bias = _mm256_i32gather_epi32(table + 2, c, 4);
+            __m256i cs = _mm256_i32gather_epi32(table + 3, c, 4); /* cmpl_freq | rcp_shift << 16 */
+            __m256i v = xs[k];
+            __m256i need = avx2_ge_epu32(v, x_max);
+            unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+            __m256i packed = _mm256_permutevar8x32_epi32(
+                _mm256_and_si256(v, _mm256_set1_epi32(0xffff)),
+                _mm256_loadu_si256((const __m256i *)renorm_pack[mask]));
+            packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(packed, packed), 0x08);
+            _mm_storeu_si128((__m128i *)(ptr - 8), _mm256_castsi256_si128(packed));
+            ptr -= __builtin_popcount(mask);
+            v = _mm256_blendv_epi8(v, _mm256_srli_epi32(v, 16), need);
+            /* q = (v * rcp) >> 32 >> rcp_shift, even and odd lanes apart */
+            __m256i lo = _mm256_srli_epi64(_mm256_mul_epu32(v, rcp), 32);
+            __m256i hi = _mm256_mul_epu32(_mm256_srli_epi64(v, 32), _mm256_srli_epi64(rcp, 32));
+            __m256i q = _mm256_srlv_epi32(_mm256_blend_epi32(lo, hi, 0xaa), _mm256_srli_epi32(cs, 16));
+            __m256i cmpl = _mm256_and_si256(cs, _mm256_set1_epi32(0xffff));
+            xs[k] = _mm256_add_epi32(_mm256_add_epi32(v, bias), _mm256_mullo_epi32(q, cmpl));
+        }
+    }
+    for (int k = 0; k < NSTATES / 8; k++) _mm256_storeu_si256((__m256i *)(x + 8 * k), xs[k]);
+    *pptr = ptr;
+    return 0;
+}
+
+/* Pass 1 of the encoder with AVX2, as avx512_tokens with 8-lane vectors (floor(log2 z) from
+ * the float exponent of z's leading bit, which AVX2 has no instruction for). */
+AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n8,
+                                 uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                 uint16_t *codes, BitWriter *bw, size_t L, uint32_t *rowsum,
+                                 uint32_t *colsum) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
+    const __m256i top = _mm256_set1_epi32(MAX_CTX - 1), three = _mm256_set1_epi32(3);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
+    __m256i any = zero;
+    uint32_t xs[8], nbs[8];
+    size_t row = 0, col = 0;
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256i b, z;
+        if (w == 2) {
+            b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bs + i * 2)));
+            __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nw + i * 2)));
+            __m256i d = _mm256_and_si256(_mm256_sub_epi32(a, b), _mm256_set1_epi32(0xffff));
+            __m256i neg = _mm256_sub_epi32(zero, _mm256_srli_epi32(d, 15));
+            z = _mm256_and_si256(_mm256_xor_si256(_mm256_slli_epi32(d, 1), neg), _mm256_set1_epi32(0xffff));
+        } else {
+            b = _mm256_loadu_si256((const __m256i *)(bs + i * 4));
+            __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(nw + i * 4)), b);
+            z = _mm256_xor_si256(_mm256_slli_epi32(d, 1), _mm256_srai_epi32(d, 31));
+        }
+        any = _mm256_or_si256(any, z);
+        __m256i big = avx2_ge_epu32(z, _mm256_set1_epi32(SMALL));
+        /* the leading bit alone converts to a float exactly; its exponent is floor(log2 z)
+         * (2^31 converts as -2^31: same exponent) */
+        __m256i s = _mm256_or_si256(z, _mm256_srli_epi32(z, 1));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 2));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 4));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 8));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 16));
+        __m256i lead = _mm256_andnot_si256(_mm256_srli_epi32(s, 1), s);
+        __m256i p = _mm256_sub_epi32(
+            _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lead)), 23),
+                             _mm256_set1_epi32(0xff)),
+            _mm256_set1_epi32(127));
+        __m256i nb = _mm256_and_si256(big, _mm256_sub_epi32(p, _mm256_set1_epi32(2)));
+        __m256i tb = _mm256_add_epi32(_mm256_slli_epi32(p, 2), _mm256_and_si256(_mm256_srlv_epi32(z, nb), three));
+        __m256i t = _mm256_blendv_epi8(z, tb, big);
+        __m256i c = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(b, sh), km), l);
+        c = _mm256_min_epi32(_mm256_max_epi32(c, zero), top);
+        __m256i ct = _mm256_add_epi32(_mm256_sll_epi32(c, unit_bits), t);
+        __m256i ct16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(ct, ct), 0x08);
+        _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ct16));
+        if (L) { /* row and column activity for the classes (8 words never straddle a row) */
+            __m256i act = _mm256_min_epu32(t, _mm256_set1_epi32(24));
+            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(act), _mm256_extracti128_si256(act, 1));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+            rowsum[row] += (uint32_t)_mm_cvtsi128_si32(h);
+            __m256i cs = _mm256_loadu_si256((const __m256i *)(colsum + col));
+            _mm256_storeu_si256((__m256i *)(colsum + col), _mm256_add_epi32(cs, act));
+            if ((col += 8) == L) col = 0, row++;
+        }
+        unsigned mbig = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(big));
+        if (mbig) {
+            __m256i x = _mm256_and_si256(z, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
+            _mm256_storeu_si256((__m256i *)xs, x);
+            _mm256_storeu_si256((__m256i *)nbs, nb);
+            for (unsigned m = mbig; m; m &= m - 1) {
+                int k = __builtin_ctz(m);
+                bw_put(bw, xs[k], nbs[k]);
+            }
+        }
+    }
+    __m128i a = _mm_or_si128(_mm256_castsi256_si128(any), _mm256_extracti128_si256(any, 1));
+    a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0x4e));
+    a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(a);
 }
 #endif
 
@@ -520,14 +655,20 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     } while (0)
     size_t n4 = n & ~(size_t)3, g0 = 0;
 #ifdef HAVE_VECTOR_CODERS
-    if ((w == 2 || w == 4) && simd_level >= SIMD_AVX512) {
-        g0 = n & ~(size_t)15;
+    if ((w == 2 || w == 4) && simd_level >= SIMD_AVX2) {
         if (L) {
             memset(rowsum, 0, nruns * 4);
             memset(colsum, 0, L * 4);
         }
-        any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes, &bw,
-                             L, rowsum, colsum);
+        if (simd_level >= SIMD_AVX512) {
+            g0 = n & ~(size_t)15;
+            any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
+                                 &bw, L, rowsum, colsum);
+        } else {
+            g0 = n & ~(size_t)7;
+            any |= avx2_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
+                               &bw, L, rowsum, colsum);
+        }
     }
 #endif
     for (size_t g = g0; g < n4; g += 4) {
@@ -633,6 +774,8 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
 #ifdef HAVE_VECTOR_CODERS
     if (simd_level >= SIMD_AVX512) {
         if (avx512_encode_groups(codes, enc, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
+    } else if (simd_level >= SIMD_AVX2) {
+        if (avx2_encode_groups(codes, enc, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
     } else
 #endif
         for (size_t g = ng; g > 0; g -= NSTATES) {
@@ -1397,6 +1540,7 @@ PyMODINIT_FUNC PyInit__delta_ans(void) {
     init_short_tokens();
 #ifdef HAVE_VECTOR_CODERS
     init_renorm_shuffle();
+    init_renorm_pack();
 #endif
     simd_level = best_simd_level();
     return PyModule_Create(&module);
