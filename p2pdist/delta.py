@@ -29,6 +29,7 @@ hidden temporary names, and renames only once every file verified.
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
@@ -61,7 +62,7 @@ from p2pdist.delta_codec import (
 )
 from p2pdist.delta_file import DeltaFileWriter, header_bound, read_table
 from p2pdist.digest import hash_file, hash_files
-from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError, StoreError
 from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
 from p2pdist.manifest import FileEntry, describe_files, list_files, safe_relpath
 
@@ -518,6 +519,12 @@ def decode(
         if verify_parent:
             _check_parent_digests(index, parent_dir)  # a wrong parent, named precisely
         raise
+    except OSError as e:  # writing the rebuilt files failed: disk full, permissions, ...
+        _undo(staged, renamed, created)
+        hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
+        raise StoreError(
+            f"cannot rebuild the version into {out_dir}: {e.strerror or e}{hint}"
+        ) from None
     except BaseException:
         _undo(staged, renamed, created)
         raise

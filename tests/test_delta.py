@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +16,7 @@ import zstandard
 
 from p2pdist import delta
 from p2pdist.delta_codec import META_KEY, Segment
-from p2pdist.errors import FormatError, IntegrityError, NotFoundError
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError, StoreError
 from p2pdist.manifest import FileEntry, describe_files, list_files
 from p2pdist.shards import read_header, save_state_dict
 
@@ -335,6 +337,20 @@ def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
     with pytest.raises((FormatError, IntegrityError), match=r"another parent|rebuilt"):
         delta.decode(a, d, d.parent / "out2", expected=expected, verify_parent=False)
     _nothing_visible(d.parent / "out2")
+
+
+def test_disk_full_while_rebuilding_is_a_store_error_and_leaves_nothing(pair, monkeypatch) -> None:
+    writes = []
+
+    def full_disk(fd: int, data: np.ndarray, offset: int) -> None:
+        writes.append(offset)
+        if len(writes) > 2:  # a few segments land, then the disk fills
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.pwrite(fd, memoryview(data).cast("B"), offset)
+
+    monkeypatch.setattr(delta, "_pwrite", full_disk)
+    _decode_fails(pair, StoreError, r"No space left on device \(disk full: free space and retry\)")
+    assert len(writes) > 2
 
 
 def test_missing_parent_file(pair) -> None:
