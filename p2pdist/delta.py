@@ -310,9 +310,14 @@ def encode(
             os.replace(out_dir / f".{name}.{tag}.incomplete", out_dir / name)
             written.append(out_dir / name)
         os.replace(index_tmp, out_dir / INDEX_FILE)
-    except BaseException:
+    except BaseException as e:
         for p in written:
             p.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, P2PDistError):
+            hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
+            raise StoreError(
+                f"cannot write the delta into {out_dir}: {e.strerror or e}{hint}"
+            ) from None
         raise
     return index.delta_files
 

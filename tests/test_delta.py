@@ -16,6 +16,7 @@ import zstandard
 
 from p2pdist import delta
 from p2pdist.delta_codec import META_KEY, Segment
+from p2pdist.delta_file import DeltaFileWriter
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError, StoreError
 from p2pdist.manifest import FileEntry, describe_files, list_files
 from p2pdist.shards import read_header, save_state_dict
@@ -337,6 +338,29 @@ def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
     with pytest.raises((FormatError, IntegrityError), match=r"another parent|rebuilt"):
         delta.decode(a, d, d.parent / "out2", expected=expected, verify_parent=False)
     _nothing_visible(d.parent / "out2")
+
+
+def test_disk_full_while_encoding_is_a_store_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    gen = torch.Generator().manual_seed(5)
+    old = {f"w{i}": torch.randn(256, 64, generator=gen).bfloat16() for i in range(4)}
+    a = _write(tmp_path / "a", old, shard=1 << 30)
+    b = _write(tmp_path / "b", {k: _nudge(v) for k, v in old.items()}, shard=1 << 30)
+    real_add, calls = DeltaFileWriter.add, []
+
+    def full_disk(self: DeltaFileWriter, payload: bytes) -> str:
+        calls.append(len(payload))
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_add(self, payload)
+
+    monkeypatch.setattr(DeltaFileWriter, "add", full_disk)
+    out = tmp_path / "delta"
+    with pytest.raises(StoreError, match=r"No space left on device \(disk full"):
+        delta.encode(a, b, out)
+    assert len(calls) > 2
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_disk_full_while_rebuilding_is_a_store_error_and_leaves_nothing(pair, monkeypatch) -> None:
