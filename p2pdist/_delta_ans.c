@@ -231,17 +231,21 @@ static void enc_sym_init(EncSym *s, uint32_t start, uint32_t freq) {
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+/* Which vector code runs: 0 portable C, 1 AVX2, 2 AVX-512 (encoder and decoder, 16- and
+ * 32-bit words; only the portable C where the vector code is not compiled in). The best the
+ * CPU has is chosen when the module loads; the tests switch between them and check that all
+ * code the same bytes. */
+enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
+static int simd_level = SIMD_NONE;
+
+/* P2PDIST_NO_VECTOR builds the portable C alone, as on hosts other than x86-64 (the tests
+ * compile it so, to keep that build working). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(P2PDIST_NO_VECTOR)
 #define HAVE_VECTOR_CODERS 1
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,bmi2")))
 #define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512cd,avx512vl,avx512vbmi")))
 
-/* Which vector code runs: 0 portable C, 1 AVX2, 2 AVX-512 (encoder and decoder, 16- and
- * 32-bit words). The best the CPU has is chosen when the module loads; the tests switch
- * between them and check that all code the same bytes. */
-enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
-static int simd_level = SIMD_NONE;
 
 /* The encoder's rANS pass over whole groups, last group first: the steps of ENC_PUT for
  * states 31..16 as one vector, then 15..0. A vector's lanes that renormalise write their low
@@ -406,7 +410,7 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
             }
         }
     }
-    return (uint64_t)_mm512_reduce_or_epi32(any);
+    return (uint32_t)_mm512_reduce_or_epi32(any);
 }
 /* For each 8-bit mask of encoder lanes that renormalise: a permutation that puts those lanes,
  * in lane order, at the top of the vector (positions 8 - count .. 7). */
@@ -579,7 +583,6 @@ static void put_classes(Out *o, const uint8_t *cls, size_t count, unsigned bits)
     if (nacc) *o->p++ = (uint8_t)acc;
 }
 
-/* Encode n words. ENC_TOO_BIG when the payload would not be smaller than the raw n*w bytes. */
 /* Whether a segment of n w-byte words in rows of row_len gets row and column classes: rows a
  * multiple of a group long (a group never straddles two), enough of them, a segment large
  * enough to pay for 4x the tables, and words of at most 16 bits (on the fp32 pairs of
@@ -590,6 +593,7 @@ INLINE int use_classes(size_t n, int w, size_t row_len) {
            n / row_len >= 16 && n >= (64u << 10);
 }
 
+/* Encode n words. ENC_TOO_BIG when the payload would not be smaller than the raw n*w bytes. */
 INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, int w, int use_ctx,
                               unsigned shift, unsigned bits, int64_t lo, size_t row_len, Arena a,
                               Pieces *out) {
