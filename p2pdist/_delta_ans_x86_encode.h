@@ -1,0 +1,245 @@
+/* The x86-64 vector passes of the delta encoder (AVX-512 and AVX2), included by _delta_ans.c
+ * after the encoder's types (EncSym, BitWriter) where the compiler has the x86 intrinsics.
+ * Each function does what the portable C of _delta_ans.c does, on 16 or 8 words at once, and
+ * must produce the same bytes: the tests compare every level. Not a standalone header. */
+
+/* The encoder's rANS pass over whole groups, last group first: the steps of ENC_PUT for
+ * states 31..16 as one vector, then 15..0. A vector's lanes that renormalise write their low
+ * 16 bits below ptr in lane order (a compress and a masked store), as the scalar encoder does
+ * one state at a time. Returns 0, or -1 if the stream would reach floor. */
+AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc, size_t ng,
+                                       uint32_t *x, uint16_t **pptr, const uint16_t *floor) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m256i one = _mm256_set1_epi32(1);
+    const long long *table = (const long long *)enc; /* a symbol is two 64-bit halves */
+    __m512i xs[NSTATES / 16];
+    for (int k = 0; k < NSTATES / 16; k++) xs[k] = _mm512_loadu_si512((const void *)(x + 16 * k));
+    uint16_t *ptr = *pptr;
+    for (size_t g = ng; g > 0; g -= NSTATES) {
+        if (ptr < floor) return -1;
+        for (int k = NSTATES / 16; k-- > 0;) {
+            __m512i c = _mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(codes + g - NSTATES + 16 * (size_t)k))), 1);
+            __m256i c0 = _mm512_castsi512_si256(c), c1 = _mm512_extracti64x4_epi64(c, 1);
+            __m512i a0 = _mm512_i32gather_epi64(c0, table, 8), a1 = _mm512_i32gather_epi64(c1, table, 8);
+            __m512i b0 = _mm512_i32gather_epi64(_mm256_add_epi32(c0, one), table, 8);
+            __m512i b1 = _mm512_i32gather_epi64(_mm256_add_epi32(c1, one), table, 8);
+            __m512i x_max = _mm512_permutex2var_epi32(a0, even, a1);
+            __m512i rcp = _mm512_permutex2var_epi32(a0, odd, a1);
+            __m512i bias = _mm512_permutex2var_epi32(b0, even, b1);
+            __m512i cs = _mm512_permutex2var_epi32(b0, odd, b1); /* cmpl_freq | rcp_shift << 16 */
+            __m512i v = xs[k];
+            __mmask16 need = _mm512_cmpge_epu32_mask(v, x_max);
+            unsigned cnt = (unsigned)__builtin_popcount((unsigned)need);
+            ptr -= cnt;
+            _mm256_mask_storeu_epi16(ptr, (__mmask16)((1u << cnt) - 1),
+                                     _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(need, v)));
+            v = _mm512_mask_srli_epi32(v, need, v, 16);
+            /* q = (v * rcp) >> 32 >> rcp_shift, even and odd lanes apart */
+            __m512i lo = _mm512_srli_epi64(_mm512_mul_epu32(v, rcp), 32);
+            __m512i hi = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(rcp, 32));
+            __m512i q = _mm512_srlv_epi32(_mm512_mask_blend_epi32(0xaaaa, lo, hi), _mm512_srli_epi32(cs, 16));
+            __m512i cmpl = _mm512_and_si512(cs, _mm512_set1_epi32(0xffff));
+            xs[k] = _mm512_add_epi32(_mm512_add_epi32(v, bias), _mm512_mullo_epi32(q, cmpl));
+        }
+    }
+    for (int k = 0; k < NSTATES / 16; k++) _mm512_storeu_si512((void *)(x + 16 * k), xs[k]);
+    *pptr = ptr;
+    return 0;
+}
+
+/* Pass 1 of the encoder for words [0, n16) of w = 2 or 4 bytes, 16 at a time: the tokens,
+ * contexts and extra bits of the TOKEN macro, computed as vectors; the extra bits of the lanes
+ * that have any are then written in lane order, one lane at a time.
+ * Returns the OR of every z (zero when nothing moved). */
+AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
+                                     uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                     uint16_t *codes, BitWriter *bw, size_t L,
+                                     uint32_t *rowsum, uint32_t *colsum) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
+    const __m512i top = _mm512_set1_epi32(MAX_CTX - 1), units = _mm512_set1_epi32(alphabet);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    __m512i any = zero;
+    uint32_t xs[16], nbs[16];
+    size_t row = 0, col = 0;
+    for (size_t i = 0; i < n16; i += 16) {
+        __m512i b, z;
+        if (w == 2) {
+            b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)));
+            __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nw + i * 2)));
+            __m512i d = _mm512_and_si512(_mm512_sub_epi32(a, b), _mm512_set1_epi32(0xffff));
+            __m512i neg = _mm512_sub_epi32(zero, _mm512_srli_epi32(d, 15));
+            z = _mm512_and_si512(_mm512_xor_si512(_mm512_slli_epi32(d, 1), neg), _mm512_set1_epi32(0xffff));
+        } else {
+            b = _mm512_loadu_si512((const void *)(bs + i * 4));
+            __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(nw + i * 4)), b);
+            z = _mm512_xor_si512(_mm512_slli_epi32(d, 1), _mm512_srai_epi32(d, 31));
+        }
+        any = _mm512_or_si512(any, z);
+        /* z >= 16: p = floor(log2 z), token 4p + the two bits below the leading one, p - 2
+         * extra bits; else token z */
+        __mmask16 big = _mm512_cmpge_epu32_mask(z, _mm512_set1_epi32(SMALL));
+        __m512i p = _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(z));
+        __m512i nb = _mm512_maskz_sub_epi32(big, p, _mm512_set1_epi32(2));
+        __m512i tb = _mm512_add_epi32(_mm512_slli_epi32(p, 2),
+                                      _mm512_and_si512(_mm512_srlv_epi32(z, nb), _mm512_set1_epi32(3)));
+        __m512i t = _mm512_mask_blend_epi32(big, z, tb);
+        __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_srl_epi32(b, sh), km), l);
+        c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
+        __m512i ct = _mm512_add_epi32(_mm512_mullo_epi32(c, units), t);
+        _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
+        if (L) { /* row and column activity for the classes (16 words never straddle a row) */
+            __m512i act = _mm512_min_epu32(t, _mm512_set1_epi32(24));
+            rowsum[row] += (uint32_t)_mm512_reduce_add_epi32(act);
+            __m512i cs = _mm512_loadu_si512((const void *)(colsum + col));
+            _mm512_storeu_si512((void *)(colsum + col), _mm512_add_epi32(cs, act));
+            if ((col += 16) == L) col = 0, row++;
+        }
+        if (big) {
+            __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
+            _mm512_storeu_si512((void *)xs, x);
+            _mm512_storeu_si512((void *)nbs, nb);
+            for (unsigned m = big; m; m &= m - 1) {
+                int k = __builtin_ctz(m);
+                bw_put(bw, xs[k], nbs[k]);
+            }
+        }
+    }
+    return (uint32_t)_mm512_reduce_or_epi32(any);
+}
+/* For each 8-bit mask of encoder lanes that renormalise: a permutation that puts those lanes,
+ * in lane order, at the top of the vector (positions 8 - count .. 7). */
+static uint32_t renorm_pack[256][8];
+
+static void init_renorm_pack(void) {
+    for (int m = 0; m < 256; m++) {
+        int count = __builtin_popcount((unsigned)m), at = 8 - count;
+        for (int k = 0; k < 8; k++) renorm_pack[m][k] = 0;
+        for (int k = 0; k < 8; k++)
+            if ((m >> k) & 1) renorm_pack[m][at++] = (uint32_t)k;
+    }
+}
+
+/* x >= y for unsigned 32-bit lanes */
+AVX2 INLINE __m256i avx2_ge_epu32(__m256i x, __m256i y) {
+    return _mm256_cmpeq_epi32(_mm256_max_epu32(x, y), x);
+}
+
+/* The encoder's rANS pass with AVX2, as avx512_encode_groups with 8-lane vectors. A vector's
+ * renormalising lanes are packed, in lane order, to the top of an 8-word store that ends at
+ * ptr: the words below the new ptr are free stream space, overwritten later. */
+AVX2 static int avx2_encode_groups(const uint16_t *codes, const EncSym *enc, size_t ng,
+                                   uint32_t *x, uint16_t **pptr, const uint16_t *floor) {
+    const int *table = (const int *)enc; /* a symbol is 4 32-bit fields */
+    __m256i xs[NSTATES / 8];
+    for (int k = 0; k < NSTATES / 8; k++) xs[k] = _mm256_loadu_si256((const __m256i *)(x + 8 * k));
+    uint16_t *ptr = *pptr;
+    for (size_t g = ng; g > 0; g -= NSTATES) {
+        if (ptr < floor) return -1;
+        for (int k = NSTATES / 8; k-- > 0;) {
+            __m256i c = _mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(codes + g - NSTATES + 8 * (size_t)k))), 2);
+            __m256i x_max = _mm256_i32gather_epi32(table, c, 4);
+            __m256i rcp = _mm256_i32gather_epi32(table + 1, c, 4);
+            __m256i bias = _mm256_i32gather_epi32(table + 2, c, 4);
+            __m256i cs = _mm256_i32gather_epi32(table + 3, c, 4); /* cmpl_freq | rcp_shift << 16 */
+            __m256i v = xs[k];
+            __m256i need = avx2_ge_epu32(v, x_max);
+            unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+            __m256i packed = _mm256_permutevar8x32_epi32(
+                _mm256_and_si256(v, _mm256_set1_epi32(0xffff)),
+                _mm256_loadu_si256((const __m256i *)renorm_pack[mask]));
+            packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(packed, packed), 0x08);
+            _mm_storeu_si128((__m128i *)(ptr - 8), _mm256_castsi256_si128(packed));
+            ptr -= __builtin_popcount(mask);
+            v = _mm256_blendv_epi8(v, _mm256_srli_epi32(v, 16), need);
+            /* q = (v * rcp) >> 32 >> rcp_shift, even and odd lanes apart */
+            __m256i lo = _mm256_srli_epi64(_mm256_mul_epu32(v, rcp), 32);
+            __m256i hi = _mm256_mul_epu32(_mm256_srli_epi64(v, 32), _mm256_srli_epi64(rcp, 32));
+            __m256i q = _mm256_srlv_epi32(_mm256_blend_epi32(lo, hi, 0xaa), _mm256_srli_epi32(cs, 16));
+            __m256i cmpl = _mm256_and_si256(cs, _mm256_set1_epi32(0xffff));
+            xs[k] = _mm256_add_epi32(_mm256_add_epi32(v, bias), _mm256_mullo_epi32(q, cmpl));
+        }
+    }
+    for (int k = 0; k < NSTATES / 8; k++) _mm256_storeu_si256((__m256i *)(x + 8 * k), xs[k]);
+    *pptr = ptr;
+    return 0;
+}
+
+/* Pass 1 of the encoder with AVX2, as avx512_tokens with 8-lane vectors (floor(log2 z) from
+ * the float exponent of z's leading bit, which AVX2 has no instruction for). */
+AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n8,
+                                 uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                 uint16_t *codes, BitWriter *bw, size_t L, uint32_t *rowsum,
+                                 uint32_t *colsum) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
+    const __m256i top = _mm256_set1_epi32(MAX_CTX - 1), three = _mm256_set1_epi32(3);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
+    __m256i any = zero;
+    uint32_t xs[8], nbs[8];
+    size_t row = 0, col = 0;
+    for (size_t i = 0; i < n8; i += 8) {
+        __m256i b, z;
+        if (w == 2) {
+            b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bs + i * 2)));
+            __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nw + i * 2)));
+            __m256i d = _mm256_and_si256(_mm256_sub_epi32(a, b), _mm256_set1_epi32(0xffff));
+            __m256i neg = _mm256_sub_epi32(zero, _mm256_srli_epi32(d, 15));
+            z = _mm256_and_si256(_mm256_xor_si256(_mm256_slli_epi32(d, 1), neg), _mm256_set1_epi32(0xffff));
+        } else {
+            b = _mm256_loadu_si256((const __m256i *)(bs + i * 4));
+            __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(nw + i * 4)), b);
+            z = _mm256_xor_si256(_mm256_slli_epi32(d, 1), _mm256_srai_epi32(d, 31));
+        }
+        any = _mm256_or_si256(any, z);
+        __m256i big = avx2_ge_epu32(z, _mm256_set1_epi32(SMALL));
+        /* the leading bit alone converts to a float exactly; its exponent is floor(log2 z)
+         * (2^31 converts as -2^31: same exponent) */
+        __m256i s = _mm256_or_si256(z, _mm256_srli_epi32(z, 1));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 2));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 4));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 8));
+        s = _mm256_or_si256(s, _mm256_srli_epi32(s, 16));
+        __m256i lead = _mm256_andnot_si256(_mm256_srli_epi32(s, 1), s);
+        __m256i p = _mm256_sub_epi32(
+            _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lead)), 23),
+                             _mm256_set1_epi32(0xff)),
+            _mm256_set1_epi32(127));
+        __m256i nb = _mm256_and_si256(big, _mm256_sub_epi32(p, _mm256_set1_epi32(2)));
+        __m256i tb = _mm256_add_epi32(_mm256_slli_epi32(p, 2), _mm256_and_si256(_mm256_srlv_epi32(z, nb), three));
+        __m256i t = _mm256_blendv_epi8(z, tb, big);
+        __m256i c = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(b, sh), km), l);
+        c = _mm256_min_epi32(_mm256_max_epi32(c, zero), top);
+        __m256i ct = _mm256_add_epi32(_mm256_sll_epi32(c, unit_bits), t);
+        __m256i ct16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(ct, ct), 0x08);
+        _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ct16));
+        if (L) { /* row and column activity for the classes (8 words never straddle a row) */
+            __m256i act = _mm256_min_epu32(t, _mm256_set1_epi32(24));
+            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(act), _mm256_extracti128_si256(act, 1));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+            rowsum[row] += (uint32_t)_mm_cvtsi128_si32(h);
+            __m256i cs = _mm256_loadu_si256((const __m256i *)(colsum + col));
+            _mm256_storeu_si256((__m256i *)(colsum + col), _mm256_add_epi32(cs, act));
+            if ((col += 8) == L) col = 0, row++;
+        }
+        unsigned mbig = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(big));
+        if (mbig) {
+            __m256i x = _mm256_and_si256(z, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
+            _mm256_storeu_si256((__m256i *)xs, x);
+            _mm256_storeu_si256((__m256i *)nbs, nb);
+            for (unsigned m = mbig; m; m &= m - 1) {
+                int k = __builtin_ctz(m);
+                bw_put(bw, xs[k], nbs[k]);
+            }
+        }
+    }
+    __m128i a = _mm_or_si128(_mm256_castsi256_si128(any), _mm256_extracti128_si256(any, 1));
+    a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0x4e));
+    a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(a);
+}
