@@ -258,7 +258,7 @@ typedef struct {
     unsigned nacc; /* pending bits in acc, < 8 between calls */
 } BitWriter;
 
-INLINE void bw_put(BitWriter *bw, uint64_t v, unsigned nb) { /* nb <= 32 */
+INLINE void bw_put(BitWriter *bw, uint64_t v, unsigned nb) { /* nb <= 57, v < 2^nb */
     bw->acc |= v << bw->nacc;
     bw->nacc += nb;
     memcpy(bw->buf + bw->pos, &bw->acc, 8);

@@ -63,7 +63,7 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
     const __m128i sh = _mm_cvtsi32_si128((int)shift);
     __m512i any = zero;
     uint32_t xs[16], nbs[16];
-    size_t row = 0, col = 0;
+    size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n16; i += 16) {
         __m512i b, z;
         if (w == 2) {
@@ -97,8 +97,29 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
             _mm512_storeu_si512((void *)(colsum + col), _mm512_add_epi32(cs, act));
             if ((col += 16) == L) col = 0, row++;
         }
-        if (big) {
-            __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
+        __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
+        bigs += (size_t)__builtin_popcount((unsigned)big);
+        if (w == 2 && bigs * 16 > 3 * (i + 16)) {
+            /* many words with extra bits (over 3 in 16 so far): at most 13 bits a word, so
+             * each 4 words' bits are joined in a 64-bit lane (<= 52 bits): 4 writes, no
+             * branch on which lanes have bits, a coin toss; with few, the loop below wins */
+            __m512i incl = _mm512_add_epi32(nb, _mm512_bslli_epi128(nb, 4));
+            incl = _mm512_add_epi32(incl, _mm512_bslli_epi128(incl, 8)); /* within 4 words */
+            __m512i at = _mm512_sub_epi32(incl, nb);
+            __m512i lo = _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(x)),
+                                           _mm512_cvtepu32_epi64(_mm512_castsi512_si256(at)));
+            __m512i hi = _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(x, 1)),
+                                           _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(at, 1)));
+            lo = _mm512_or_si512(lo, _mm512_shuffle_epi32(lo, _MM_PERM_BADC));
+            hi = _mm512_or_si512(hi, _mm512_shuffle_epi32(hi, _MM_PERM_BADC));
+            lo = _mm512_or_si512(lo, _mm512_shuffle_i64x2(lo, lo, _MM_SHUFFLE(2, 3, 0, 1)));
+            hi = _mm512_or_si512(hi, _mm512_shuffle_i64x2(hi, hi, _MM_SHUFFLE(2, 3, 0, 1)));
+            uint64_t joined[16];
+            _mm512_storeu_si512((void *)joined, lo);
+            _mm512_storeu_si512((void *)(joined + 8), hi);
+            _mm512_storeu_si512((void *)nbs, incl);
+            for (int q = 0; q < 4; q++) bw_put(bw, joined[4 * q], nbs[4 * q + 3]);
+        } else if (big) {
             _mm512_storeu_si512((void *)xs, x);
             _mm512_storeu_si512((void *)nbs, nb);
             for (unsigned m = big; m; m &= m - 1) {
@@ -181,7 +202,7 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
     const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
     __m256i any = zero;
     uint32_t xs[8], nbs[8];
-    size_t row = 0, col = 0;
+    size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n8; i += 8) {
         __m256i b, z;
         if (w == 2) {
@@ -228,8 +249,24 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
             if ((col += 8) == L) col = 0, row++;
         }
         unsigned mbig = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(big));
-        if (mbig) {
-            __m256i x = _mm256_and_si256(z, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
+        __m256i x = _mm256_and_si256(z, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
+        bigs += (size_t)__builtin_popcount(mbig);
+        if (w == 2 && bigs * 16 > 3 * (i + 8)) { /* as in avx512_tokens: 4 words joined */
+            __m256i incl = _mm256_add_epi32(nb, _mm256_bslli_epi128(nb, 4));
+            incl = _mm256_add_epi32(incl, _mm256_bslli_epi128(incl, 8));
+            __m256i at = _mm256_sub_epi32(incl, nb);
+            __m256i lo = _mm256_sllv_epi64(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(x)),
+                                           _mm256_cvtepu32_epi64(_mm256_castsi256_si128(at)));
+            __m256i hi = _mm256_sllv_epi64(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(x, 1)),
+                                           _mm256_cvtepu32_epi64(_mm256_extracti128_si256(at, 1)));
+            lo = _mm256_or_si256(lo, _mm256_permute4x64_epi64(lo, 0xb1));
+            hi = _mm256_or_si256(hi, _mm256_permute4x64_epi64(hi, 0xb1));
+            lo = _mm256_or_si256(lo, _mm256_permute4x64_epi64(lo, 0x4e));
+            hi = _mm256_or_si256(hi, _mm256_permute4x64_epi64(hi, 0x4e));
+            _mm256_storeu_si256((__m256i *)nbs, incl);
+            bw_put(bw, (uint64_t)_mm256_extract_epi64(lo, 0), nbs[3]);
+            bw_put(bw, (uint64_t)_mm256_extract_epi64(hi, 0), nbs[7]);
+        } else if (mbig) {
             _mm256_storeu_si256((__m256i *)xs, x);
             _mm256_storeu_si256((__m256i *)nbs, nb);
             for (unsigned m = mbig; m; m &= m - 1) {
