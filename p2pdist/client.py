@@ -20,6 +20,8 @@ import base64
 import hashlib
 import http.client
 import json
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,6 +74,9 @@ class RegistryClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._waits: dict[int, _CancellableConnection] = {}  # by thread: long-polls in flight
+        self._waits_lock = threading.Lock()
+        self._opener = urllib.request.build_opener(_Handler(self), _HTTPSHandler(self))
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r}, token={'set' if self.token else None})"
@@ -122,20 +127,41 @@ class RegistryClient:
         answer = self._json("GET", f"/v1/models/{_q(name)}/latest")
         return self._version_of(answer)
 
-    def wait_for_newer(self, name: str, after: str | None, wait: float) -> str | None:
+    def wait_for_newer(
+        self, name: str, after: str | None, wait: float, cancel: threading.Event | None = None
+    ) -> str | None:
         """Long-poll: the latest version once it is newer than ``after``, or None after ``wait`` s.
 
         With ``after=None`` any published version counts, and a model not published yet is
-        waited for too. The registry caps one wait at 60 s; call again to wait longer.
+        waited for too. The registry caps one wait at 60 s; call again to wait longer. Setting
+        ``cancel`` and then calling ``cancel_waits()`` from another thread ends the wait at
+        once (None), as a Follower's stop() does.
         """
         query = {"wait": f"{max(0.0, min(wait, 60.0)):g}"}
         if after is not None:
             query["after"] = after
         path = f"/v1/models/{_q(name)}/latest?{urllib.parse.urlencode(query)}"
-        status, data = self._request("GET", path, timeout=self.timeout + min(wait, 60.0))
+        timeout = self.timeout + min(wait, 60.0)
+        if cancel is not None and cancel.is_set():
+            return None
+        try:
+            status, data = self._request("GET", path, timeout=timeout, cancel=cancel)
+        except TrackerError:
+            if cancel is not None and cancel.is_set():
+                return None
+            raise
         if status in (204, 304):
             return None
         return self._version_of(self._parse(data))
+
+    def cancel_waits(self) -> None:
+        """End the long-polls in flight whose ``cancel`` event is set (their sockets are shut
+        down; a wait still connecting sees its event and gives up)."""
+        with self._waits_lock:
+            waits = list(self._waits.values())
+        for connection in waits:
+            if connection.cancel is not None and connection.cancel.is_set():
+                connection.abort()
 
     def manifest_bytes(self, name: str, version: str) -> bytes:
         """The manifest of a version, exactly as published (verify its signature yourself)."""
@@ -201,7 +227,12 @@ class RegistryClient:
         )
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> tuple[int, bytes]:
         url = self.base_url + path
         headers = {"Accept": "application/json", "User-Agent": "p2pdist"}
@@ -210,8 +241,9 @@ class RegistryClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        _cancel.event = cancel
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+            with self._opener.open(request, timeout=timeout or self.timeout) as response:
                 return response.status, _read(response)
         except urllib.error.HTTPError as e:
             raise self._http_error(method, path, e) from None
@@ -221,6 +253,19 @@ class RegistryClient:
                 f"tracker at {self.base_url} is not reachable ({reason}); start it with "
                 "`p2pdist tracker serve` or set P2PDIST_TRACKER"
             ) from None
+        finally:
+            _cancel.event = None
+            if cancel is not None:
+                with self._waits_lock:
+                    self._waits.pop(threading.get_ident(), None)
+
+    def _connection(self, connection: _CancellableConnection) -> _CancellableConnection:
+        """Register a new connection of a cancellable request (made in this thread)."""
+        connection.cancel = _cancel.event
+        if connection.cancel is not None:
+            with self._waits_lock:
+                self._waits[threading.get_ident()] = connection
+        return connection
 
     def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> Exception:
         try:
@@ -244,6 +289,59 @@ class RegistryClient:
         if 400 <= e.code < 500:
             return FormatError(message)
         return TrackerError(f"tracker at {self.base_url} failed: {message}")
+
+
+_cancel = threading.local()
+"""The ``cancel`` event of the request this thread is making (None: not cancellable)."""
+
+
+class _CancellableConnection(http.client.HTTPConnection):
+    """An HTTP connection that another thread can abort (its socket shut down)."""
+
+    cancel: threading.Event | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        if self.cancel is not None and self.cancel.is_set():  # cancelled while connecting
+            self.abort()
+            raise ConnectionAbortedError("long-poll cancelled")
+
+    def abort(self) -> None:
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _CancellableHTTPSConnection(_CancellableConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _Handler(urllib.request.HTTPHandler):
+    def __init__(self, client: RegistryClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connect(host: str, **kwargs: Any) -> _CancellableConnection:
+            return self._client._connection(_CancellableConnection(host, **kwargs))
+
+        return self.do_open(connect, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, client: RegistryClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connect(host: str, **kwargs: Any) -> _CancellableConnection:
+            return self._client._connection(_CancellableHTTPSConnection(host, **kwargs))
+
+        extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
+        return self.do_open(connect, req, context=self._context, **extra)
 
 
 def _read(response: Any) -> bytes:

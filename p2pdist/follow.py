@@ -89,7 +89,9 @@ class Follower:
         return self
 
     def stop(self) -> None:
+        """End following now: a long-poll in flight is cut short, a fetch runs to its end."""
         self._stop.set()
+        self.fetcher.client.cancel_waits()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -110,7 +112,7 @@ class Follower:
                     self._start = self._latest_now()
                 try:
                     newest = self.fetcher.client.wait_for_newer(
-                        self.name, self.current, self.poll_seconds
+                        self.name, self.current, self.poll_seconds, cancel=self._stop
                     )
                 except NotFoundError:  # the model is not published yet: keep waiting
                     newest = None

@@ -35,6 +35,36 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
         yield url, data_dir
 
 
+def test_a_cancelled_long_poll_ends_at_once_and_others_go_on(world: tuple[str, Path]) -> None:
+    """cancel_waits() cuts short the long-polls whose event is set, and only those."""
+    url, _ = world
+    client = RegistryClient(url)
+    cancel, other = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def wait(label: str, event: threading.Event) -> None:
+        results[label] = client.wait_for_newer("nobody/publishes", None, 60, cancel=event)
+
+    waiters = [threading.Thread(target=wait, args=(n, e)) for n, e in (("a", cancel), ("b", other))]
+    for t in waiters:
+        t.start()
+    while len(client._waits) < 2:  # both connected and registered
+        assert all(t.is_alive() for t in waiters)
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.2)  # both are inside the registry's 60 s wait
+    cancel.set()
+    client.cancel_waits()
+    waiters[0].join(30)
+    assert not waiters[0].is_alive() and results["a"] is None
+    assert waiters[1].is_alive()  # the other wait is untouched
+    other.set()
+    client.cancel_waits()
+    waiters[1].join(30)
+    assert not waiters[1].is_alive() and results["b"] is None and client._waits == {}
+    # an event set before the call: no request at all
+    assert client.wait_for_newer("nobody/publishes", None, 60, cancel=cancel) is None
+
+
 def test_publish_and_read_back(world: tuple[str, Path]) -> None:
     url, data_dir = world
     key = Ed25519PrivateKey.generate()

@@ -38,7 +38,7 @@ REF = f"{NAME}@latest"
 WAIT = 60.0
 """Seconds a test waits for something that takes well under one on an idle machine."""
 POLL = 2.0
-"""The followers' long-poll (s): stop() takes effect when the current one returns."""
+"""The followers' long-poll (s)."""
 
 
 def model_states(count: int) -> list[dict[str, torch.Tensor]]:
@@ -82,10 +82,12 @@ class WatchedClient(RegistryClient):
         with self._lock:
             return self._waiting.setdefault(version, threading.Event())
 
-    def wait_for_newer(self, name: str, after: str | None, wait: float) -> str | None:
+    def wait_for_newer(
+        self, name: str, after: str | None, wait: float, cancel: threading.Event | None = None
+    ) -> str | None:
         self.waiting_after(after).set()
         try:
-            newest = super().wait_for_newer(name, after, wait)
+            newest = super().wait_for_newer(name, after, wait, cancel)
         except P2PDistError as e:
             self.errors.append(e)
             self.failed.set()
@@ -317,18 +319,23 @@ def test_a_manifest_signed_by_another_key_stops_the_follower(
     assert Store(follower_home).versions(NAME) == []  # refused before any download
 
 
+@pytest.mark.parametrize("poll", [POLL, 60.0])
 def test_stop_ends_a_waiting_follower(
-    tmp_path: Path, tracker: Tracker, swarms: tuple[Swarm, Swarm], follower_home: Path
+    tmp_path: Path, tracker: Tracker, swarms: tuple[Swarm, Swarm], follower_home: Path, poll: float
 ) -> None:
-    """A follower of a model nobody publishes waits quietly, and stop() ends it."""
+    """A follower of a model nobody publishes waits quietly, and stop() ends it at once, in
+    the middle of a long-poll too (with 60 s polls, waiting for the poll to answer would
+    leave it running past the join below)."""
     client = WatchedClient(tracker.url)
     follower = Follower(
         REF,
         lambda update: None,
         fetcher=make_fetcher(tmp_path, follower_home, client, swarms[1]),
-        poll_seconds=POLL,
+        poll_seconds=poll,
     ).start()
-    with following(follower):
-        assert client.waiting_after(None).wait(WAIT)
-        assert follower.running
+    assert client.waiting_after(None).wait(WAIT)
+    threading.Event().wait(0.5)  # inside the registry's wait
+    assert follower.running
+    follower.stop()
+    follower.join(WAIT / 2)
     assert not follower.running and follower.error is None and client.errors == []
