@@ -240,8 +240,8 @@ def encode(
     them, when the caller has them (a publisher does): the files they list are not hashed
     again unless their size changed. Their digests are trusted; a wrong one gives a delta
     whose rebuilt files fail their check, which is why a publisher decodes every delta before
-    it signs. Returns the delta's file names (``delta.json`` first). Nothing is left in ``out_dir`` if
-    encoding fails.
+    it signs. Returns the delta's file names (``delta.json`` first). Nothing is left in
+    ``out_dir`` if encoding fails (a failed write, such as a full disk, is a StoreError).
     """
     parent_dir, new_dir, out_dir = Path(parent_dir), Path(new_dir), Path(out_dir)
     workers = workers or _default_workers()
