@@ -385,11 +385,11 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     for (int k = 0; k < 4; k++) memset(hist[k], 0, (size_t)ntables * (size_t)alphabet * 4);
     memset(freq, 0, (size_t)ntables * sizeof *freq);
 
-    /* pass 1: tokens, contexts, extra bits, histograms (4 copies: no store-to-load stalls).
-     * Written with masks, not branches: whether a word is small is a coin toss. */
+    /* pass 1: tokens, contexts and extra bits (the histograms wait for the classes). Written
+     * with masks, not branches: whether a word is small is a coin toss. */
     BitWriter bw = {extra, 0, 0, 0};
     uint64_t any = 0;
-#define TOKEN(i, k)                                                                              \
+#define TOKEN(i)                                                                                 \
     do {                                                                                         \
         uint64_t b_ = load_word(bs + (i) * w, w);                                                \
         uint64_t z_ = zigzag(load_word(nw + (i) * w, w) - b_, w);                                \
@@ -436,14 +436,14 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     }
 #endif
     for (size_t g = g0; g < n4; g += 4) {
-        TOKEN(g, 0);
-        TOKEN(g + 1, 1);
-        TOKEN(g + 2, 2);
-        TOKEN(g + 3, 3);
+        TOKEN(g);
+        TOKEN(g + 1);
+        TOKEN(g + 2);
+        TOKEN(g + 3);
         if (w <= 2) bw_put(&bw, 0, 0);
     }
     for (size_t i = n4; i < n; i++) {
-        TOKEN(i, 0);
+        TOKEN(i);
         if (w <= 2) bw_put(&bw, 0, 0);
     }
 #undef TOKEN
@@ -456,19 +456,20 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     Out co = {classbuf, classbuf + class_cap};
     put_varint(&co, (uint32_t)L);
     if (L) {
-        uint32_t amask = (uint32_t)alphabet - 1;
-        if (g0 == 0) /* the portable pass 1 left the activity sums to here */
+        if (g0 == 0) { /* the vector pass 1 sums activity as it goes; the portable one not */
+            uint32_t amask = (uint32_t)alphabet - 1;
             memset(colsum, 0, L * 4);
-        for (size_t r = 0; r < nruns && g0 == 0; r++) {
-            const uint16_t *cr = codes + r * L;
-            uint32_t sum = 0;
-            for (size_t c = 0; c < L; c++) {
-                uint32_t t = cr[c] & amask;
-                t = t < 24 ? t : 24;
-                sum += t;
-                colsum[c] += t;
+            for (size_t r = 0; r < nruns; r++) {
+                const uint16_t *cr = codes + r * L;
+                uint32_t sum = 0;
+                for (size_t c = 0; c < L; c++) {
+                    uint32_t t = cr[c] & amask;
+                    t = t < 24 ? t : 24;
+                    sum += t;
+                    colsum[c] += t;
+                }
+                rowsum[r] = sum;
             }
-            rowsum[r] = sum;
         }
         classify(rowsum, nruns, nrow, sorted, rowcls);
         classify(colsum, L, ncol, sorted, colcls);

@@ -130,8 +130,8 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
     return g;
 }
 
-/* Decode 16 words [i, i + 16) of w = 2 or 4 bytes with the 16 states in *x: the steps of
- * avx2_decode8, where lanes that renormalise take their stream words with one expand, and the
+/* Decode 16 words [i, i + 16) of w = 2 or 4 bytes with the 16 states in *x (half of a group's
+ * 32; ``cls`` their class offsets, in tables): the steps of avx2_decode8, where lanes that renormalise take their stream words with one expand, and the
  * extra bits of all 16 lanes come from one load and a byte permutation. */
 AVX512 INLINE void avx512_decode16(int w, const uint8_t *bs, uint8_t *out, size_t i, const Slot *lut,
                                    __m512i km, __m128i sh, __m512i l, __m512i cls, __m512i *x,

@@ -50,9 +50,10 @@ AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc,
 }
 
 /* Pass 1 of the encoder for words [0, n16) of w = 2 or 4 bytes, 16 at a time: the tokens,
- * contexts and extra bits of the TOKEN macro, computed as vectors; the extra bits of the lanes
- * that have any are then written in lane order, one lane at a time.
- * Returns the OR of every z (zero when nothing moved). */
+ * contexts and extra bits of the TOKEN macro, computed as vectors, and with classes (L > 0)
+ * the rows' and columns' activity sums; the extra bits are then written in word order, lane by
+ * lane (or 4 words at a time for 16-bit words when many have some). Returns the OR of every z
+ * (zero when nothing moved). */
 AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
                                      uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
                                      uint16_t *codes, BitWriter *bw, size_t L,
