@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from p2pdist import _delta_ans, delta
-from p2pdist.delta import CHUNK_BYTES
+from p2pdist.delta import CHUNK_BYTES, _row_words
 from p2pdist.delta_codec import decode_ans, encode_segment, float_key
 from p2pdist.header import DTYPE_SIZES, read_header
 from p2pdist.manifest import describe_files, list_files
@@ -77,23 +77,29 @@ def _best(fn: Any) -> float:
 
 
 def codec_speed(old: Path, new: Path) -> dict[str, float]:
-    """MB/s of the segment codec alone: every tensor in CHUNK_BYTES chunks, in memory."""
+    """MB/s of the segment codec alone: every tensor in chunks of whole rows as delta.encode
+    cuts them (row classes included), in memory."""
     name = "model.safetensors"
     old_raw, new_raw = (np.fromfile(f / name, np.uint8) for f in (old, new))
     parent = read_header(old / name).by_name()
     jobs = []
     for spec in read_header(new / name).tensors:
         word, key, base = DTYPE_SIZES[spec.dtype], float_key(spec.dtype), parent[spec.name].start
-        for at in range(0, spec.nbytes, CHUNK_BYTES):
-            n = min(CHUNK_BYTES, spec.nbytes - at)
-            jobs.append((new_raw[spec.start + at :][:n], old_raw[base + at :][:n], word, key))
+        step, row = CHUNK_BYTES, _row_words(spec.shape)  # whole rows, as delta.encode cuts them
+        if row and row * word <= step:
+            step -= step % (row * word)
+        else:
+            row = 0
+        for at in range(0, spec.nbytes, step):
+            n = min(step, spec.nbytes - at)
+            jobs.append((new_raw[spec.start + at :][:n], old_raw[base + at :][:n], word, key, row))
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
         def encode_all() -> list[Any]:
             return list(pool.map(lambda job: encode_segment(*job), jobs))
 
         def decode_one(job: tuple[Any, ...], coded: Any) -> None:
-            new_part, base, word, _ = job
+            new_part, base, word, _, _ = job
             if coded.op == "ans":
                 out = np.empty_like(new_part)
                 decode_ans(coded.payloads[0].payload, base, out, word, coded.context)

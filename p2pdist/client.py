@@ -75,7 +75,7 @@ class RegistryClient:
         self.token = token
         self.timeout = timeout
         self._waits: dict[int, _CancellableConnection] = {}  # by thread: long-polls in flight
-        self._waits_lock = threading.Lock()
+        self._waits_lock = threading.RLock()  # stop() may run in a signal handler
         self._opener = urllib.request.build_opener(_Handler(self), _HTTPSHandler(self))
 
     def __repr__(self) -> str:
@@ -146,13 +146,13 @@ class RegistryClient:
             return None
         try:
             status, data = self._request("GET", path, timeout=timeout, cancel=cancel)
+            if status in (204, 304):
+                return None
+            return self._version_of(self._parse(data))
         except TrackerError:
             if cancel is not None and cancel.is_set():
                 return None
             raise
-        if status in (204, 304):
-            return None
-        return self._version_of(self._parse(data))
 
     def cancel_waits(self) -> None:
         """End the long-polls in flight whose ``cancel`` event is set (their sockets are shut
@@ -257,14 +257,19 @@ class RegistryClient:
             _cancel.event = None
             if cancel is not None:
                 with self._waits_lock:
-                    self._waits.pop(threading.get_ident(), None)
+                    connection = self._waits.pop(threading.get_ident(), None)
+                if connection is not None:
+                    connection.release()
 
     def _connection(self, connection: _CancellableConnection) -> _CancellableConnection:
         """Register a new connection of a cancellable request (made in this thread)."""
         connection.cancel = _cancel.event
         if connection.cancel is not None:
             with self._waits_lock:
+                previous = self._waits.get(threading.get_ident())
                 self._waits[threading.get_ident()] = connection
+            if previous is not None:  # a redirect: the first connection is done
+                previous.release()
         return connection
 
     def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> Exception:
@@ -299,6 +304,45 @@ class _CancellableConnection(http.client.HTTPConnection):
     """An HTTP connection that another thread can abort (its socket shut down)."""
 
     cancel: threading.Event | None = None
+    _handle: socket.socket | None = None
+    """A dup() of a cancellable connection's socket, from before it connects until the request
+    ends: shutdown() through it reaches the socket while it connects, during the TLS handshake
+    (when ``sock`` is the raw socket that wrap_socket detached) and after."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handle_lock = threading.RLock()
+        self._create_connection = self._open
+
+    def _open(
+        self, address: tuple[str, int], timeout: Any, source_address: Any = None
+    ) -> socket.socket:
+        if self.cancel is None:
+            return socket.create_connection(address, timeout, source_address)
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            with self._handle_lock:
+                if self._handle is not None:
+                    self._handle.close()
+                self._handle = sock.dup()
+            try:
+                if self.cancel.is_set():
+                    raise ConnectionAbortedError("long-poll cancelled")
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as e:
+                sock.close()
+                if self.cancel.is_set():
+                    raise ConnectionAbortedError("long-poll cancelled") from None
+                error = e
+        raise error if error is not None else OSError(f"{host}: no address to connect to")
 
     def connect(self) -> None:
         super().connect()
@@ -307,12 +351,19 @@ class _CancellableConnection(http.client.HTTPConnection):
             raise ConnectionAbortedError("long-poll cancelled")
 
     def abort(self) -> None:
-        sock = self.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with self._handle_lock:
+            if self._handle is not None:
+                try:
+                    self._handle.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def release(self) -> None:
+        """Close the handle once the request is over (abort() then does nothing)."""
+        with self._handle_lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
 
 class _CancellableHTTPSConnection(_CancellableConnection, http.client.HTTPSConnection):

@@ -314,10 +314,7 @@ def encode(
         for p in written:
             p.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, P2PDistError):
-            hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
-            raise StoreError(
-                f"cannot write the delta into {out_dir}: {e.strerror or e}{hint}"
-            ) from None
+            raise _store_error(f"cannot write the delta into {out_dir}", e) from None
         raise
     return index.delta_files
 
@@ -522,17 +519,26 @@ def decode(
     except P2PDistError:
         _undo(staged, renamed, created)
         if verify_parent:
-            _check_parent_digests(index, parent_dir)  # a wrong parent, named precisely
+            try:
+                _check_parent_digests(index, parent_dir)  # a wrong parent, named precisely
+            except OSError:
+                pass  # the parent cannot be read now: the original error stands
         raise
-    except OSError as e:  # writing the rebuilt files failed: disk full, permissions, ...
+    except OSError as e:  # disk full, permissions, a file that cannot be read, ...
         _undo(staged, renamed, created)
-        hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
-        raise StoreError(
-            f"cannot rebuild the version into {out_dir}: {e.strerror or e}{hint}"
-        ) from None
+        raise _store_error(f"cannot rebuild the version into {out_dir}", e) from None
     except BaseException:
         _undo(staged, renamed, created)
         raise
+
+
+def _store_error(what: str, e: OSError) -> StoreError:
+    """A StoreError for ``e`` that names the file concerned and keeps the errno."""
+    where = f" ({e.filename})" if e.filename else ""
+    hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
+    error = StoreError(f"{what}: {e.strerror or e}{where}{hint}")
+    error.errno = e.errno
+    return error
 
 
 def _undo(staged: list[tuple[Path, Path]], renamed: list[Path], created: list[Path]) -> None:

@@ -65,6 +65,62 @@ def test_a_cancelled_long_poll_ends_at_once_and_others_go_on(world: tuple[str, P
     assert client.wait_for_newer("nobody/publishes", None, 60, cancel=cancel) is None
 
 
+def _stalled_listener(full_queue: bool) -> tuple[socket.socket, list[object]]:
+    """A port where a connection hangs: in the TCP connect (a full accept queue, whose SYNs
+    Linux drops) or, accepted, in the TLS handshake (nothing is ever answered)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0 if full_queue else 8)
+    keep: list[object] = []
+    if full_queue:
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(listener.getsockname())
+            keep.append(s)
+        threading.Event().wait(0.2)
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(listener.getsockname())
+            pytest.skip("this kernel does not drop SYNs on a full accept queue")
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    else:
+        accept = threading.Thread(
+            target=lambda: [keep.append(listener.accept()) for _ in range(2)], daemon=True
+        )
+        accept.start()
+    keep.append(listener)
+    return listener, keep
+
+
+@pytest.mark.parametrize(("scheme", "full_queue"), [("http", True), ("https", False)])
+def test_a_cancel_while_connecting_ends_the_wait_at_once(scheme: str, full_queue: bool) -> None:
+    """A long-poll still connecting (its connect timeout is the whole wait, 35 s here) or in
+    its TLS handshake ends when cancelled, not when that times out."""
+    listener, keep = _stalled_listener(full_queue)
+    try:
+        client = RegistryClient(f"{scheme}://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
+        cancel, result = threading.Event(), []
+        waiter = threading.Thread(
+            target=lambda: result.append(client.wait_for_newer("m/x", None, 30, cancel=cancel))
+        )
+        waiter.start()
+        threading.Event().wait(0.5)  # connecting (http) or in the TLS handshake (https)
+        cancel.set()
+        client.cancel_waits()
+        waiter.join(10)
+        assert not waiter.is_alive() and result == [None] and client._waits == {}
+    finally:
+        for item in keep:
+            for s in item if isinstance(item, tuple) else (item,):
+                if isinstance(s, socket.socket):
+                    s.close()
+
+
 def test_publish_and_read_back(world: tuple[str, Path]) -> None:
     url, data_dir = world
     key = Ed25519PrivateKey.generate()

@@ -326,6 +326,34 @@ def test_digests_the_caller_knows_are_not_computed_again(pair) -> None:
     assert delta.read_index(fresh).files == delta.read_index(d).files
 
 
+def test_known_digests_skip_hashing_and_a_good_decode_does_not_hash_the_parent(
+    pair, monkeypatch
+) -> None:
+    a, b, d, expected = pair
+    parent_files = _expected(a)
+    hashed: list[str] = []
+    real_describe, real_hash_files = delta.describe_files, delta.hash_files
+
+    def describe(folder: Path, paths: list[str]) -> tuple[FileEntry, ...]:
+        hashed.extend(f"{Path(folder).name}/{p}" for p in paths)
+        return real_describe(folder, paths)
+
+    def hash_files(paths: list[Path]) -> list[str]:
+        hashed.extend(str(p) for p in paths)
+        return real_hash_files(paths)
+
+    monkeypatch.setattr(delta, "describe_files", describe)
+    monkeypatch.setattr(delta, "hash_files", hash_files)
+    delta.encode(a, b, d.parent / "known", new_files=expected, parent_files=parent_files)
+    assert hashed == []
+    delta.decode(a, d.parent / "known", d.parent / "out4", expected=expected)
+    assert hashed == []  # the rebuilt files were checked (hash_file), the parent was not hashed
+    delta.encode(a, b, d.parent / "unknown")
+    assert sorted(hashed) == sorted(
+        [f"b/{e.path}" for e in expected] + [f"a/{e.path}" for e in parent_files]
+    )
+
+
 def test_wrong_parent_is_refused_naming_the_file(pair) -> None:
     a = pair[0]
     raw = bytearray((a / "model.safetensors").read_bytes())
@@ -375,6 +403,21 @@ def test_disk_full_while_rebuilding_is_a_store_error_and_leaves_nothing(pair, mo
     monkeypatch.setattr(delta, "_pwrite", full_disk)
     _decode_fails(pair, StoreError, r"No space left on device \(disk full: free space and retry\)")
     assert len(writes) > 2
+    with pytest.raises(StoreError) as failure:
+        delta.decode(pair[0], pair[2], pair[2].parent / "out5", expected=pair[3])
+    assert failure.value.errno == errno.ENOSPC
+
+
+def test_a_parent_that_cannot_be_read_does_not_hide_why_decoding_failed(pair, monkeypatch) -> None:
+    path = _main_delta(pair[2])
+    name, payload = _ans_payload(path)
+    _set_payload(path, name, payload[:-1])  # a corrupt delta ...
+
+    def unreadable(paths: list[Path]) -> list[str]:  # ... and a parent that cannot be read now
+        raise PermissionError(13, "Permission denied", str(paths[0]))
+
+    monkeypatch.setattr(delta, "hash_files", unreadable)
+    _decode_fails(pair, FormatError, "extra bits")
 
 
 def test_missing_parent_file(pair) -> None:
