@@ -293,9 +293,10 @@ INLINE int64_t choose_lo_w(const uint8_t *base, size_t n, int w, unsigned shift,
     if (!hist) return 0;
     memset(hist, 0, nkeys * sizeof *hist);
     uint64_t kmask = nkeys - 1;
-    /* a word in 64 is sample enough (at least 1024 of them in segments over 64 Ki words), and
-     * leaves most of the base's cache lines to be read once, by pass 1 */
-    size_t step = n >= (64u << 10) ? 64 : 8, samples = (n + step - 1) / step;
+    /* a word in 512 (64 in segments under 512 Ki words, 8 under 64 Ki) is sample enough, at
+     * least 1024 of them, and leaves most of the base's cache lines to be read once, by pass 1 */
+    size_t step = n >= (512u << 10) ? 512 : n >= (64u << 10) ? 64 : 8;
+    size_t samples = (n + step - 1) / step;
     for (size_t i = 0; i < n; i += step) hist[(load_word(base + i * w, w) >> shift) & kmask]++;
     size_t threshold = samples / 1024 + 1;
     int64_t top = (int64_t)nkeys - 1;
