@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,26 +22,11 @@ from p2pdist.tracker.announce import (
     parse_announce_query,
     parse_query,
 )
-from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.peers import MemoryPeerStore, Peer
-from p2pdist.tracker.registry import check_publish
 from tests.conftest import has_ipv6_loopback
-from tests.tracker_world import announce_query, make_token, make_version, peer_id
+from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
 
 LOCAL = b"\x7f\x00\x00\x01"
-
-
-def _publish(data_dir: Path, name: str, version: str, private: bool = False) -> bytes:
-    """Publish straight into the database (the registry's own check included); return the v1 id."""
-    v = make_version(Ed25519PrivateKey.generate(), name, version)
-    body = v.body(private=private)
-    new = check_publish(name, version, json.dumps(body).encode())
-    db = Database(data_dir / DB_FILENAME)
-    try:
-        db.publish(new)
-    finally:
-        db.close()
-    return v.v1
 
 
 @pytest.fixture
@@ -53,12 +36,12 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def public_hash(data_dir: Path) -> bytes:
-    return _publish(data_dir, "acme/public", "v1")
+    return publish_directly(data_dir, "acme/public", "v1")
 
 
 @pytest.fixture
 def private_hash(data_dir: Path) -> bytes:
-    return _publish(data_dir, "acme/secret", "v1", private=True)
+    return publish_directly(data_dir, "acme/secret", "v1", private=True)
 
 
 @pytest.fixture

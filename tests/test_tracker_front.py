@@ -24,31 +24,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.bencode import bdecode
 from p2pdist.client import passkey_for
 from p2pdist.tracker import STATE, TrackerSettings, TrackerState, create_app
 from p2pdist.tracker import front as front_module
-from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.front import MAX_BUFFER, MAX_HEAD, FrontConnection, FrontSite
-from p2pdist.tracker.registry import check_publish
 from tests.conftest import has_ipv6_loopback
-from tests.tracker_world import announce_query, make_token, make_version, peer_id
+from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
 
 LOOPS = ["asyncio", "uvloop"]
-
-
-def _publish(data_dir: Path, name: str, private: bool = False) -> bytes:
-    """Publish one version of ``name`` straight into the database; return its v1 infohash."""
-    v = make_version(Ed25519PrivateKey.generate(), name, "v1")
-    new = check_publish(name, "v1", json.dumps(v.body(private=private)).encode())
-    db = Database(data_dir / DB_FILENAME)
-    try:
-        db.publish(new)
-    finally:
-        db.close()
-    return v.v1
 
 
 @dataclass
@@ -192,7 +177,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def public_hash(data_dir: Path) -> bytes:
-    return _publish(data_dir, "acme/public")
+    return publish_directly(data_dir, "acme/public")
 
 
 @pytest.fixture
@@ -397,7 +382,7 @@ def test_stopping_the_server_closes_idle_front_connections(
 def test_passkey_announces_keep_their_order_behind_a_lookup(
     data_dir: Path, public_hash: bytes, loop_kind: str
 ) -> None:
-    private = _publish(data_dir, "acme/secret", private=True)
+    private = publish_directly(data_dir, "acme/secret", private=True)
     reader = passkey_for(make_token(data_dir, "acme", publish=False))
     outsider = passkey_for(make_token(data_dir, "other", publish=False))
     with serve(TrackerSettings(data_dir=data_dir), loop_kind) as served, served.connect() as c:
@@ -600,7 +585,7 @@ def test_a_half_closed_connection_is_closed_after_a_hand_over(
     keeps the connection to answer); the request behind it goes to aiohttp, which must learn
     of the end of stream too, or it keeps the half-closed connection for its keep-alive time
     (the client's read of everything that comes then times out)."""
-    private = _publish(data_dir, "acme/secret", private=True)
+    private = publish_directly(data_dir, "acme/secret", private=True)
     reader = passkey_for(make_token(data_dir, "acme", publish=False))
     with serve(TrackerSettings(data_dir=data_dir), loop_kind) as served, served.connect() as c:
         c.sock.settimeout(5)

@@ -28,6 +28,7 @@ from p2pdist.bencode import bencode, infohashes
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef
 from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
+from p2pdist.tracker.registry import check_publish
 from tests.conftest import free_port
 
 PIECE = 16 * 1024
@@ -110,6 +111,21 @@ def make_version(
         delta_torrent=delta_ref,
     ).signed(key)
     return Version(manifest, torrent, delta_torrent)
+
+
+def publish_directly(
+    data_dir: Path, name: str, version: str = "v1", private: bool = False
+) -> bytes:
+    """Publish a version straight into the tracker's database (the registry's own check
+    included), without a running tracker; returns its v1 infohash."""
+    v = make_version(Ed25519PrivateKey.generate(), name, version)
+    new = check_publish(name, version, json.dumps(v.body(private=private)).encode())
+    db = Database(data_dir / DB_FILENAME)
+    try:
+        db.publish(new)
+    finally:
+        db.close()
+    return v.v1
 
 
 def make_token(data_dir: Path, namespace: str | None, publish: bool = True) -> str:
