@@ -15,6 +15,9 @@ steps. For each pair, in the same run and on the same files::
     parent's is checked only if that fails)
     codec MB/s: the segment codec alone on the model's tensors in memory (4 MiB chunks, one
     thread per core), encode / decode, with the best vector code the CPU has
+    write+verify MB/s: the rest of a decode without the codec: the new version's bytes written
+    into a fresh file in 4 MiB pwrites, one thread per core, then blake3 of the file; with
+    the codec's decode figure it bounds decode: 1 / (1 / codec + 1 / write+verify)
 
 Needs the ``zstd`` command line tool (apt-get install zstd). Run from the repository root::
 
@@ -41,6 +44,7 @@ import torch
 from p2pdist import _delta_ans, delta
 from p2pdist.delta import CHUNK_BYTES, _row_words
 from p2pdist.delta_codec import decode_ans, encode_segment, float_key
+from p2pdist.digest import hash_file
 from p2pdist.header import DTYPE_SIZES, read_header
 from p2pdist.manifest import describe_files, list_files
 from p2pdist.shards import save_state_dict
@@ -111,6 +115,28 @@ def codec_speed(old: Path, new: Path) -> dict[str, float]:
     return {"encode_MBps": full / enc / 1e6, "decode_MBps": full / dec / 1e6}
 
 
+def write_verify_speed(new: Path, work: Path) -> float:
+    """MB/s of what a decode does besides decoding: write the bytes as delta.decode does
+    (4 MiB pwrites from every core into one new file), then hash the file as it does."""
+    data = np.fromfile(new / "model.safetensors", np.uint8)
+    target = work / "write-verify.bin"
+
+    def write_and_verify() -> None:
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+                offsets = range(0, data.size, CHUNK_BYTES)
+                list(pool.map(lambda at: os.pwrite(fd, data[at : at + CHUNK_BYTES], at), offsets))
+        finally:
+            os.close(fd)
+        hash_file(target)
+
+    seconds = _best(write_and_verify)
+    target.unlink()
+    return data.size / seconds / 1e6
+
+
 def measure(old: Path, new: Path, work: Path) -> dict[str, Any]:
     """Every figure of one checkpoint pair (single-file versions)."""
     full = _size(new)
@@ -143,6 +169,8 @@ def measure(old: Path, new: Path, work: Path) -> dict[str, Any]:
         shutil.rmtree(out)
         shutil.rmtree(rebuilt)
     row["codec"] = codec_speed(old, new)
+    row["write_verify_MBps"] = write_verify_speed(new, work)
+    row["decode_bound_MBps"] = 1 / (1 / row["codec"]["decode_MBps"] + 1 / row["write_verify_MBps"])
     name = "model.safetensors"
     patch = work / "patch.zst"
     t = _zstd([f"--patch-from={old / name}", str(new / name), "--long=31", "-3", "-o", str(patch)])
@@ -207,7 +235,7 @@ def main() -> None:
         header = (
             f"{'pair':<24} {'full MB':>8} {'delta':>7} {'patch-from':>10} {'zstd-3':>7} "
             f"{'d/pf':>6} {'enc MB/s':>15} {'dec MB/s':>9} {'1 worker enc/dec':>17} "
-            f"{'codec enc/dec':>14}"
+            f"{'codec enc/dec':>14} {'wr+verify':>9} {'dec bound':>9}"
         )
         print(header)
         for name, (old, new) in pairs.items():
@@ -222,7 +250,8 @@ def main() -> None:
                 f"{row['zstd_patch_from']['ratio']:>10.3f} {row['zstd_3']['ratio']:>7.3f} "
                 f"{row['delta_vs_patch_from']:>6.3f} {enc:>15} "
                 f"{d['decode_MBps']:>9.0f} {one['encode_MBps']:>8.0f}/{one['decode_MBps']:<8.0f} "
-                f"{codec['encode_MBps']:>6.0f}/{codec['decode_MBps']:<6.0f}",
+                f"{codec['encode_MBps']:>6.0f}/{codec['decode_MBps']:<6.0f} "
+                f"{row['write_verify_MBps']:>9.0f} {row['decode_bound_MBps']:>9.0f}",
                 flush=True,
             )
     if args.json:
