@@ -23,28 +23,21 @@ of their moves, anything else is stored as zstd byte planes of its raw bits.
 
 Both sides map their files (mmap) and hold a few segments at a time; segments run on a
 thread pool (the C kernel, numpy and zstd release the GIL). Delta files are written in one
-pass (delta_file.py). Decoding allocates only what the manifest's sizes allow, writes to
-hidden temporary names, and renames only once every file verified.
+pass (delta_file.py). Decoding (delta_rebuild.py) allocates only what the manifest's sizes
+allow, writes to hidden temporary names, and renames only once every file verified.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import mmap
 import os
-import shutil
-import threading
 import uuid
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from p2pdist.delta_codec import (
     INDEX_FILE,
@@ -54,38 +47,19 @@ from p2pdist.delta_codec import (
     DeltaIndex,
     DeltaTarget,
     Segment,
-    decode_ans,
-    decode_plane,
     encode_segment,
     float_key,
-    join_planes,
 )
-from p2pdist.delta_file import DeltaFileWriter, header_bound, read_table
-from p2pdist.digest import hash_file, hash_files
-from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError, StoreError
+from p2pdist.delta_file import DeltaFileWriter, header_bound
+from p2pdist.delta_io import default_workers, map_file, ordered, read_index, store_error, view
+from p2pdist.delta_rebuild import decode
+from p2pdist.errors import FormatError, P2PDistError
 from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
 from p2pdist.manifest import FileEntry, describe_files, list_files, safe_relpath
 
 CHUNK_BYTES = 4 << 20
 """Tensors larger than this are cut into chunks: memory per worker stays a few chunks, and
 one large tensor (an embedding) still keeps every core busy."""
-MAX_INDEX_BYTES = 64 << 20
-
-
-def _default_workers() -> int:
-    return max(1, min(os.cpu_count() or 2, 8))
-
-
-def read_index(delta_dir: str | Path) -> DeltaIndex:
-    """Read and validate ``delta.json`` of a delta folder."""
-    path = Path(delta_dir) / INDEX_FILE
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no delta index; is this a delta folder?") from None
-    if size > MAX_INDEX_BYTES:
-        raise FormatError(f"{path}: delta index of {size} bytes (limit {MAX_INDEX_BYTES})")
-    return DeltaIndex.from_bytes(path.read_bytes(), source=str(path))
 
 
 def delta_size(delta_dir: str | Path) -> int:
@@ -107,42 +81,6 @@ class _Job:
     tensor: str | None
     row: int = 0
     """Words per row of the tensor when the segment holds whole rows (for the row classes)."""
-
-
-def _map(stack: ExitStack, path: Path, size: int) -> mmap.mmap | None:
-    if size == 0:
-        return None
-    f = stack.enter_context(path.open("rb"))
-    m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    stack.callback(_close, m)
-    return m
-
-
-def _close(m: mmap.mmap) -> None:
-    """Unmap now, or when the last view dies (a traceback may still hold one after an error)."""
-    try:
-        m.close()
-    except BufferError:
-        pass
-
-
-def _view(m: mmap.mmap | None, offset: int, size: int) -> np.ndarray:
-    if m is None:
-        return np.empty(0, np.uint8)
-    return np.frombuffer(m, dtype=np.uint8, count=size, offset=offset)
-
-
-def _ordered(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
-    """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
-    pending: deque[tuple[Any, Future[Any]]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= window:
-            it, fut = pending.popleft()
-            yield it, fut.result()
-    while pending:
-        it, fut = pending.popleft()
-        yield it, fut.result()
 
 
 # --------------------------------------------------------------------------- encode
@@ -244,7 +182,7 @@ def encode(
     ``out_dir`` if encoding fails (a failed write, such as a full disk, is a StoreError).
     """
     parent_dir, new_dir, out_dir = Path(parent_dir), Path(new_dir), Path(out_dir)
-    workers = workers or _default_workers()
+    workers = workers or default_workers()
     if chunk_bytes < 8 or chunk_bytes > MAX_SEGMENT:
         raise ValueError(f"chunk_bytes must be between 8 and {MAX_SEGMENT}")
     new_paths = sorted(safe_relpath(p) for p in (list_files(new_dir) if files is None else files))
@@ -279,7 +217,7 @@ def encode(
     try:
         with ExitStack() as stack:
             parent_maps = {
-                f: _map(stack, parent_dir / f, parent_entries[f].size)
+                f: map_file(stack, parent_dir / f, parent_entries[f].size)
                 for f in {f for f, _ in parent_tensors.values()}
             }
             pool = stack.enter_context(ThreadPoolExecutor(workers))
@@ -314,7 +252,7 @@ def encode(
         for p in written:
             p.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, P2PDistError):
-            raise _store_error(f"cannot write the delta into {out_dir}", e) from None
+            raise store_error(f"cannot write the delta into {out_dir}", e) from None
         raise
     return index.delta_files
 
@@ -339,17 +277,17 @@ def _encode_target(
 ) -> list[Segment]:
     """Encode one file's segments on the pool, writing payloads in order; return the table."""
     with ExitStack() as local:
-        new_map = _map(local, path, size)
+        new_map = map_file(local, path, size)
 
         def work(job: _Job) -> Coded:
-            new = _view(new_map, job.offset, job.size)
+            new = view(new_map, job.offset, job.size)
             base = None
             if job.base is not None:
-                base = _view(parent_maps[job.base.file], job.base_offset, job.size)
+                base = view(parent_maps[job.base.file], job.base_offset, job.size)
             return encode_segment(new, base, job.word, job.key, job.row)
 
         segments: list[Segment] = []
-        for job, coded in _ordered(pool, work, iter(jobs), 2 * workers + 2):
+        for job, coded in ordered(pool, work, iter(jobs), 2 * workers + 2):
             refs = [
                 (p.codec, None if p.payload is None else writer.add(p.payload))
                 for p in coded.payloads
@@ -375,261 +313,6 @@ def _merge(segments: list[Segment], seg: Segment) -> Segment:
         segments.pop()
         return Segment(prev.size + seg.size, "copy", base=prev.base, tensor=prev.tensor)
     return seg
-
-
-# --------------------------------------------------------------------------- decode
-
-
-def _check_expected(index: DeltaIndex, expected: Sequence[FileEntry], source: str) -> None:
-    """The index must describe exactly the files the (signed) manifest declares."""
-    want = {e.path: e for e in expected}
-    have = {t.path: t for t in index.files}
-    if set(want) != set(have):
-        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-        raise FormatError(
-            f"{source}: the delta rebuilds other files than the manifest lists "
-            f"(missing {missing[:5]}, unexpected {extra[:5]})"
-        )
-    for path, entry in want.items():
-        target = have[path]
-        if (target.size, target.blake3) != (entry.size, entry.blake3):
-            raise IntegrityError(
-                f"{path}: the delta rebuilds {target.size} bytes with blake3 {target.blake3}, "
-                f"but the manifest declares {entry.size} bytes with blake3 {entry.blake3}",
-                path=path,
-                expected=entry.blake3,
-                actual=target.blake3,
-            )
-
-
-def _check_parent_sizes(index: DeltaIndex, parent_dir: Path) -> None:
-    """Refuse a parent whose files are missing or of other sizes than the delta's parent."""
-    for entry in index.parent_files:
-        path = parent_dir / entry.path
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"{entry.path}: parent file missing from {parent_dir}; this delta needs the "
-                "parent version it was made against",
-                path=entry.path,
-                expected=entry.blake3,
-            ) from None
-        if size != entry.size:
-            raise IntegrityError(
-                f"{entry.path}: parent file has {size} bytes, the delta was made against "
-                f"{entry.size}: wrong parent version",
-                path=entry.path,
-                expected=entry.blake3,
-            )
-
-
-def _check_parent_digests(index: DeltaIndex, parent_dir: Path) -> None:
-    """Refuse a parent whose files are not the ones the delta was made against."""
-    digests = hash_files([parent_dir / e.path for e in index.parent_files])
-    for entry, actual in zip(index.parent_files, digests, strict=True):
-        if actual != entry.blake3:
-            raise IntegrityError(
-                f"{entry.path}: parent file has blake3 {actual}, the delta was made against "
-                f"{entry.blake3}: wrong parent version",
-                path=entry.path,
-                expected=entry.blake3,
-                actual=actual,
-            )
-
-
-class _Parent:
-    """The parent's safetensors files, mapped on first use, with their validated headers."""
-
-    def __init__(self, folder: Path, files: Mapping[str, FileEntry], stack: ExitStack) -> None:
-        self.folder, self.files, self.stack = folder, files, stack
-        self.headers: dict[str, dict[str, TensorSpec]] = {}
-        self.maps: dict[str, mmap.mmap | None] = {}
-
-    def base(self, seg: Segment, where: str) -> tuple[str, int]:
-        """(file, absolute offset) of a segment's base, checked against the parent's header."""
-        ref = seg.base
-        assert ref is not None
-        if ref.file not in self.files:
-            raise FormatError(f"{where}: base file {ref.file!r} is not a listed parent file")
-        if ref.file not in self.headers:
-            header = read_header(self.folder / ref.file)
-            self.headers[ref.file] = header.by_name()
-            self.maps[ref.file] = _map(self.stack, self.folder / ref.file, header.file_size)
-        spec = self.headers[ref.file].get(ref.tensor)
-        if spec is None or ref.offset + seg.size > spec.nbytes:
-            raise FormatError(
-                f"{where}: base {ref.tensor!r}[{ref.offset}:+{seg.size}] is not in {ref.file}"
-            )
-        return ref.file, spec.start + ref.offset
-
-
-def decode(
-    parent_dir: str | Path,
-    delta_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    expected: Sequence[FileEntry],
-    workers: int | None = None,
-    verify_parent: bool = True,
-) -> None:
-    """Rebuild the files of a version into ``out_dir`` from its parent and its delta.
-
-    ``expected`` are the files the signed manifest declares: their sizes bound every
-    allocation, and each rebuilt file must have their blake3 (IntegrityError otherwise). A
-    parent other than the one the delta was made against is an IntegrityError naming the file.
-    The parent's sizes are checked first and its blake3 only if decoding fails (rebuilt files
-    that verify prove the parent right, so a good decode does not hash the parent);
-    ``verify_parent=False`` skips that diagnosis, for a parent already verified such as blobs
-    of a content-addressed store. Files appear in ``out_dir`` only once all of them verified.
-    """
-    parent_dir, delta_dir, out_dir = Path(parent_dir), Path(delta_dir), Path(out_dir)
-    workers = workers or _default_workers()
-    index = read_index(delta_dir)
-    _check_expected(index, expected, str(delta_dir / INDEX_FILE))
-    _check_parent_sizes(index, parent_dir)
-    parent_files = {e.path: e for e in index.parent_files}
-    tag = uuid.uuid4().hex[:12]
-    staged: list[tuple[Path, Path]] = []
-    created: list[Path] = []
-    renamed: list[Path] = []
-    try:
-        with ExitStack() as stack:
-            parent = _Parent(parent_dir, parent_files, stack)
-            pool = stack.enter_context(ThreadPoolExecutor(workers))
-            stack.callback(pool.shutdown, cancel_futures=True)
-            for target in index.files:
-                final = out_dir / target.path
-                for d in reversed(final.parents):
-                    if not d.exists():
-                        d.mkdir()
-                        created.append(d)
-                tmp = final.parent / f".{final.name}.{tag}.incomplete"
-                staged.append((tmp, final))
-                if target.copy is not None:
-                    shutil.copyfile(parent_dir / target.copy, tmp)
-                else:
-                    assert target.delta is not None
-                    delta_path = delta_dir / safe_relpath(target.delta)
-                    _rebuild(pool, parent, delta_path, target, tmp, workers)
-                _verify(tmp, target)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-            renamed.append(final)
-    except P2PDistError:
-        _undo(staged, renamed, created)
-        if verify_parent:
-            try:
-                _check_parent_digests(index, parent_dir)  # a wrong parent, named precisely
-            except OSError:
-                pass  # the parent cannot be read now: the original error stands
-        raise
-    except OSError as e:  # disk full, permissions, a file that cannot be read, ...
-        _undo(staged, renamed, created)
-        raise _store_error(f"cannot rebuild the version into {out_dir}", e) from None
-    except BaseException:
-        _undo(staged, renamed, created)
-        raise
-
-
-def _store_error(what: str, e: OSError) -> StoreError:
-    """A StoreError for ``e`` that names the file concerned and keeps the errno."""
-    where = f" ({e.filename})" if e.filename else ""
-    hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
-    error = StoreError(f"{what}: {e.strerror or e}{where}{hint}")
-    error.errno = e.errno
-    return error
-
-
-def _undo(staged: list[tuple[Path, Path]], renamed: list[Path], created: list[Path]) -> None:
-    """Remove what a failed decode wrote: staged and renamed files, then new directories."""
-    for tmp, _ in staged:
-        tmp.unlink(missing_ok=True)
-    for final in renamed:
-        final.unlink(missing_ok=True)
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:
-            pass
-
-
-def _verify(path: Path, target: DeltaTarget) -> None:
-    size = path.stat().st_size
-    actual = hash_file(path)
-    if size != target.size or actual != target.blake3:
-        raise IntegrityError(
-            f"{target.path}: rebuilt from the delta with blake3 {actual} ({size} bytes), but "
-            f"the manifest declares {target.blake3} ({target.size} bytes); the delta or the "
-            "parent is corrupt",
-            path=target.path,
-            expected=target.blake3,
-            actual=actual,
-        )
-
-
-def _rebuild(
-    pool: ThreadPoolExecutor,
-    parent: _Parent,
-    delta_path: Path,
-    target: DeltaTarget,
-    tmp: Path,
-    workers: int,
-) -> None:
-    header, segments = read_table(delta_path, target.path, target.size)
-    payloads = header.by_name()
-    where = delta_path.name
-    bases = [parent.base(s, where) if s.base is not None else None for s in segments]
-    with ExitStack() as local:
-        # Segments are decoded into a per-thread buffer and written with pwrite: writing
-        # through a map of a new (sparse) file costs a page fault and a zeroed page per 4 KiB.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        local.callback(os.close, fd)
-        delta_map = _map(local, delta_path, header.file_size)
-        scratch = threading.local()
-
-        def buffer(size: int) -> np.ndarray:
-            buf = getattr(scratch, "buf", None)
-            if buf is None or buf.size < size:
-                buf = scratch.buf = np.empty(size, np.uint8)
-            return buf[:size]
-
-        def work(item: tuple[int, int]) -> None:
-            i, offset = item
-            seg = segments[i]
-            at, base = bases[i], None
-            if at is not None:
-                base = _view(parent.maps[at[0]], at[1], seg.size)
-            if seg.op == "copy":
-                assert base is not None
-                _pwrite(fd, base, offset)
-                return
-            data = []
-            for _codec, name in seg.payloads:
-                spec = None if name is None else payloads[name]
-                data.append(None if spec is None else _view(delta_map, spec.start, spec.nbytes))
-            out = buffer(seg.size)
-            if seg.op == "raw":
-                n = seg.size // seg.word
-                planes = [
-                    decode_plane(c, d, n) for (c, _), d in zip(seg.payloads, data, strict=True)
-                ]
-                join_planes(planes, out)
-            else:
-                assert base is not None and data[0] is not None
-                decode_ans(data[0], base, out, seg.word, seg.context)
-            _pwrite(fd, out, offset)
-
-        offsets = np.cumsum([0] + [s.size for s in segments]).tolist()
-        for _ in _ordered(pool, work, iter(enumerate(offsets[:-1])), 2 * workers + 2):
-            pass
-
-
-def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 __all__ = [

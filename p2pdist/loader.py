@@ -20,7 +20,6 @@ one file is verified the first time one of its tensors is asked for.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -31,10 +30,11 @@ from typing import Any
 
 import torch
 
-from p2pdist.errors import ConfigError, FormatError, NotFoundError, TrackerError
+from p2pdist.errors import FormatError, NotFoundError, TrackerError
 from p2pdist.header import TensorSpec
 from p2pdist.manifest import MANIFEST_FILENAME, Manifest
 from p2pdist.ref import parse_ref
+from p2pdist.staging import StagedCopier, parse_device, plan_chunks, shared_copier
 from p2pdist.store import Store
 from p2pdist.verified import (
     RECORDS_DIR,
@@ -50,161 +50,7 @@ from p2pdist.verified import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
-STAGING_BUFFERS = 2
 _CONVERTIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-# -- devices ----------------------------------------------------------------------------------
-def parse_device(device: str | torch.device) -> torch.device:
-    """A concrete torch device that exists here, or ConfigError / NotFoundError saying why not."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(
-            f"device {device!r} is not a device name ({e}); use 'cpu' or 'cuda:N'"
-        ) from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type != "cuda":
-        raise ConfigError(f"device {device!r}: p2pdist loads onto 'cpu' or 'cuda[:N]' only")
-    if not torch.cuda.is_available():
-        raise NotFoundError(
-            f"device {device!r} does not exist: torch sees no CUDA device here (torch "
-            f"{torch.__version__}, built with CUDA {torch.version.cuda}); load with device='cpu'"
-        )
-    count = torch.cuda.device_count()
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    if not 0 <= index < count:
-        raise NotFoundError(
-            f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
-            f"cuda:0 to cuda:{count - 1}"
-        )
-    return torch.device("cuda", index)
-
-
-# -- chunk planning (pure) ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Piece:
-    """Bytes ``[buf_offset, buf_offset+length)`` of a chunk go to ``dst_offset`` of tensor ``index``."""
-
-    index: int
-    dst_offset: int
-    buf_offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One staged copy: source bytes ``[start, end)`` of the file, split into tensor pieces."""
-
-    start: int
-    end: int
-    pieces: tuple[Piece, ...]
-
-
-def plan_chunks(ranges: Sequence[tuple[int, int]], chunk_bytes: int) -> list[Chunk]:
-    """Cut contiguous, ordered byte ranges (one per tensor) into chunks of at most chunk_bytes.
-
-    Empty ranges get no piece. Every byte of every range lands in exactly one piece, so a
-    chunk is one host copy of ``end - start`` bytes and one device copy per piece.
-    """
-    if chunk_bytes <= 0:
-        raise ValueError("chunk_bytes must be positive")
-    chunks: list[Chunk] = []
-    nonempty = [(i, s, e) for i, (s, e) in enumerate(ranges) if e > s]
-    for (_, _, prev_end), (_, start, _) in itertools.pairwise(nonempty):
-        if start != prev_end:
-            raise ValueError("ranges must be contiguous and in file order")
-    if not nonempty:
-        return chunks
-    pos, end_all = nonempty[0][1], nonempty[-1][2]
-    k = 0
-    while pos < end_all:
-        chunk_end = min(pos + chunk_bytes, end_all)
-        pieces = []
-        while k < len(nonempty) and nonempty[k][1] < chunk_end:
-            index, start, end = nonempty[k]
-            lo, hi = max(start, pos), min(end, chunk_end)
-            pieces.append(Piece(index, lo - start, lo - pos, hi - lo))
-            if end > chunk_end:
-                break
-            k += 1
-        chunks.append(Chunk(pos, chunk_end, tuple(pieces)))
-        pos = chunk_end
-    return chunks
-
-
-# -- copying --------------------------------------------------------------------------------
-class StagedCopier:
-    """Moves byte ranges of a mapping into device tensors through double-buffered staging.
-
-    On CUDA the staging buffers are pinned and the device copies run on a side stream: the
-    host copy into one buffer overlaps the DMA out of the other, and a buffer is refilled
-    only after the event recorded behind its last DMA completed. On CPU the same code runs
-    with plain buffers and no stream (the tests use that to exercise the plan and the
-    buffer rotation).
-    """
-
-    def __init__(self, device: torch.device, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
-        self.device = device
-        self.chunk_bytes = chunk_bytes
-        cuda = device.type == "cuda"
-        self.buffers = [
-            torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda)
-            for _ in range(STAGING_BUFFERS)
-        ]
-        self.stream = torch.cuda.Stream(device) if cuda else None
-        self._events: list[Any] = [None] * STAGING_BUFFERS
-        self._turn = 0
-        self.lock = threading.Lock()
-
-    def copy(
-        self, source: torch.Tensor, chunks: Sequence[Chunk], dsts: Sequence[torch.Tensor]
-    ) -> None:
-        """Copy ``source[chunk.start:chunk.end]`` pieces into the flat uint8 tensors ``dsts``."""
-        stream = self.stream
-        if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-        for chunk in chunks:
-            b = self._turn
-            self._turn = (b + 1) % STAGING_BUFFERS
-            if self._events[b] is not None:
-                self._events[b].synchronize()
-            staging = self.buffers[b][: chunk.end - chunk.start]
-            staging.copy_(source[chunk.start : chunk.end])
-            if stream is None:
-                self._scatter(staging, chunk, dsts)
-                continue
-            with torch.cuda.stream(stream):
-                self._scatter(staging, chunk, dsts)
-                event = torch.cuda.Event()
-                event.record(stream)
-            self._events[b] = event
-
-    @staticmethod
-    def _scatter(staging: torch.Tensor, chunk: Chunk, dsts: Sequence[torch.Tensor]) -> None:
-        for p in chunk.pieces:
-            dst = dsts[p.index][p.dst_offset : p.dst_offset + p.length]
-            dst.copy_(staging[p.buf_offset : p.buf_offset + p.length], non_blocking=True)
-
-    def finish(self) -> None:
-        """Block until every device copy issued so far has landed."""
-        if self.stream is not None:
-            self.stream.synchronize()
-
-
-_COPIERS: dict[torch.device, StagedCopier] = {}
-_COPIERS_LOCK = threading.Lock()
-
-
-def _copier(device: torch.device) -> StagedCopier:
-    """The process's staging buffers for ``device`` (pinning memory is slow: reuse it)."""
-    with _COPIERS_LOCK:
-        copier = _COPIERS.get(device)
-        if copier is None:
-            copier = _COPIERS[device] = StagedCopier(device)
-        return copier
 
 
 def _empty_like_spec(spec: TensorSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +119,7 @@ def _load_copied(
     """
     out: dict[str, torch.Tensor] = {}
     if copier is None and dev.type == "cuda":
-        copier = _copier(dev)
+        copier = shared_copier(dev)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-verify") as pool:
         hashes: list[Future[None]] = [pool.submit(s.verify, policy, records) for s in shards]
         try:
@@ -635,11 +481,8 @@ def open(
 
 
 __all__ = [
-    "Chunk",
     "LoadReport",
-    "Piece",
     "ShapeMismatch",
-    "StagedCopier",
     "StateDictMismatchError",
     "VerifiedReader",
     "fit_report",
@@ -647,7 +490,5 @@ __all__ = [
     "load_folder",
     "load_into",
     "open",
-    "parse_device",
-    "plan_chunks",
     "resolve",
 ]

@@ -1,8 +1,9 @@
 """The one libtorrent session of the process: seed folders, download torrents, report progress.
 
-Nothing else in p2pdist imports libtorrent. Callers hand in .torrent bytes and folders and get
-back plain values (`Progress`, `TransferResult`) or a small `Transfer` handle; libtorrent's
-objects never leave this module.
+The only libtorrent session lives here (torrent.py uses libtorrent to make and read .torrent
+files, swarm_config.py to describe the session). Callers hand in .torrent bytes and folders
+and get back plain values (`Progress`, `TransferResult`) or a small `Transfer` handle;
+libtorrent's objects never leave this module.
 
 One background thread pops alerts (libtorrent 2.x style, bindings/python/examples/client.py),
 turns each one into plain values at once (alerts die at the next `pop_alerts`), asks for state
@@ -10,10 +11,10 @@ updates twice a second, and writes resume data of running downloads every few se
 a process killed with SIGKILL gets no chance to write it at shutdown. `download()` blocks its
 caller on a condition variable fed by that thread.
 
-The settings follow the pitfalls measured in DESIGN.md ("The swarm"): many peers per IP (every
-test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off on loopback, rate limits
-applied to local peers when set, `min_announce_interval` from the tracker's interval, and the
-add flags cleared of both `paused` and `auto_managed`.
+The settings (swarm_config.py) follow the pitfalls measured in DESIGN.md ("The swarm"): many
+peers per IP (every test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off on
+loopback, rate limits applied to local peers when set, `min_announce_interval` from the
+tracker's interval, and the add flags cleared of both `paused` and `auto_managed`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from urllib.parse import urlsplit
 import libtorrent as lt
 
 from p2pdist.errors import StoreError, SwarmError
+from p2pdist.swarm_config import (
+    BLOCK_SIZE,
+    read_resume,
+    session_settings,
+    torrent_params,
+    write_atomic,
+)
 from p2pdist.torrent import TorrentMeta, read_torrent
 
 UPDATE_INTERVAL = 0.5
@@ -47,14 +55,6 @@ RECONNECT_INTERVAL = 5.0
 SHUTDOWN_WAIT = 5.0
 """Seconds to wait for resume data and removals while stopping."""
 
-_ALERT_MASK = (
-    lt.alert.category_t.error_notification
-    | lt.alert.category_t.status_notification
-    | lt.alert.category_t.storage_notification
-    | lt.alert.category_t.tracker_notification
-    | lt.alert.category_t.block_progress_notification
-)
-BLOCK_SIZE = 16 * 1024
 _CHECKING = {"checking_files", "checking_resume_data", "queued_for_checking", "allocating"}
 _WEB = (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
 
@@ -184,60 +184,21 @@ class Swarm:
         ssrf_mitigation: bool = True,
         extra_settings: dict[str, Any] | None = None,
     ) -> None:
-        if loopback is None:
-            loopback = listen_interface.startswith("127.") or listen_interface in (
-                "localhost",
-                "::1",
-                "[::1]",
-            )
-        iface = f"[{listen_interface}]" if ":" in listen_interface else listen_interface
-        settings: dict[str, Any] = {
-            "listen_interfaces": f"{iface}:{port}",
-            "alert_mask": int(_ALERT_MASK),
-            "alert_queue_size": 100_000,
-            "user_agent": f"p2pdist libtorrent/{lt.__version__}",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "allow_multiple_connections_per_ip": True,
-            "enable_outgoing_utp": not loopback,
-            "enable_incoming_utp": not loopback,
-            "upload_rate_limit": int(upload_rate_limit),
-            "download_rate_limit": int(download_rate_limit),
-            "ssrf_mitigation": ssrf_mitigation,
-        }
-        if upload_rate_limit or download_rate_limit:
-            settings["ignore_limits_on_local_network"] = False
-            # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
-            # sent nothing for its first 2 s (measured, 4 MB/s cap); 100 ms cut that to 0.5 s.
-            settings["tick_interval"] = 100
-        if upload_rate_limit:
-            # Peers may queue this many block requests at us (advertised as `reqq`; it caps
-            # their outstanding requests). At libtorrent's 2000 each consumer queued up to
-            # 8 MiB at a 4 MB/s seed, so pieces were claimed long before they were sent and
-            # consumers could not fetch them from each other: the seed sent them twice.
-            # 0.125 s of our upload rate (floor 32 blocks, the 4 MB/s case) took the swarm
-            # bench from about 1.95x/2.67x to 1.70x/2.26x the fluid bound for 4/16 consumers
-            # (BENCHMARKS.md, "Swarm").
-            settings["max_allowed_in_request_queue"] = max(
-                32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE))
-            )
-            # libtorrent asks a peer for whole pieces when it could send one within
-            # `whole_pieces_threshold` (20 s) at its rate: every capped peer qualifies, so each
-            # piece came from a single source and pieces finished (became tradeable) at one
-            # peer's pace. With 0 blocks of a piece are spread over peers: 64 MiB at 5 MB/s,
-            # 256 KiB pieces, won every one of 6 paired runs (N=4/16/32: about 1.44x -> 1.22x,
-            # 2.07x -> 1.51x, 2.10x -> 1.76x the fluid bound; seed copies 2.0 -> 1.7 at N=32;
-            # BENCHMARKS.md, "Swarm"). Measured with capped uploads only.
-            settings["whole_pieces_threshold"] = 0
-        if announce_interval_hint is not None:
-            settings["min_announce_interval"] = max(1, int(announce_interval_hint))
-        settings.update(extra_settings or {})
+        settings = session_settings(
+            listen_interface=listen_interface,
+            port=port,
+            upload_rate_limit=upload_rate_limit,
+            download_rate_limit=download_rate_limit,
+            announce_interval_hint=announce_interval_hint,
+            loopback=loopback,
+            ssrf_mitigation=ssrf_mitigation,
+            extra_settings=extra_settings,
+        )
         try:
             self._session = lt.session(settings)
         except RuntimeError as exc:
-            raise SwarmError(f"cannot start a session on {iface}:{port}: {exc}") from exc
+            where = settings["listen_interfaces"]
+            raise SwarmError(f"cannot start a session on {where}: {exc}") from exc
         self._cond = threading.Condition()
         self._torrents: dict[Any, _Torrent] = {}
         self._closed = False
@@ -280,7 +241,7 @@ class Swarm:
             path = root / rel
             if not path.is_file() or path.stat().st_size != size:
                 raise StoreError(f"{path}: missing or not {size} bytes; cannot seed {meta.name}")
-        atp = self._params(meta, root, use_web_seeds=True, resume=None)
+        atp = torrent_params(meta, root, use_web_seeds=True, resume=None)
         if not verify_on_start:
             atp.flags |= lt.torrent_flags.seed_mode
         if super_seeding:
@@ -328,8 +289,8 @@ class Swarm:
             raise StoreError(f"{dest}: cannot create the download folder: {exc}") from exc
         resume = None
         if resume_file is not None and resume_file.is_file():
-            resume = _read_resume(resume_file, meta)
-        atp = self._params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
+            resume = read_resume(resume_file, meta)
+        atp = torrent_params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
         started = time.monotonic()
         web_seeds = len(meta.web_seeds) if use_web_seeds else 0
         endpoints = _web_endpoints(meta.web_seeds) if web_seeds else None
@@ -432,34 +393,6 @@ class Swarm:
 
     # -------------------------------------------------------------- internals
 
-    def _params(self, meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resume: Any) -> Any:
-        """add_torrent_params that put file i at folder/<its path without the root name>."""
-        data = meta.data
-        if not use_web_seeds and meta.web_seeds:
-            decoded = lt.bdecode(data)
-            decoded.pop(b"url-list", None)
-            decoded.pop(b"httpseeds", None)
-            data = lt.bencode(decoded)
-        ti = lt.torrent_info(data)
-        atp = resume if resume is not None else lt.add_torrent_params()
-        atp.ti = ti
-        atp.save_path = str(folder)
-        layout = ti.layout()
-        prefix = meta.name + "/"
-        renames = {}
-        for index in range(layout.num_files()):
-            path = layout.file_path(index)
-            if path.startswith(prefix):
-                renames[index] = path[len(prefix) :]
-        atp.renamed_files = renames
-        if not use_web_seeds:
-            atp.url_seeds = []
-            atp.http_seeds = []
-            atp.flags |= lt.torrent_flags.override_web_seeds
-        atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
-        atp.flags &= ~lt.torrent_flags.seed_mode
-        return atp
-
     def _add(
         self,
         atp: Any,
@@ -558,7 +491,7 @@ class Swarm:
             state.finished = True
         elif isinstance(alert, lt.save_resume_data_alert):
             if state.resume_file is not None:
-                _write_atomic(state.resume_file, lt.write_resume_data_buf(alert.params))
+                write_atomic(state.resume_file, lt.write_resume_data_buf(alert.params))
             state.resume_writes += 1
         elif isinstance(alert, lt.save_resume_data_failed_alert):
             state.resume_writes += 1
@@ -620,30 +553,6 @@ def _file_error(meta: TorrentMeta, error: Any, filename: str, message: str) -> E
     if code and error.category().name() in ("system", "generic"):
         return StoreError(f"{where}cannot write {meta.name}: {os.strerror(code)}; check the folder")
     return SwarmError(f"{meta.name}: {message}")
-
-
-def _read_resume(path: Path, meta: TorrentMeta) -> Any:
-    """Resume data for this torrent, or None when it is unreadable or for another torrent."""
-    try:
-        atp = lt.read_resume_data(path.read_bytes())
-    except (OSError, RuntimeError):
-        return None
-    hashes = atp.info_hashes
-    v1 = str(hashes.v1) if hashes.has_v1() else None
-    v2 = str(hashes.v2) if hashes.has_v2() else None
-    if (v1 or v2) and (v1, v2) != (meta.info_hash_v1, meta.info_hash_v2):
-        return None
-    return atp
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def _safe_upload(handle: Any, fallback: int) -> int:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import zstandard
 
-from p2pdist import delta
+from p2pdist import delta, delta_rebuild
 from p2pdist.delta_codec import META_KEY, Segment
 from p2pdist.delta_file import DeltaFileWriter
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError, StoreError
@@ -332,7 +332,7 @@ def test_known_digests_skip_hashing_and_a_good_decode_does_not_hash_the_parent(
     a, b, d, expected = pair
     parent_files = _expected(a)
     hashed: list[str] = []
-    real_describe, real_hash_files = delta.describe_files, delta.hash_files
+    real_describe, real_hash_files = delta.describe_files, delta_rebuild.hash_files
 
     def describe(folder: Path, paths: list[str]) -> tuple[FileEntry, ...]:
         hashed.extend(f"{Path(folder).name}/{p}" for p in paths)
@@ -343,7 +343,7 @@ def test_known_digests_skip_hashing_and_a_good_decode_does_not_hash_the_parent(
         return real_hash_files(paths)
 
     monkeypatch.setattr(delta, "describe_files", describe)
-    monkeypatch.setattr(delta, "hash_files", hash_files)
+    monkeypatch.setattr(delta_rebuild, "hash_files", hash_files)
     delta.encode(a, b, d.parent / "known", new_files=expected, parent_files=parent_files)
     assert hashed == []
     delta.decode(a, d.parent / "known", d.parent / "out4", expected=expected)
@@ -400,7 +400,7 @@ def test_disk_full_while_rebuilding_is_a_store_error_and_leaves_nothing(pair, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.pwrite(fd, memoryview(data).cast("B"), offset)
 
-    monkeypatch.setattr(delta, "_pwrite", full_disk)
+    monkeypatch.setattr(delta_rebuild, "_pwrite", full_disk)
     _decode_fails(pair, StoreError, r"No space left on device \(disk full: free space and retry\)")
     assert len(writes) > 2
     with pytest.raises(StoreError) as failure:
@@ -416,7 +416,7 @@ def test_a_parent_that_cannot_be_read_does_not_hide_why_decoding_failed(pair, mo
     def unreadable(paths: list[Path]) -> list[str]:  # ... and a parent that cannot be read now
         raise PermissionError(13, "Permission denied", str(paths[0]))
 
-    monkeypatch.setattr(delta, "hash_files", unreadable)
+    monkeypatch.setattr(delta_rebuild, "hash_files", unreadable)
     _decode_fails(pair, FormatError, "extra bits")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -12,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from p2pdist import loader, verified
@@ -27,6 +24,7 @@ from p2pdist.errors import (
 from p2pdist.keys import TrustStore, public_key_of
 from p2pdist.manifest import Manifest, canonical_json
 from p2pdist.shards import read_header, shard_files
+from p2pdist.staging import StagedCopier
 from p2pdist.store import Store
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
@@ -380,49 +378,13 @@ def test_open_verifies_each_file_before_its_first_tensor(sharded_version: Path) 
 
 
 # -- the staged (CUDA) pipeline, driven on the CPU -----------------------------------------------
-@settings(max_examples=200, deadline=None)
-@given(
-    sizes=st.lists(st.integers(0, 300), min_size=0, max_size=12),
-    chunk=st.integers(1, 257),
-    origin=st.integers(0, 100),
-)
-def test_plan_chunks_covers_every_byte_once(sizes: list[int], chunk: int, origin: int) -> None:
-    ranges, pos = [], origin
-    for size in sizes:
-        ranges.append((pos, pos + size))
-        pos += size
-    chunks = loader.plan_chunks(ranges, chunk)
-    covered: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(sizes))}
-    cursor = origin
-    for c in chunks:
-        assert c.start == cursor and 0 < c.end - c.start <= chunk
-        cursor = c.end
-        buf = 0
-        for p in c.pieces:
-            assert p.buf_offset == buf and p.length > 0
-            assert ranges[p.index][0] + p.dst_offset == c.start + p.buf_offset
-            covered[p.index].append((p.dst_offset, p.length))
-            buf += p.length
-        assert buf == c.end - c.start
-    assert cursor == pos
-    for i, size in enumerate(sizes):
-        offsets = sorted(covered[i])
-        assert sum(n for _, n in offsets) == size
-        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(offsets))
-
-
-def test_plan_chunks_refuses_gaps() -> None:
-    with pytest.raises(ValueError, match="contiguous"):
-        loader.plan_chunks([(0, 4), (5, 8)], 4)
-
-
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 1 << 20])
 def test_staged_copier_on_cpu_reproduces_bytes(
     sharded_version: Path, p2p_home: Path, chunk_bytes: int
 ) -> None:
     manifest = Store(p2p_home).manifest("org/model", "v1")
     shards = verified.open_shards(sharded_version, manifest)
-    copier = loader.StagedCopier(torch.device("cpu"), chunk_bytes=chunk_bytes)
+    copier = StagedCopier(torch.device("cpu"), chunk_bytes=chunk_bytes)
     cpu = torch.device("cpu")
     wanted = {"block.0.weight", "block.2.weight", "block.3.weight", "head.bias"}  # gaps
     for names in (None, wanted):
@@ -436,7 +398,7 @@ def test_staged_copier_path_refuses_a_changed_file(sharded_version: Path, p2p_ho
     manifest = Store(p2p_home).manifest("org/model", "v1")
     flip_last_tensor_byte(blob_of(sharded_version, shard_files(sharded_version)[0]))
     shards = verified.open_shards(sharded_version, manifest)
-    copier = loader.StagedCopier(torch.device("cpu"), chunk_bytes=4096)
+    copier = StagedCopier(torch.device("cpu"), chunk_bytes=4096)
     with pytest.raises(IntegrityError):
         loader._load_copied(shards, torch.device("cpu"), None, "always", None, None, copier=copier)
 

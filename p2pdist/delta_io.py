@@ -1,0 +1,85 @@
+"""What the delta's encoder and decoder share: the index of a delta folder, mapped files, bounded
+parallel work in order, and OSErrors as StoreErrors."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2pdist.delta_codec import INDEX_FILE, DeltaIndex
+from p2pdist.errors import FormatError, NotFoundError, StoreError
+
+MAX_INDEX_BYTES = 64 << 20
+
+
+def default_workers() -> int:
+    """Threads for coding segments: one per core, at most 8 (memory is a few segments each)."""
+    return max(1, min(os.cpu_count() or 2, 8))
+
+
+def read_index(delta_dir: str | Path) -> DeltaIndex:
+    """Read and validate ``delta.json`` of a delta folder."""
+    path = Path(delta_dir) / INDEX_FILE
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no delta index; is this a delta folder?") from None
+    if size > MAX_INDEX_BYTES:
+        raise FormatError(f"{path}: delta index of {size} bytes (limit {MAX_INDEX_BYTES})")
+    return DeltaIndex.from_bytes(path.read_bytes(), source=str(path))
+
+
+def map_file(stack: ExitStack, path: Path, size: int) -> mmap.mmap | None:
+    """``size`` bytes of ``path`` mapped read-only until ``stack`` closes (None for 0 bytes)."""
+    if size == 0:
+        return None
+    f = stack.enter_context(path.open("rb"))
+    m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    stack.callback(_unmap, m)
+    return m
+
+
+def _unmap(m: mmap.mmap) -> None:
+    """Unmap now, or when the last view dies (a traceback may still hold one after an error)."""
+    try:
+        m.close()
+    except BufferError:
+        pass
+
+
+def view(m: mmap.mmap | None, offset: int, size: int) -> np.ndarray:
+    """A uint8 array over ``size`` bytes of a mapping, without copying."""
+    if m is None:
+        return np.empty(0, np.uint8)
+    return np.frombuffer(m, dtype=np.uint8, count=size, offset=offset)
+
+
+def ordered(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
+    """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
+    pending: deque[tuple[Any, Future[Any]]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            it, fut = pending.popleft()
+            yield it, fut.result()
+    while pending:
+        it, fut = pending.popleft()
+        yield it, fut.result()
+
+
+def store_error(what: str, e: OSError) -> StoreError:
+    """A StoreError for ``e`` that names the file concerned and keeps the errno."""
+    where = f" ({e.filename})" if e.filename else ""
+    hint = " (disk full: free space and retry)" if e.errno == errno.ENOSPC else ""
+    error = StoreError(f"{what}: {e.strerror or e}{where}{hint}")
+    error.errno = e.errno
+    return error

@@ -1,0 +1,146 @@
+"""What p2pdist asks of libtorrent: session settings, add-torrent parameters, resume data.
+
+The settings carry the pitfalls measured on loopback swarms (DESIGN.md, "The swarm", and
+BENCHMARKS.md): each one says what it fixed and by how much. Only swarm.py uses this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import libtorrent as lt
+
+from p2pdist.torrent import TorrentMeta
+
+BLOCK_SIZE = 16 * 1024
+"""libtorrent's request size: the unit of block progress and of request queues."""
+
+ALERT_MASK = (
+    lt.alert.category_t.error_notification
+    | lt.alert.category_t.status_notification
+    | lt.alert.category_t.storage_notification
+    | lt.alert.category_t.tracker_notification
+    | lt.alert.category_t.block_progress_notification
+)
+
+
+def session_settings(
+    *,
+    listen_interface: str,
+    port: int,
+    upload_rate_limit: int,
+    download_rate_limit: int,
+    announce_interval_hint: int | None,
+    loopback: bool | None,
+    ssrf_mitigation: bool,
+    extra_settings: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The settings_pack of a Swarm (see its docstring for the arguments)."""
+    if loopback is None:
+        loopback = listen_interface.startswith("127.") or listen_interface in (
+            "localhost",
+            "::1",
+            "[::1]",
+        )
+    iface = f"[{listen_interface}]" if ":" in listen_interface else listen_interface
+    settings: dict[str, Any] = {
+        "listen_interfaces": f"{iface}:{port}",
+        "alert_mask": int(ALERT_MASK),
+        "alert_queue_size": 100_000,
+        "user_agent": f"p2pdist libtorrent/{lt.__version__}",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        "enable_outgoing_utp": not loopback,
+        "enable_incoming_utp": not loopback,
+        "upload_rate_limit": int(upload_rate_limit),
+        "download_rate_limit": int(download_rate_limit),
+        "ssrf_mitigation": ssrf_mitigation,
+    }
+    if upload_rate_limit or download_rate_limit:
+        settings["ignore_limits_on_local_network"] = False
+        # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
+        # sent nothing for its first 2 s (measured, 4 MB/s cap); 100 ms cut that to 0.5 s.
+        settings["tick_interval"] = 100
+    if upload_rate_limit:
+        # Peers may queue this many block requests at us (advertised as `reqq`; it caps
+        # their outstanding requests). At libtorrent's 2000 each consumer queued up to
+        # 8 MiB at a 4 MB/s seed, so pieces were claimed long before they were sent and
+        # consumers could not fetch them from each other: the seed sent them twice.
+        # 0.125 s of our upload rate (floor 32 blocks, the 4 MB/s case) took the swarm
+        # bench from about 1.95x/2.67x to 1.70x/2.26x the fluid bound for 4/16 consumers
+        # (BENCHMARKS.md, "Swarm").
+        settings["max_allowed_in_request_queue"] = max(
+            32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE))
+        )
+        # libtorrent asks a peer for whole pieces when it could send one within
+        # `whole_pieces_threshold` (20 s) at its rate: every capped peer qualifies, so each
+        # piece came from a single source and pieces finished (became tradeable) at one
+        # peer's pace. With 0 blocks of a piece are spread over peers: 64 MiB at 5 MB/s,
+        # 256 KiB pieces, won every one of 6 paired runs (N=4/16/32: about 1.44x -> 1.22x,
+        # 2.07x -> 1.51x, 2.10x -> 1.76x the fluid bound; seed copies 2.0 -> 1.7 at N=32;
+        # BENCHMARKS.md, "Swarm"). Measured with capped uploads only.
+        settings["whole_pieces_threshold"] = 0
+    if announce_interval_hint is not None:
+        settings["min_announce_interval"] = max(1, int(announce_interval_hint))
+    settings.update(extra_settings or {})
+    return settings
+
+
+def torrent_params(meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resume: Any) -> Any:
+    """add_torrent_params that put file i at folder/<its path without the root name>."""
+    data = meta.data
+    if not use_web_seeds and meta.web_seeds:
+        decoded = lt.bdecode(data)
+        decoded.pop(b"url-list", None)
+        decoded.pop(b"httpseeds", None)
+        data = lt.bencode(decoded)
+    ti = lt.torrent_info(data)
+    atp = resume if resume is not None else lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = str(folder)
+    layout = ti.layout()
+    prefix = meta.name + "/"
+    renames = {}
+    for index in range(layout.num_files()):
+        path = layout.file_path(index)
+        if path.startswith(prefix):
+            renames[index] = path[len(prefix) :]
+    atp.renamed_files = renames
+    if not use_web_seeds:
+        atp.url_seeds = []
+        atp.http_seeds = []
+        atp.flags |= lt.torrent_flags.override_web_seeds
+    atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+    atp.flags &= ~lt.torrent_flags.seed_mode
+    return atp
+
+
+def read_resume(path: Path, meta: TorrentMeta) -> Any:
+    """Resume data for this torrent, or None when it is unreadable or for another torrent."""
+    try:
+        atp = lt.read_resume_data(path.read_bytes())
+    except (OSError, RuntimeError):
+        return None
+    hashes = atp.info_hashes
+    v1 = str(hashes.v1) if hashes.has_v1() else None
+    v2 = str(hashes.v2) if hashes.has_v2() else None
+    if (v1 or v2) and (v1, v2) != (meta.info_hash_v1, meta.info_hash_v2):
+        return None
+    return atp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` by rename; on failure keep the old file (resume data only
+    saves re-checking pieces, so a full disk must not fail the download)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
