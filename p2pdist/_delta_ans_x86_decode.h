@@ -1,14 +1,14 @@
-/* The x86-64 vector decoders of the delta codec (AVX2 and AVX-512), included by _delta_ans.c
- * after the decoder's types (Slot, Classes, ClassCursor) where the compiler has the x86
- * intrinsics. Each decodes whole groups while both streams surely hold a group's reads, and
- * must produce the same bytes as the portable DEC of _delta_ans.c: the tests compare every
- * level, valid and tampered payloads alike. Not a standalone header. */
+/* The x86-64 vector decoders of the delta codec (AVX2 and AVX-512), included by
+ * _delta_ans_decode.c after the decoder's types (Slot, Classes, ClassCursor) where the compiler
+ * has the x86 intrinsics. Each decodes whole groups while both streams surely hold a group's
+ * reads, and must produce the same bytes as the portable DEC of _delta_ans_decode.c: the tests
+ * compare every level, valid and tampered payloads alike. Not a standalone header. */
 
 /* For each 8-bit mask of lanes that renormalise, the stream word each lane takes: lane k
  * takes the next word number (lanes before k that also take one). */
 static uint32_t renorm_shuffle[256][8];
 
-static void init_renorm_shuffle(void) {
+INTERNAL void init_renorm_shuffle(void) {
     for (int m = 0; m < 256; m++) {
         uint32_t next = 0;
         for (int k = 0; k < 8; k++) renorm_shuffle[m][k] = (m >> k) & 1 ? next++ : 0;

@@ -1,6 +1,7 @@
-/* The x86-64 vector passes of the delta encoder (AVX-512 and AVX2), included by _delta_ans.c
- * after the encoder's types (EncSym, BitWriter) where the compiler has the x86 intrinsics.
- * Each function does what the portable C of _delta_ans.c does, on 16 or 8 words at once, and
+/* The x86-64 vector passes of the delta encoder (AVX-512 and AVX2), included by
+ * _delta_ans_encode.c after the encoder's types (EncSym, BitWriter) where the compiler has the
+ * x86 intrinsics. Each function does what the portable C of _delta_ans_encode.c does, on 16 or
+ * 8 words at once, and
  * must produce the same bytes: the tests compare every level. Not a standalone header. */
 
 /* The encoder's rANS pass over whole groups, last group first: the steps of ENC_PUT for
@@ -135,7 +136,7 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
  * in lane order, at the top of the vector (positions 8 - count .. 7). */
 static uint32_t renorm_pack[256][8];
 
-static void init_renorm_pack(void) {
+INTERNAL void init_renorm_pack(void) {
     for (int m = 0; m < 256; m++) {
         int count = __builtin_popcount((unsigned)m), at = 8 - count;
         for (int k = 0; k < 8; k++) renorm_pack[m][k] = 0;

@@ -17,7 +17,7 @@ import pytest
 from p2pdist import _delta_ans
 from p2pdist.delta_codec import float_key
 
-SOURCE = Path(__file__).resolve().parent.parent / "p2pdist" / "_delta_ans.c"
+SOURCES = sorted((Path(__file__).resolve().parent.parent / "p2pdist").glob("_delta_ans*.c"))
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
         tmp_path_factory.mktemp("portable") / f"_delta_ans{sysconfig.get_config_var('EXT_SUFFIX')}"
     )
     cmd = [compiler, "-O1", "-shared", "-fPIC", "-Wall",
-           "-DP2PDIST_NO_VECTOR", f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o",
+           "-DP2PDIST_NO_VECTOR", f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-o",
            str(out)]  # fmt: skip
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
