@@ -1,9 +1,9 @@
-"""Tests for p2pdist.trainer.lm: the byte-level GPT, its corpus, training and perplexity."""
+"""Tests for p2pdist.trainer.lm: the byte-level GPT, training and perplexity (the corpus:
+tests/test_corpus.py)."""
 
 from __future__ import annotations
 
 import json
-import lzma
 import subprocess
 import sys
 import textwrap
@@ -23,38 +23,6 @@ MICRO = lm.LMConfig(d_model=32, n_layer=2, n_head=2, seq_len=32, d_ff=48)
 @pytest.fixture(scope="module")
 def corpus() -> lm.Corpus:
     return lm.load_corpus()
-
-
-def test_shipped_corpus_is_text_split_about_one_in_twenty(corpus: lm.Corpus) -> None:
-    total = corpus.train.numel() + corpus.heldout.numel()
-    assert 1_000_000 < total < 3_000_000
-    assert 0.04 < corpus.heldout.numel() / total < 0.06
-    assert corpus.train.dtype == torch.uint8
-    text = lm.decode(corpus.heldout[:2000])
-    assert "\ufffd" not in text[10:-10]
-    assert sum(ch.isalpha() or ch.isspace() for ch in text) > 0.8 * len(text)
-
-
-def test_split_deals_blocks_deterministically() -> None:
-    data = bytes(i % 251 for i in range(10 * 7 + 3))
-    c = lm.Corpus.from_bytes(data, heldout_every=3, block=7)
-    blocks = [data[i : i + 7] for i in range(0, len(data), 7)]
-    assert bytes(c.heldout.tolist()) == b"".join(blocks[0::3])
-    assert bytes(c.train.tolist()) == b"".join(b for i, b in enumerate(blocks) if i % 3)
-
-
-def test_corrupt_corpus_file_is_a_format_error(tmp_path: Path) -> None:
-    bad = tmp_path / "c.txt.xz"
-    bad.write_bytes(lzma.compress(b"hello world" * 100)[:-20])
-    with pytest.raises(FormatError, match=r"c\.txt\.xz"):
-        lm.load_corpus(bad)
-
-
-def test_encode_decode_round_trip() -> None:
-    text = "Return the value.\n\u00e9\u4e2d"
-    tokens = lm.encode(text)
-    assert tokens.dtype == torch.uint8 and tokens.numel() == len(text.encode())
-    assert lm.decode(tokens) == text
 
 
 def test_config_round_trips_through_json() -> None:
