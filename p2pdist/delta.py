@@ -287,15 +287,16 @@ def _encode_target(
             return encode_segment(new, base, job.word, job.key, job.row)
 
         segments: list[Segment] = []
-        for job, coded in ordered(pool, work, iter(jobs), 2 * workers + 2):
-            refs = [
-                (p.codec, None if p.payload is None else writer.add(p.payload))
-                for p in coded.payloads
-            ]
-            base = None if coded.op == "raw" else job.base
-            seg = Segment(job.size, coded.op, coded.word, base, tuple(refs), coded.context,
-                          job.tensor)  # fmt: skip
-            segments.append(_merge(segments, seg))
+        with ordered(pool, work, iter(jobs), 2 * workers + 2) as results:
+            for job, coded in results:
+                refs = [
+                    (p.codec, None if p.payload is None else writer.add(p.payload))
+                    for p in coded.payloads
+                ]
+                base = None if coded.op == "raw" else job.base
+                seg = Segment(job.size, coded.op, coded.word, base, tuple(refs), coded.context,
+                              job.tensor)  # fmt: skip
+                segments.append(_merge(segments, seg))
     return segments
 
 

@@ -8,8 +8,8 @@ import mmap
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +63,35 @@ def view(m: mmap.mmap | None, offset: int, size: int) -> np.ndarray:
     return np.frombuffer(m, dtype=np.uint8, count=size, offset=offset)
 
 
-def ordered(pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int) -> Iterator[Any]:
-    """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
+@contextmanager
+def ordered(
+    pool: ThreadPoolExecutor, fn: Any, items: Iterator[Any], window: int
+) -> Iterator[Iterator[tuple[Any, Any]]]:
+    """``pool.map`` in order with at most ``window`` calls in flight (bounded memory).
+
+    Leaving the block, normally or by an exception (a failed segment, a full disk), cancels
+    the calls not started and waits for the running ones: none may outlive the files and
+    maps the caller closes next (a late ``pwrite`` to a closed descriptor writes into
+    whatever file reused its number).
+    """
     pending: deque[tuple[Any, Future[Any]]] = deque()
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= window:
+
+    def results() -> Iterator[tuple[Any, Any]]:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= window:
+                it, fut = pending.popleft()
+                yield it, fut.result()
+        while pending:
             it, fut = pending.popleft()
             yield it, fut.result()
-    while pending:
-        it, fut = pending.popleft()
-        yield it, fut.result()
+
+    try:
+        yield results()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        wait([fut for _, fut in pending])
 
 
 def store_error(what: str, e: OSError) -> StoreError:

@@ -270,8 +270,9 @@ def _rebuild(
             _pwrite(fd, out, offset)
 
         offsets = np.cumsum([0] + [s.size for s in segments]).tolist()
-        for _ in ordered(pool, work, iter(enumerate(offsets[:-1])), 2 * workers + 2):
-            pass
+        with ordered(pool, work, iter(enumerate(offsets[:-1])), 2 * workers + 2) as results:
+            for _ in results:
+                pass
 
 
 def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:

@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import struct
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -406,6 +408,43 @@ def test_disk_full_while_rebuilding_is_a_store_error_and_leaves_nothing(pair, mo
     with pytest.raises(StoreError) as failure:
         delta.decode(pair[0], pair[2], pair[2].parent / "out5", expected=pair[3])
     assert failure.value.errno == errno.ENOSPC
+
+
+def test_a_failed_rebuild_waits_for_the_segments_still_running(tmp_path: Path, monkeypatch) -> None:
+    """A segment that fails must not leave others writing once the output is closed: the
+    descriptor's number may then belong to another file, which they would overwrite."""
+    gen = torch.Generator().manual_seed(8)
+    old = {"w": torch.randn(4096, 64, generator=gen)}
+    a = _write(tmp_path / "a", old, shard=1 << 30)
+    b = _write(tmp_path / "b", {k: _nudge(v) for k, v in old.items()}, shard=1 << 30)
+    delta.encode(a, b, tmp_path / "d", chunk_bytes=1 << 16)  # 16 segments
+    late, calls, lock, second_is_writing = [], [], threading.Lock(), threading.Event()
+    real = delta_rebuild._pwrite
+
+    def slow_then_full(fd: int, data: np.ndarray, offset: int) -> None:
+        with lock:
+            calls.append(offset)
+            first = len(calls) == 1
+        if first:  # the disk fills while another segment is being written
+            second_is_writing.wait(5)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        target = os.fstat(fd).st_ino
+        second_is_writing.set()
+        time.sleep(0.2)  # still writing while the first segment's error propagates
+        try:
+            if os.fstat(fd).st_ino != target:
+                late.append(offset)  # the number now names another file
+        except OSError:
+            late.append(offset)  # closed under us
+        real(fd, data, offset)
+
+    monkeypatch.setattr(delta_rebuild, "_pwrite", slow_then_full)
+    with pytest.raises(StoreError, match="disk full"):
+        delta.decode(a, tmp_path / "d", tmp_path / "out", expected=_expected(b), workers=2)
+    print("CALLS", calls, "LATE", late)
+    assert len(calls) > 1  # another segment was in flight when the first failed
+    assert late == []
+    _nothing_visible(tmp_path / "out")
 
 
 def test_a_parent_that_cannot_be_read_does_not_hide_why_decoding_failed(pair, monkeypatch) -> None:
