@@ -503,6 +503,11 @@ class DeltaIndex:
             entry = FileEntry.from_json(
                 {k: f.get(k) for k in ("path", "size", "blake3")}, where=source
             )
+            (how_key,) = how
+            if not isinstance(f[how_key], str):
+                raise FormatError(
+                    f"{source}: {entry.path}: {how_key} must be a relative path, not {f[how_key]!r}"
+                )
             copy, delta = f.get("copy"), f.get("delta")
             if copy is not None and safe_relpath(copy) not in parent_paths:
                 raise FormatError(

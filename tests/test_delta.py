@@ -601,6 +601,13 @@ def test_an_older_format_is_refused_saying_what_to_do(pair) -> None:
 
 def test_bad_index(pair) -> None:
     d = pair[2]
+    index = json.loads((d / delta.INDEX_FILE).read_bytes())
+    entry = {k: index["files"][0][k] for k in ("path", "size", "blake3")}
+    for how in ("copy", "delta"):
+        (d / delta.INDEX_FILE).write_bytes(
+            json.dumps(dict(index, files=[dict(entry, **{how: None})])).encode()
+        )
+        _decode_fails(pair, FormatError, f"{how} must be a relative path, not None")
     (d / delta.INDEX_FILE).write_bytes(b"[]")
     _decode_fails(pair, FormatError, "not a p2pdist delta index")
     (d / delta.INDEX_FILE).unlink()
