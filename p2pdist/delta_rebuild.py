@@ -156,13 +156,14 @@ def decode(
             parent = _Parent(parent_dir, parent_files, stack)
             pool = stack.enter_context(ThreadPoolExecutor(workers))
             stack.callback(pool.shutdown, cancel_futures=True)
-            for target in index.files:
+            for number, target in enumerate(index.files):
                 final = out_dir / target.path
                 for d in reversed(final.parents):
                     if not d.exists():
                         d.mkdir()
                         created.append(d)
-                tmp = final.parent / f".{final.name}.{tag}.incomplete"
+                # not the file's own name: a name near the 255-byte limit would not fit
+                tmp = final.parent / f".p2pdist-{tag}-{number}.incomplete"
                 staged.append((tmp, final))
                 if target.copy is not None:
                     shutil.copyfile(parent_dir / target.copy, tmp)
@@ -191,11 +192,13 @@ def decode(
 
 
 def _undo(staged: list[tuple[Path, Path]], renamed: list[Path], created: list[Path]) -> None:
-    """Remove what a failed decode wrote: staged and renamed files, then new directories."""
-    for tmp, _ in staged:
-        tmp.unlink(missing_ok=True)
-    for final in renamed:
-        final.unlink(missing_ok=True)
+    """Remove what a failed decode wrote: staged and renamed files, then new directories (best
+    effort: the error that made the decode fail is the one to report)."""
+    for path in [tmp for tmp, _ in staged] + renamed:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
     for d in reversed(created):
         try:
             d.rmdir()

@@ -599,6 +599,16 @@ def test_an_older_format_is_refused_saying_what_to_do(pair) -> None:
     _decode_fails(pair, FormatError, "upgrade p2pdist")
 
 
+def test_a_file_name_near_the_length_limit_rebuilds(tmp_path: Path) -> None:
+    name = "x" * 243 + ".bin"  # 247 bytes: legal, but not with a staging suffix added to it
+    sd = {"w": torch.arange(64, dtype=torch.float32)}
+    a = _write(tmp_path / "a", sd, **{name: b"old" * 100})
+    b = _write(tmp_path / "b", sd, **{name: b"new" * 100})
+    delta.encode(a, b, tmp_path / "d")
+    delta.decode(a, tmp_path / "d", tmp_path / "out", expected=_expected(b))
+    assert (tmp_path / "out" / name).read_bytes() == b"new" * 100
+
+
 def test_bad_index(pair) -> None:
     d = pair[2]
     index = json.loads((d / delta.INDEX_FILE).read_bytes())
