@@ -343,6 +343,11 @@ def publish(
     help="Give up after this many seconds without data.",
 )
 @click.option(
+    "--full",
+    is_flag=True,
+    help="Download the whole version even where a chain of deltas from a stored one would do.",
+)
+@click.option(
     "--follow",
     is_flag=True,
     help="Keep following the model: fetch each new version (by delta) as it is published.",
@@ -357,6 +362,7 @@ def fetch(
     no_origin: bool,
     seed: bool,
     stall_timeout: float,
+    full: bool,
     follow: bool,
     home: Path | None,
     tracker: str | None,
@@ -374,10 +380,14 @@ def fetch(
         stall_timeout=stall_timeout,
     )
     if follow:
+        if full:
+            raise click.UsageError(
+                "--full applies to one fetch; --follow takes each version by delta"
+            )
         _follow(fetcher, ref, as_json)
         return
     with progress_bar(enabled=not as_json) as update:
-        result = fetcher.fetch(ref, out=out, seed=seed, on_progress=update)
+        result = fetcher.fetch(ref, out=out, seed=seed, full=full, on_progress=update)
     _print_fetch(result, as_json, indent=2)
     if seed:
         _wait_forever(
@@ -390,6 +400,8 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
         click.echo(json.dumps(result.to_json(), indent=indent))
         return
     m = result.manifest
+    if result.fallback:
+        click.echo(f"Delta chain given up: {result.fallback}", err=True)
     if result.pinned_key:
         click.echo(f"Pinned publisher key of {m.name}: {m.public_key}", err=True)
     click.echo(

@@ -13,6 +13,7 @@ CLI's ``--json`` prints. The order matters and is the point of this module:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -30,6 +31,7 @@ from p2pdist.errors import (
     NotFoundError,
     SignatureError,
     StoreError,
+    SwarmError,
 )
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
@@ -37,6 +39,8 @@ from p2pdist.plan import FetchPlan, make_plan
 from p2pdist.ref import ModelRef, parse_ref
 from p2pdist.store import Store
 from p2pdist.torrent import TorrentMeta, read_torrent
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, Any], None]
 
@@ -53,6 +57,8 @@ class FetchResult:
     hash_failures: int
     seconds: float
     pinned_key: bool
+    fallback: str | None = None
+    """Why a planned delta chain was given up for the full download (None: it was not)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +75,7 @@ class FetchResult:
             "hash_failures": self.hash_failures,
             "seconds": round(self.seconds, 3),
             "pinned_key": self.pinned_key,
+            "fallback": self.fallback,
         }
 
 
@@ -145,17 +152,28 @@ class Fetcher:
         *,
         out: str | Path | None = None,
         seed: bool = False,
+        full: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> FetchResult:
+        """Fetch ``ref_text`` into the store (see the module docstring for the order of steps).
+
+        A delta chain whose download stalls (its versions no longer seeded, say after the
+        publisher's retention removed them) is given up for the full download, and the result
+        says why; ``full=True`` skips delta chains from the start.
+        """
         started = time.monotonic()
         self._pinned = False
         ref = self.resolve(parse_ref(ref_text))
         target = self.trusted_manifest(ref.name, ref.version)
-        plan = make_plan(
-            target,
-            lambda v: self.store.has(ref.name, v),
-            lambda v: self.trusted_manifest(ref.name, v),
-        )
+        if full and not self.store.has(ref.name, ref.version):
+            plan = FetchPlan("full", target, target.total_size, target.total_size)
+        else:
+            plan = make_plan(
+                target,
+                lambda v: self.store.has(ref.name, v),
+                lambda v: self.trusted_manifest(ref.name, v),
+            )
+        fallback = None
         # Each version is downloaded and committed under its own lock, and a process holds
         # at most one such lock at a time (no lock-order cycles between fetches of different
         # targets that share a chain); after taking it, the store is asked again.
@@ -171,15 +189,21 @@ class Fetcher:
             peers, web, failures = self._fetch_full(target, on_progress)
         else:
             assert plan.base is not None
-            peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
+            try:
+                peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
+            except SwarmError as stalled:
+                fallback = f"{stalled}; fetched {ref} in full instead"
+                log.warning("%s", fallback)
+                peers, web, failures = self._fetch_full(target, on_progress)
         snapshot = self.store.snapshot(ref.name, ref.version)
         if seed:
             from p2pdist.seeder import seed_version
 
             seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
         path = snapshot if out is None else _copy_out(snapshot, target.files, Path(out))
+        seconds = time.monotonic() - started
         return FetchResult(
-            target, path, plan, peers, web, failures, time.monotonic() - started, self._pinned
+            target, path, plan, peers, web, failures, seconds, self._pinned, fallback
         )
 
     def _download(
@@ -236,15 +260,19 @@ class Fetcher:
         with self.store.staging() as stage:
             rebuilt = stage / "files"
             rebuilt.mkdir()
-            delta_codec.decode(
-                self.store.snapshot(manifest.name, parent),
-                delta_dir,
-                rebuilt,
-                expected=manifest.files,
-                # The parent's blobs are named by their blake3 and were verified when
-                # stored; every rebuilt file is still checked against the manifest.
-                verify_parent=False,
-            )
+            try:
+                delta_codec.decode(
+                    self.store.snapshot(manifest.name, parent),
+                    delta_dir,
+                    rebuilt,
+                    expected=manifest.files,
+                    # The parent's blobs were verified when stored: hash them only if the
+                    # delta does not rebuild from them (below), not on every fetch.
+                    verify_parent=False,
+                )
+            except (FormatError, IntegrityError) as failure:
+                self._blame_damaged_parent(manifest, parent, failure)
+                raise
             # Keep the full torrent too, so this host seeds the version to late joiners.
             full_torrent = self.checked_torrent(manifest, "full").data
             self.store.add_version(
@@ -258,6 +286,20 @@ class Fetcher:
             )
         shutil.rmtree(delta_dir, ignore_errors=True)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
+
+    def _blame_damaged_parent(self, manifest: Manifest, parent: str, failure: Exception) -> None:
+        """A delta that does not rebuild from a stored parent whose files no longer match that
+        parent's manifest (edited in place, a bad disk): name the parent, not the delta."""
+        where = f"{manifest.name}@{parent}"
+        stored = self.store.manifest(manifest.name, parent)
+        try:
+            verify_entries(stored.files, self.store.snapshot(manifest.name, parent))
+        except IntegrityError as damaged:
+            raise IntegrityError(
+                f"{where} in the store is damaged ({damaged}), so the delta to "
+                f"{manifest.version} cannot be applied to it; remove it with `p2pdist rm "
+                f"{where}` (or fetch with --full) and fetch again"
+            ) from failure
 
     def _commit(self, manifest: Manifest, dest: Path, meta: TorrentMeta) -> None:
         verify_entries(manifest.files, dest)
@@ -327,11 +369,13 @@ def fetch(
     out: str | Path | None = None,
     use_web_seeds: bool = True,
     seed: bool = False,
+    full: bool = False,
 ) -> Path:
     """Fetch ``ref`` (``name@v3``, ``name@latest``) into the store and return its folder.
 
     The folder is a Hugging Face layout that ``safetensors`` and ``transformers`` read as is.
-    With ``seed`` the process keeps serving the version to other peers while it lives.
+    With ``seed`` the process keeps serving the version to other peers while it lives; with
+    ``full`` it downloads the whole version even where a chain of deltas would do.
     """
     fetcher = Fetcher(home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds)
-    return fetcher.fetch(ref, out=out, seed=seed).path
+    return fetcher.fetch(ref, out=out, seed=seed, full=full).path

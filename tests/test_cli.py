@@ -82,6 +82,7 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("trust", "m", "zz"), 1, "public key"),
         (("info",), 2, "Missing argument"),
         (("frobnicate",), 2, "No such command"),
+        (("fetch", "org/model@latest", "--full", "--follow"), 2, "--full applies to one fetch"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(

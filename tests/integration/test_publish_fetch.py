@@ -102,6 +102,68 @@ def test_delta_fetch_downloads_only_the_delta(nodes: Callable[..., Node], tmp_pa
     assert consumer.run("verify", f"{NAME}@v2").returncode == 0
 
 
+def test_a_delta_chain_nobody_seeds_gives_way_to_the_full_download(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The publisher's retention removed v2 (whose delta leads from v1 to v3): a consumer with
+    v1 waits for the chain only until it stalls, then fetches v3 whole; --full skips it."""
+    states = [model_state()]
+    states += [updated(states[-1], seed) for seed in (1, 2)]
+    publisher = nodes("publisher", publisher=True)
+    for number, state in enumerate(states, start=1):
+        src = make_version_folder(tmp_path / f"v{number}", state)
+        parent = () if number == 1 else ("--parent", f"v{number - 1}")
+        args = ("publish", str(src), "--name", NAME, "--version", f"v{number}", *parent)
+        assert publisher.run(*args, "--no-seed").returncode == 0
+    consumer, other = nodes("consumer"), nodes("other")
+    seeding = publisher.start_seeding("seed")
+    assert consumer.fetch_json(f"{NAME}@v1")["plan"] == "full"
+    assert other.fetch_json(f"{NAME}@v1")["plan"] == "full"
+    seeding.kill()
+    seeding.communicate(timeout=30)
+    assert publisher.run("rm", f"{NAME}@v2").returncode == 0
+    publisher.start_seeding("seed")  # v1 and v3 (full and delta), not v2
+    result = consumer.fetch_json(f"{NAME}@v3", "--stall-timeout", "3")
+    assert result["plan"] == "delta" and result["chain"] == ["v2", "v3"]
+    assert "stalled" in result["fallback"] and "in full instead" in result["fallback"]
+    assert result["bytes_from_peers"] >= result["full_bytes"] - 1
+    assert_same_files(tmp_path / "v3", Path(result["path"]))
+    forced = other.fetch_json(f"{NAME}@v3", "--full", "--stall-timeout", "30")
+    assert forced["plan"] == "full" and forced["fallback"] is None
+    assert_same_files(tmp_path / "v3", Path(forced["path"]))
+
+
+def test_a_damaged_parent_in_the_store_is_named_not_the_delta(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    v1 = model_state()
+    src1 = make_version_folder(tmp_path / "v1", v1)
+    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    publisher = nodes("publisher", publisher=True)
+    for args in (("v1",), ("v2", "--parent", "v1")):
+        src = src1 if args[0] == "v1" else src2
+        published = publisher.run("publish", str(src), "--name", NAME, "--version", *args,
+                                  "--no-seed")  # fmt: skip
+        assert published.returncode == 0, published.stderr
+    consumer = nodes("consumer")
+    seeding = publisher.start_seeding("seed")
+    shard = next(Path(consumer.fetch_json(f"{NAME}@v1")["path"]).glob("*.safetensors"))
+    with open(shard, "r+b") as f:  # edited in place: the store's blob changes with it
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    failed = consumer.run("fetch", f"{NAME}@v2")
+    assert failed.returncode == 1
+    message = failed.stderr.strip().splitlines()[-1]
+    assert f"{NAME}@v1 in the store is damaged" in message and f"p2pdist rm {NAME}@v1" in message
+    assert consumer.run("rm", f"{NAME}@v1").returncode == 0
+    result = consumer.fetch_json(f"{NAME}@v2")
+    assert result["plan"] == "full"
+    assert_same_files(src2, Path(result["path"]))
+    seeding.kill()
+
+
 def test_consumer_gets_data_only_from_other_consumers(
     nodes: Callable[..., Node], tmp_path: Path
 ) -> None:
