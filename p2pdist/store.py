@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import time
 import uuid
@@ -188,16 +189,33 @@ class Store:
         return names
 
     def versions(self, name: str) -> list[Manifest]:
-        """The stored versions of a model, oldest first (by creation time, then version)."""
+        """The stored versions of a model, oldest first.
+
+        By creation time; within one second (``created`` has no finer resolution, and a
+        trainer can publish several versions a second) a version comes after its stored
+        ancestors, then in natural order of names (v9 before v10).
+        """
         mdir = self.model_dir(name)
         if not mdir.is_dir():
             return []
-        found = [
-            Manifest.read(v / MANIFEST_FILENAME)
-            for v in mdir.iterdir()
-            if (v / MANIFEST_FILENAME).is_file()
-        ]
-        return sorted(found, key=lambda m: (m.created, m.version))
+        found = {
+            m.version: m
+            for m in (
+                Manifest.read(v / MANIFEST_FILENAME)
+                for v in mdir.iterdir()
+                if (v / MANIFEST_FILENAME).is_file()
+            )
+        }
+
+        def ancestors(m: Manifest) -> int:
+            count, seen = 0, {m.version}
+            while m.parent in found and m.parent not in seen:
+                m = found[m.parent]
+                seen.add(m.version)
+                count += 1
+            return count
+
+        return sorted(found.values(), key=lambda m: (m.created, ancestors(m), _natural(m.version)))
 
     def latest(self, name: str) -> Manifest | None:
         versions = self.versions(name)
@@ -411,3 +429,11 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_RUNS = re.compile(r"\d+|\D+")
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that orders the digit runs of ``text`` by value: v9 < v10 < v10a."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _RUNS.findall(text))

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
 from p2pdist.errors import ConflictError, IntegrityError, NotFoundError
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 from p2pdist.store import Store
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
@@ -90,7 +90,7 @@ _KILLED_ADD = r"""
 import os, sys
 from pathlib import Path
 from p2pdist import store as store_mod
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 real_rename = os.rename
 def dying_rename(src, dst):
     if Path(dst).name == "v2":
@@ -126,7 +126,7 @@ def test_interrupted_add_leaves_old_snapshot_and_is_cleaned(
 _CONCURRENT_ADD = r"""
 import sys
 from p2pdist.store import Store
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 Store(sys.argv[1]).add_version(Manifest.read(sys.argv[2]), sys.argv[3])
 """
 
@@ -153,7 +153,7 @@ def test_two_processes_adding_same_version(
 _FULL_DISK_ADD = r"""
 import resource, signal, sys
 from p2pdist.errors import StoreError
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 from p2pdist.store import Store
 store = Store(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
@@ -220,3 +220,28 @@ def test_gc_frees_abandoned_partial_downloads_but_not_recent_ones(p2p_home: Path
     store.gc()
     assert not store.partial_dir("a" * 40).exists() and not store.resume_path("a" * 40).exists()
     assert store.partial_dir("b" * 40).exists() and store.resume_path("b" * 40).exists()
+
+
+def test_versions_of_one_second_are_ordered_by_lineage_then_number(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    """``created`` has one-second resolution: a trainer publishing several versions a second
+    must still find its newest as ``latest`` (v10 after v9, a child after its parent)."""
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    files = describe_files(folder, list_files(folder))
+    store = Store(p2p_home)
+    second = "2026-11-28T12:00:00Z"
+    lineage = [("v8", None), ("v9", "v8"), ("v10", "v9"), ("v11", "v10"), ("prev", None),
+               ("next", "prev")]  # fmt: skip
+    for version, parent in reversed(lineage):
+        manifest = Manifest(name="org/model", version=version, parent=parent, created=second,
+                            files=files).signed(signing_key)  # fmt: skip
+        store.add_version(manifest, folder)
+    order = [m.version for m in store.versions("org/model")]
+    assert order.index("prev") < order.index("next")
+    assert [v for v in order if v.startswith("v")] == ["v8", "v9", "v10", "v11"]
+    earlier = Manifest(name="org/model", version="v99", created="2026-11-28T11:59:59Z",
+                       files=files).signed(signing_key)  # fmt: skip
+    store.add_version(earlier, folder)
+    assert store.versions("org/model")[0].version == "v99"  # the clock comes first
+    assert store.latest("org/model").version == "v11"
