@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from p2pdist import config
 from p2pdist.client import RegistryClient
 from p2pdist.errors import (
@@ -41,6 +43,8 @@ from p2pdist.store import Store
 from p2pdist.torrent import TorrentMeta, read_torrent
 
 log = logging.getLogger(__name__)
+
+_COPY_CHUNK = 8 << 20
 
 ProgressCallback = Callable[[str, Any], None]
 
@@ -200,7 +204,7 @@ class Fetcher:
             from p2pdist.seeder import seed_version
 
             seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
-        path = snapshot if out is None else _copy_out(snapshot, target.files, Path(out))
+        path = snapshot if out is None else _copy_out(snapshot, target, Path(out))
         seconds = time.monotonic() - started
         return FetchResult(
             target, path, plan, peers, web, failures, seconds, self._pinned, fallback
@@ -334,30 +338,47 @@ def _check_torrent(
         raise SignatureError(f"{where}: the torrent's files differ from the signed manifest's")
 
 
-def _copy_out(snapshot: Path, files: tuple[FileEntry, ...], out: Path) -> Path:
+def _copy_out(snapshot: Path, manifest: Manifest, out: Path) -> Path:
     """Copy a version's files into ``out``, a user folder the store must not share bytes with.
 
-    The copy is assembled beside ``out`` and swapped in with renames, so ``out`` never holds a
-    mix of two versions, even when the copy is interrupted.
+    Like huggingface_hub's ``local_dir``: files of ``out`` that the version does not have are
+    left alone. Each file is hashed as it is copied (the stored copy may have been damaged
+    since it was verified) and renamed into place only when it matches the manifest, so a
+    reader never sees half a file or wrong bytes.
     """
     out = out.absolute()
-    tmp = out.with_name(f".{out.name}.p2pdist-{uuid.uuid4().hex[:8]}")
-    old = out.with_name(f".{out.name}.p2pdist-old-{uuid.uuid4().hex[:8]}")
-    try:
-        for entry in files:
-            dst = tmp / entry.path
+    ref = f"{manifest.name}@{manifest.version}"
+    for entry in manifest.files:
+        dst = out / entry.path
+        tmp = dst.parent / f".p2pdist-{uuid.uuid4().hex[:12]}.incomplete"
+        try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile((snapshot / entry.path).resolve(), dst)
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        raise StoreError(f"cannot write {out}: {e.strerror or e}") from None
-    shutil.rmtree(old, ignore_errors=True)
+            digest = _copy_hashing((snapshot / entry.path).resolve(), tmp)
+            if digest != entry.blake3:
+                raise IntegrityError(
+                    f"{entry.path}: the stored copy of {ref} is damaged (blake3 {digest}, the "
+                    f"manifest says {entry.blake3}); remove it with `p2pdist rm {ref}` and "
+                    "fetch again",
+                    path=entry.path,
+                    expected=entry.blake3,
+                    actual=digest,
+                )
+            os.replace(tmp, dst)
+        except OSError as e:
+            raise StoreError(f"cannot write {dst}: {e.strerror or e}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy ``src`` to a new file ``dst``; the blake3 of the bytes copied."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with open(src, "rb") as reader, open(dst, "xb") as writer:
+        while chunk := reader.read(_COPY_CHUNK):
+            hasher.update(chunk)
+            writer.write(chunk)
+    return hasher.hexdigest()
 
 
 def fetch(

@@ -1,0 +1,46 @@
+"""Fetch's local parts (the swarm paths are in tests/integration): copying a stored version
+out to a user folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pdist.errors import IntegrityError
+from p2pdist.fetch import _copy_out
+from p2pdist.manifest import Manifest
+from p2pdist.store import Store
+
+
+def test_copy_out_leaves_the_folders_other_files_alone(
+    p2p_home: Path, stored_version: Manifest, tmp_path: Path
+) -> None:
+    out = tmp_path / "project"
+    (out / "src").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "src" / "train.py").write_text("print(1)")
+    snapshot = Store(p2p_home).snapshot("org/model", "v1")
+    assert _copy_out(snapshot, stored_version, out) == out
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "src" / "train.py").read_text() == "print(1)"
+    for entry in stored_version.files:
+        assert (out / entry.path).read_bytes() == (snapshot / entry.path).read_bytes()
+    assert not list(out.rglob("*.incomplete"))
+
+
+def test_copy_out_refuses_a_stored_file_damaged_since_it_was_verified(
+    p2p_home: Path, stored_version: Manifest, tmp_path: Path
+) -> None:
+    snapshot = Store(p2p_home).snapshot("org/model", "v1")
+    shard = next(e for e in stored_version.files if e.path.endswith(".safetensors"))
+    blob = (snapshot / shard.path).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=r"stored copy of org/model@v1 is damaged.*p2pdist rm"):
+        _copy_out(snapshot, stored_version, out)
+    assert not (out / shard.path).exists()
+    assert not list(out.rglob("*.incomplete"))
