@@ -164,9 +164,11 @@ class CheckpointPublisher:
         self, snapshot: dict[str, torch.Tensor], version: str | None, metadata: dict[str, str]
     ) -> PublishedVersion:
         """The worker's part of one publish: number, build, register, seed, then retain."""
+        ours = False  # whether this publish put the version in the store (what to undo)
         try:
             self._resume()
             version = version or self._allocate_version()
+            ours = not self.store.has(self.name, version)
             try:
                 published = self._publish_version(snapshot, version, metadata)
             except OSError as e:  # not one of ours (a StoreError is handled below)
@@ -178,7 +180,7 @@ class CheckpointPublisher:
                 ) from e
         except P2PDistError as e:
             e.add_note(f"while publishing {self.name}@{version or '<next version>'}")
-            if version is not None:
+            if version is not None and ours:  # never one stored before (a restarted run's)
                 self._forget_failed(version)
             raise
         self._last_version = version
@@ -267,21 +269,27 @@ class CheckpointPublisher:
         self.store.gc()
 
     def wait(self, timeout: float | None = None) -> list[PublishedVersion]:
-        """Block until every publish so far has finished; re-raise the first failure.
+        """Block until every publish so far has finished; raise the first failure not raised yet.
 
-        Every pending publish is waited for before a failure is raised, so none is lost from
-        a later ``wait()``. ``timeout`` bounds the whole wait (TimeoutError when it runs out;
-        the unfinished publishes stay pending).
+        Each failure is raised by exactly one ``wait()``: the others stay pending for the next
+        call, and so does every failure when ``timeout`` (the bound of the whole wait) runs
+        out first, with TimeoutError. Returns the versions published since the last call.
         """
         with self._lock:
             pending = list(self._pending)
         done, not_done = concurrent.futures.wait(pending, timeout)
-        with self._lock:
-            self._pending = [f for f in self._pending if f not in done]
+        failed = [f for f in pending if f in done and f.exception() is not None]
+        report = failed[0] if failed and not not_done else None
+        with self._lock:  # drop what is settled: successes, and the failure raised now
+            self._pending = [
+                f for f in self._pending if f not in done or (f in failed and f is not report)
+            ]
         if not_done:
             raise TimeoutError(
                 f"{len(not_done)} publish(es) of {self.name} still running after {timeout:g} s"
             )
+        if report is not None:
+            raise report.exception()  # type: ignore[misc]
         return [f.result() for f in pending]
 
     def close(self) -> None:

@@ -205,7 +205,8 @@ def test_retention_keeps_the_newest_versions_seeded_and_frees_the_rest(
 
 
 def test_tracker_down_fails_the_futures_not_the_caller(p2p_home: Path, swarm: Swarm) -> None:
-    """No tracker: publish() still returns; each Future and wait() raise one TrackerError."""
+    """No tracker: publish() still returns; each Future, and one wait() each, raise its
+    TrackerError."""
     down = f"http://127.0.0.1:{free_port()}"
     publisher = CheckpointPublisher(NAME, tracker=down, token="t", home=p2p_home, swarm=swarm)
     try:
@@ -218,12 +219,65 @@ def test_tracker_down_fails_the_futures_not_the_caller(p2p_home: Path, swarm: Sw
             error = f.exception()
             assert isinstance(error, TrackerError) and down in str(error)
             assert any(NAME in note for note in getattr(error, "__notes__", []))
+        with pytest.raises(TrackerError) as second:  # each failure is raised once
+            publisher.wait(timeout=WAIT)
+        assert {raised.value, second.value} == {f.exception() for f in futures}
         assert publisher.wait() == []
         assert publisher.store.versions(NAME) == []
         assert publisher.published == []
     finally:
         with contextlib.suppress(P2PDistError):
             publisher.close()
+
+
+def test_wait_raises_each_failure_once_even_after_a_timeout(
+    p2p_home: Path, swarm: Swarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait() that times out must not swallow the failures already in: each failure is
+    raised by exactly one later wait()."""
+    down = f"http://127.0.0.1:{free_port()}"
+    publisher = CheckpointPublisher(NAME, tracker=down, token="t", home=p2p_home, swarm=swarm)
+    release, real_save = threading.Event(), publisher_module.save_state_dict
+
+    def held_save(*args: Any, **kwargs: Any) -> Any:
+        release.wait(WAIT)  # the second publish is still building when wait() times out
+        return real_save(*args, **kwargs)
+
+    try:
+        first = publisher.publish(model_state(0))
+        assert isinstance(first.exception(timeout=WAIT), TrackerError)
+        monkeypatch.setattr(publisher_module, "save_state_dict", held_save)
+        publisher.publish(model_state(1), "v7")
+        with pytest.raises(TimeoutError):
+            publisher.wait(timeout=0.3)
+        release.set()
+        raised = []
+        for _ in range(2):
+            with pytest.raises(TrackerError) as failure:
+                publisher.wait(timeout=WAIT)
+            raised.append(failure.value)
+        assert raised[0] is first.exception() and raised[1] is not raised[0]
+        assert publisher.wait(timeout=WAIT) == []
+    finally:
+        release.set()
+        with contextlib.suppress(P2PDistError):
+            publisher.close()
+
+
+def test_a_failed_publish_never_removes_a_version_stored_before_it(
+    make_publisher: Callable[..., CheckpointPublisher], tracker: Tracker
+) -> None:
+    """A restarted run publishes step100 again while the registry is down: the publish fails,
+    and the step100 that an earlier run stored, registered and seeds stays."""
+    state = model_state()
+    make_publisher().publish(state, "step100").result(timeout=WAIT)
+    tracker.stop(signal.SIGKILL)
+    restarted = make_publisher()
+    with pytest.raises(TrackerError):
+        restarted.publish(state, "step100").result(timeout=WAIT)
+    assert restarted.store.has(NAME, "step100")
+    tracker.start()
+    assert [v["version"] for v in RegistryClient(tracker.url).list_versions(NAME)] == ["step100"]
 
 
 def test_failed_publish_leaves_nothing_and_the_next_one_takes_its_number(
