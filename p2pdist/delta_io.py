@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -76,15 +77,24 @@ def ordered(
     """
     pending: deque[tuple[Any, Future[Any]]] = deque()
 
+    def settled(fut: Future[Any]) -> Any:
+        try:
+            return fut.result()
+        except BaseException as e:
+            # The worker's finished frames hold views of the caller's maps: cleared, they no
+            # longer keep a deleted file's space (or a map) alive while the error is kept.
+            traceback.clear_frames(e.__traceback__)
+            raise
+
     def results() -> Iterator[tuple[Any, Any]]:
         for item in items:
             pending.append((item, pool.submit(fn, item)))
             if len(pending) >= window:
                 it, fut = pending.popleft()
-                yield it, fut.result()
+                yield it, settled(fut)
         while pending:
             it, fut = pending.popleft()
-            yield it, fut.result()
+            yield it, settled(fut)
 
     try:
         yield results()

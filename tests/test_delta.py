@@ -447,6 +447,21 @@ def test_a_failed_rebuild_waits_for_the_segments_still_running(tmp_path: Path, m
     _nothing_visible(tmp_path / "out")
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_a_kept_decode_error_does_not_keep_the_files_mapped(pair) -> None:
+    """A caller that keeps the error (a Future does) must not keep the delta and the parent
+    mapped with it: a deleted file's space would stay allocated."""
+    a, _b, d, expected = pair
+    path = _main_delta(d)
+    name, payload = _ans_payload(path)
+    _set_payload(path, name, payload[:-1])  # fails in a worker, inside the ans decoder
+    with pytest.raises(FormatError) as failure:
+        delta.decode(a, d, d.parent / "out", expected=expected, verify_parent=False)
+    assert failure.value.__traceback__ is not None  # held here, as a failed Future holds it
+    mapped = Path("/proc/self/maps").read_text()
+    assert str(path) not in mapped and str(a / "model.safetensors") not in mapped
+
+
 def test_a_parent_that_cannot_be_read_does_not_hide_why_decoding_failed(pair, monkeypatch) -> None:
     path = _main_delta(pair[2])
     name, payload = _ans_payload(path)
