@@ -10,7 +10,10 @@ a callback that raises) stops the follower with ``error`` set and ``on_error`` c
 
 Where it starts: after ``start_after`` when given; otherwise at the latest version published
 when it starts, or, for a model with no version yet, at its first version. Versions published
-faster than they are fetched are all delivered, in publish order.
+faster than they are fetched are all delivered, in publish order, except one that nobody seeds
+any more when a newer one exists (the publisher's retention dropped it while the follower was
+behind): that one is skipped, with a warning. A version the registry lists as newer but that
+is an ancestor of the delivered one, or signed well before it, is refused as a rollback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 10.0
+CLOCK_SLACK = timedelta(minutes=10)
+"""How far a version's signed creation time may lag the delivered one's (publishers' clocks
+differ: a restarted run may sign on another host) before it counts as a rollback."""
 
 
 @dataclass(frozen=True)
@@ -161,22 +168,56 @@ class Follower:
             pending = versions[versions.index(self._start) :]
         else:
             pending = versions[-1:]
-        for version in pending:
+        for number, version in enumerate(pending):
             if self._stop.is_set():
                 return
-            result = self.fetcher.fetch(f"{self.name}@{version}", seed=self.seed)
-            created = result.manifest.created
-            if self._delivered_created is not None and created < self._delivered_created:
-                # The list order comes from the registry; the creation time is signed.
-                raise IntegrityError(
-                    f"{self.name}@{version} (signed {created}) is older than "
-                    f"{self.current} (signed {self._delivered_created}); refusing a rollback "
-                    "offered by the registry"
-                )
-            self._delivered_created = created
+            try:
+                result = self.fetcher.fetch(f"{self.name}@{version}", seed=self.seed)
+            except SwarmError as e:
+                if number == len(pending) - 1:
+                    raise  # the newest: wait for a peer and try again
+                # Nobody seeds it any more (the publisher's retention dropped it while this
+                # follower was behind): skip to the newer versions rather than wait forever.
+                log.warning("follow %s: skipping %s@%s: %s", self.name, self.name, version, e)
+                continue
+            self._refuse_rollback(version, result)
+            self._delivered_created = result.manifest.created
             self.current = version
             self.updates += 1
             self.on_update(Update(self.name, version, result.path, result))
+
+    def _refuse_rollback(self, version: str, result: FetchResult) -> None:
+        """Refuse a version the registry lists as newer that is older: one the delivered
+        version descends from, or one signed well before it. The signed creation times come
+        from the publishers' clocks, so a restarted run whose clock is a little behind is
+        allowed ``CLOCK_SLACK``."""
+        if self.current is None or self._delivered_created is None:
+            return
+        store, ancestor = self.fetcher.store, self.current
+        seen = set()
+        while ancestor is not None and ancestor not in seen and store.has(self.name, ancestor):
+            if ancestor == version:
+                raise IntegrityError(
+                    f"{self.name}@{version} is an ancestor of {self.current}; refusing a "
+                    "rollback offered by the registry"
+                )
+            seen.add(ancestor)
+            ancestor = store.manifest(self.name, ancestor).parent
+        created = _parse_time(result.manifest.created)
+        delivered = _parse_time(self._delivered_created)
+        if created is not None and delivered is not None and created < delivered - CLOCK_SLACK:
+            raise IntegrityError(
+                f"{self.name}@{version} (signed {result.manifest.created}) is older than "
+                f"{self.current} (signed {self._delivered_created}) by more than "
+                f"{CLOCK_SLACK.total_seconds():g} s; refusing a rollback offered by the registry"
+            )
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
 
 
 def follow(

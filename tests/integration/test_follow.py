@@ -256,6 +256,44 @@ def test_follow_from_before_the_first_version_gets_them_all(
     assert follower.error is None
 
 
+def test_a_follower_behind_retention_skips_what_nobody_seeds_any_more(
+    tmp_path: Path,
+    publisher: CheckpointPublisher,
+    tracker: Tracker,
+    swarms: tuple[Swarm, Swarm],
+    follower_home: Path,
+) -> None:
+    """Busy with v1 while v2..v4 come out, with the publisher keeping 2: v2 is gone from every
+    swarm when the follower gets to it, so it goes on with v3 and v4 instead of waiting."""
+    publisher.keep = 2
+    states = model_states(4)
+    v1 = publisher.publish(states[0]).result(timeout=WAIT)
+    updates: list[Update] = []
+    busy, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def on_update(update: Update) -> None:
+        updates.append(update)
+        if len(updates) == 1:
+            busy.set()
+            assert release.wait(WAIT)
+        if update.version == "v4":
+            done.set()
+
+    fetcher = Fetcher(home=follower_home, client=RegistryClient(tracker.url), swarm=swarms[1],
+                      trust=TrustStore(tmp_path / "follower-config"), stall_timeout=3)  # fmt: skip
+    follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL)
+    with following(follower.start(), release):
+        assert busy.wait(WAIT), follower.error
+        later = [publisher.publish(s).result(timeout=WAIT) for s in states[1:]]
+        assert not publisher.store.has(NAME, "v2")  # retention dropped it, and unseeded it
+        release.set()
+        assert done.wait(WAIT), follower.error
+    assert [u.version for u in updates] == ["v1", "v3", "v4"]
+    assert updates[0].result.manifest.to_bytes() == v1.manifest.to_bytes()
+    assert updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
+    assert follower.error is None
+
+
 def test_follow_survives_a_tracker_killed_while_it_waits(
     tmp_path: Path,
     publisher: CheckpointPublisher,
