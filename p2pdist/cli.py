@@ -380,10 +380,13 @@ def fetch(
         stall_timeout=stall_timeout,
     )
     if follow:
-        if full:
-            raise click.UsageError(
-                "--full applies to one fetch; --follow takes each version by delta"
-            )
+        ignored = [flag for flag, given in (("--full", full), ("--out", out), ("--seed", seed))
+                   if given]  # fmt: skip
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: for one fetch, not with --follow "
+                                   "(which seeds what it fetches)")  # fmt: skip
+        if not parse_ref(ref).is_latest:
+            raise click.UsageError(f"--follow follows name@latest, not {ref}")
         _follow(fetcher, ref, as_json)
         return
     with progress_bar(enabled=not as_json) as update:

@@ -82,7 +82,9 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("trust", "m", "zz"), 1, "public key"),
         (("info",), 2, "Missing argument"),
         (("frobnicate",), 2, "No such command"),
-        (("fetch", "org/model@latest", "--full", "--follow"), 2, "--full applies to one fetch"),
+        (("fetch", "org/model@latest", "--full", "--follow"), 2, "--full: for one fetch"),
+        (("fetch", "org/model@latest", "--out", "x", "--follow"), 2, "--out: for one fetch"),
+        (("fetch", "org/model@v3", "--follow"), 2, "follows name@latest, not org/model@v3"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(
