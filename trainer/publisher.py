@@ -103,7 +103,8 @@ class CheckpointPublisher:
         """Pick up what an earlier run of this model left in the store, once, on the worker.
 
         The newest stored and registered version becomes the parent of the first publish,
-        and the earlier versions join the retention window. While the registry cannot be
+        and every stored version joins the retention window (one left unregistered by a run
+        killed while publishing, too: nothing else would ever drop it). While the registry cannot be
         reached nothing is picked up (the publish then fails with the registry's error) and
         the next publish tries again.
         """
@@ -119,10 +120,13 @@ class CheckpointPublisher:
         except P2PDistError:  # tried again by the next publish
             return
         self._resumed = True
-        earlier = [m.version for m in self.store.versions(self.name) if m.version in registered]
-        self._earlier = earlier
-        if earlier and self._last_version is None:
-            self._last_version = earlier[-1]
+        stored = [m.version for m in self.store.versions(self.name)]
+        # All of them count for retention, also one an earlier run stored but was killed
+        # before registering (kept forever otherwise); only a registered one is a parent.
+        self._earlier = stored
+        registered_stored = [v for v in stored if v in registered]
+        if registered_stored and self._last_version is None:
+            self._last_version = registered_stored[-1]
 
     def _allocate_version(self) -> str:
         """The next ``v<n>``: counted here, first derived from the registry and the store.

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.client import RegistryClient
 from p2pdist.errors import P2PDistError, TrackerError
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 from p2pdist.publish import PublishedVersion
-from p2pdist.shards import load_state_dict
+from p2pdist.shards import load_state_dict, save_state_dict
 from p2pdist.swarm import Swarm
 from p2pdist.trainer import publisher as publisher_module
 from p2pdist.trainer.publisher import CheckpointPublisher
@@ -309,6 +310,30 @@ def test_failed_publish_leaves_nothing_and_the_next_one_takes_its_number(
     with pytest.raises(TrackerError):  # wait() still reports the failure it has not shown
         publisher.wait(timeout=WAIT)
     assert publisher.wait() == []
+
+
+def test_a_version_a_killed_run_stored_but_never_registered_is_retained_away(
+    make_publisher: Callable[..., CheckpointPublisher], tmp_path: Path
+) -> None:
+    """A run killed between storing v2 and registering it: the restarted run numbers past
+    v2, builds on the registered v1, and its retention window drops v2 like any other."""
+    state = model_state()
+    first_run = make_publisher(keep=2)
+    first_run.publish(state).result(timeout=WAIT)
+    first_run.close()
+    train_step(state, 0)
+    leftover = tmp_path / "leftover"
+    save_state_dict(state, leftover)
+    manifest = Manifest(name=NAME, version="v2", parent="v1",
+                        files=describe_files(leftover, list_files(leftover)))  # fmt: skip
+    first_run.store.add_version(manifest.signed(Ed25519PrivateKey.generate()), leftover)
+    second_run = make_publisher(keep=2)
+    for step in (1, 2):
+        train_step(state, step)
+        published = second_run.publish(state).result(timeout=WAIT)
+    assert [m.version for m in second_run.store.versions(NAME)] == ["v3", "v4"]
+    assert second_run.store.manifest(NAME, "v3").parent == "v1"
+    assert published.manifest.parent == "v3"
 
 
 def test_a_restarted_run_continues_with_a_delta_and_retains_the_earlier_versions(
