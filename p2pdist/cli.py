@@ -352,6 +352,12 @@ def publish(
     is_flag=True,
     help="Keep following the model: fetch each new version (by delta) as it is published.",
 )
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --follow: keep only the newest N versions of the model in the store.",
+)
 @home_option
 @tracker_option
 @token_option
@@ -364,6 +370,7 @@ def fetch(
     stall_timeout: float,
     full: bool,
     follow: bool,
+    keep: int | None,
     home: Path | None,
     tracker: str | None,
     token: str | None,
@@ -387,8 +394,10 @@ def fetch(
                                    "(which seeds what it fetches)")  # fmt: skip
         if not parse_ref(ref).is_latest:
             raise click.UsageError(f"--follow follows name@latest, not {ref}")
-        _follow(fetcher, ref, as_json)
+        _follow(fetcher, ref, as_json, keep)
         return
+    if keep is not None:
+        raise click.UsageError("--keep applies to --follow")
     with progress_bar(enabled=not as_json) as update:
         result = fetcher.fetch(ref, out=out, seed=seed, full=full, on_progress=update)
     _print_fetch(result, as_json, indent=2)
@@ -415,11 +424,13 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
     click.echo(str(result.path))
 
 
-def _follow(fetcher: Any, ref: str, as_json: bool) -> None:
+def _follow(fetcher: Any, ref: str, as_json: bool, keep: int | None) -> None:
     """``fetch --follow``: every new version, in order, until Ctrl-C; seeds what it has."""
     from p2pdist.follow import Follower
 
-    follower = Follower(ref, lambda update: _print_fetch(update.result, as_json), fetcher=fetcher)
+    follower = Follower(
+        ref, lambda update: _print_fetch(update.result, as_json), fetcher=fetcher, keep=keep
+    )
     click.echo(f"Following {parse_ref(ref).name}@latest; press Ctrl-C to stop.", err=True)
     try:
         follower.run_forever()

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from p2pdist.errors import IntegrityError, NotFoundError, SwarmError, TrackerError
+from p2pdist.errors import ConfigError, IntegrityError, NotFoundError, SwarmError, TrackerError
 from p2pdist.fetch import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
 
@@ -72,13 +72,17 @@ class Follower:
         poll_seconds: float = LONG_POLL_SECONDS,
         start_after: str | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        keep: int | None = None,
     ) -> None:
+        if keep is not None and keep < 1:
+            raise ConfigError(f"keep={keep}: keep at least the version being used (keep >= 1)")
         parsed = parse_ref(ref)
         self.name = parsed.name
         self.fetcher = fetcher
         self.on_update = on_update
         self.on_error = on_error
         self.seed = seed
+        self.keep = keep
         self.poll_seconds = poll_seconds
         self.current: str | None = start_after
         # With no ``current``: the latest version when following began ("" for none yet).
@@ -185,6 +189,24 @@ class Follower:
             self.current = version
             self.updates += 1
             self.on_update(Update(self.name, version, result.path, result))
+            self._retain()
+
+    def _retain(self) -> None:
+        """With ``keep``, drop the model's stored versions older than the newest ``keep``
+        (an inference host's disk would fill otherwise); tensors loaded from a dropped
+        version stay valid while they are mapped."""
+        if self.keep is None:
+            return
+        from p2pdist.seeder import unseed_version
+
+        store = self.fetcher.store
+        stale = [m.version for m in store.versions(self.name)][: -self.keep]
+        for version in stale:
+            if self.seed:
+                unseed_version(store, self.name, version, swarm=self.fetcher.swarm)
+            store.remove(self.name, version)
+        if stale:
+            store.gc()
 
     def _refuse_rollback(self, version: str, result: FetchResult) -> None:
         """Refuse a version the registry lists as newer that is older: one the delivered
@@ -234,6 +256,7 @@ def follow(
     poll_seconds: float = LONG_POLL_SECONDS,
     on_error: Callable[[BaseException], None] | None = None,
     swarm: Any = None,
+    keep: int | None = None,
 ) -> Follower:
     """Watch ``ref``'s model and call ``on_update`` with each new version, in publish order.
 
@@ -242,6 +265,8 @@ def follow(
     (the default) a daemon thread follows and the returned Follower controls it; otherwise
     this call follows until the Follower is stopped from another thread or Ctrl-C.
     ``swarm`` is the Swarm that downloads and seeds (default: the process's swarm).
+    ``keep`` bounds the disk: the model's versions older than the newest ``keep`` are removed
+    from the store (and no longer seeded) after each update.
     """
     fetcher = Fetcher(
         home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds, swarm=swarm
@@ -254,6 +279,7 @@ def follow(
         poll_seconds=poll_seconds,
         start_after=start_after,
         on_error=on_error,
+        keep=keep,
     )
     if background:
         return follower.start()

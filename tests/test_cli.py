@@ -85,6 +85,8 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("fetch", "org/model@latest", "--full", "--follow"), 2, "--full: for one fetch"),
         (("fetch", "org/model@latest", "--out", "x", "--follow"), 2, "--out: for one fetch"),
         (("fetch", "org/model@v3", "--follow"), 2, "follows name@latest, not org/model@v3"),
+        (("fetch", "org/model@v3", "--keep", "2"), 2, "--keep applies to --follow"),
+        (("fetch", "org/model@latest", "--follow", "--keep", "0"), 2, "0 is not in the range"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(

@@ -28,6 +28,7 @@ from p2pdist.keys import TrustStore, public_key_of
 from p2pdist.publish import PublishedVersion
 from p2pdist.store import Store
 from p2pdist.swarm import Swarm
+from p2pdist.torrent import read_torrent
 from p2pdist.trainer.publisher import CheckpointPublisher
 from tests.integration.harness import Tracker
 
@@ -291,6 +292,44 @@ def test_a_follower_behind_retention_skips_what_nobody_seeds_any_more(
     assert [u.version for u in updates] == ["v1", "v3", "v4"]
     assert updates[0].result.manifest.to_bytes() == v1.manifest.to_bytes()
     assert updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
+    assert follower.error is None
+
+
+def test_a_follower_with_keep_holds_only_the_newest_versions(
+    tmp_path: Path,
+    publisher: CheckpointPublisher,
+    tracker: Tracker,
+    swarms: tuple[Swarm, Swarm],
+    follower_home: Path,
+) -> None:
+    """An inference host's disk stays bounded: with keep=2, older versions leave the store
+    (and the swarm) as new ones arrive, and each new one is still a delta."""
+    publisher.publish(STATES[0]).result(timeout=WAIT)
+    updates: list[Update] = []
+    done = threading.Event()
+
+    def on_update(update: Update) -> None:
+        updates.append(update)
+        if update.version == "v3":
+            done.set()
+
+    fetcher = make_fetcher(tmp_path, follower_home, RegistryClient(tracker.url), swarms[1])
+    follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL, keep=2)
+    with following(follower.start()):
+        later = [publisher.publish(s).result(timeout=WAIT) for s in STATES[1:]]
+        assert done.wait(WAIT), follower.error
+    assert [u.version for u in updates] == ["v1", "v2", "v3"]
+    assert [u.result.plan.kind for u in updates] == ["full", "delta", "delta"]
+    assert [m.version for m in Store(follower_home).versions(NAME)] == ["v2", "v3"]
+    Store(follower_home).verify(NAME, "v3")
+    assert updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
+
+    def seeded(version: str) -> bool:
+        torrent = publisher.store.torrent(NAME, version, "full")
+        assert torrent is not None
+        return swarms[1].transfer(read_torrent(torrent).info_hash) is not None
+
+    assert not seeded("v1") and seeded("v2") and seeded("v3")
     assert follower.error is None
 
 
