@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         failure.append(error)
         done.set()
 
-    follower = p2pdist.follow(f"{args.name}@latest", on_update, on_error=on_error)
+    # keep=2: the version in use and the one before it; older ones leave the disk
+    follower = p2pdist.follow(f"{args.name}@latest", on_update, on_error=on_error, keep=2)
     say(args.json, "following", f"following {args.name}@latest", name=args.name)
     try:
         finished = done.wait(args.timeout or None)
