@@ -184,6 +184,10 @@ class CheckpointPublisher:
                 ) from e
         except P2PDistError as e:
             e.add_note(f"while publishing {self.name}@{version or '<next version>'}")
+            if isinstance(e, NotFoundError) and "parent version" in str(e):
+                # The registry lost the parent (a tracker restored without its database):
+                # the next publish is a full version rather than failing the same way.
+                self._last_version = None
             if version is not None and ours:  # never one stored before (a restarted run's)
                 self._forget_failed(version)
             raise
@@ -306,8 +310,14 @@ class CheckpointPublisher:
     def __enter__(self) -> CheckpointPublisher:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the with-block's own exception is the one to see; a publish failure is logged
+            self.close()
+        except P2PDistError as e:
+            log.error("while closing the publisher of %s: %s", self.name, e)
 
 
 __all__ = ["CheckpointPublisher", "cpu_snapshot"]

@@ -10,6 +10,7 @@ its Future not done, while the worker is held there.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.client import RegistryClient
-from p2pdist.errors import P2PDistError, TrackerError
+from p2pdist.errors import NotFoundError, P2PDistError, TrackerError
 from p2pdist.manifest import Manifest, describe_files, list_files
 from p2pdist.publish import PublishedVersion
 from p2pdist.shards import load_state_dict, save_state_dict
@@ -334,6 +335,40 @@ def test_a_version_a_killed_run_stored_but_never_registered_is_retained_away(
     assert [m.version for m in second_run.store.versions(NAME)] == ["v3", "v4"]
     assert second_run.store.manifest(NAME, "v3").parent == "v1"
     assert published.manifest.parent == "v3"
+
+
+def test_a_registry_that_lost_the_parent_costs_one_publish_not_all(
+    make_publisher: Callable[..., CheckpointPublisher], tracker: Tracker
+) -> None:
+    """The tracker comes back without its database: the publish whose parent it no longer
+    knows fails, and the next one is a full version it accepts."""
+    publisher = make_publisher()
+    state = model_state()
+    publisher.publish(state).result(timeout=WAIT)
+    tracker.stop()
+    shutil.rmtree(tracker.data_dir)
+    tracker.start()
+    publisher.token = tracker.token("org")
+    train_step(state, 0)
+    with pytest.raises(NotFoundError, match="parent version v1 is not published"):
+        publisher.publish(state).result(timeout=WAIT)
+    train_step(state, 1)
+    recovered = publisher.publish(state).result(timeout=WAIT)
+    assert recovered.manifest.parent is None and not recovered.manifest.delta_files
+    listed = RegistryClient(tracker.url).list_versions(NAME)
+    assert [v["version"] for v in listed] == [recovered.manifest.version]
+    with pytest.raises(NotFoundError):  # the failure is still reported once by wait()
+        publisher.wait(timeout=WAIT)
+
+
+def test_the_with_blocks_own_error_is_not_replaced_by_a_publish_failure(
+    p2p_home: Path, swarm: Swarm
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(KeyError, match="the training loop's"):
+        with CheckpointPublisher(NAME, tracker=down, token="t", home=p2p_home, swarm=swarm) as pub:
+            assert isinstance(pub.publish(model_state()).exception(timeout=WAIT), TrackerError)
+            raise KeyError("the training loop's own error")
 
 
 def test_a_restarted_run_continues_with_a_delta_and_retains_the_earlier_versions(
