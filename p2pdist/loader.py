@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from p2pdist.errors import FormatError, NotFoundError, TrackerError
+from p2pdist.errors import FormatError, NotFoundError, P2PDistError, TrackerError
 from p2pdist.header import TensorSpec
 from p2pdist.manifest import MANIFEST_FILENAME, Manifest
 from p2pdist.ref import parse_ref
@@ -393,6 +393,7 @@ class VerifiedReader:
         self.manifest = manifest
         check_signature(manifest)
         self.records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
+        self._closed = False
         self._shards = open_shards(self.folder, manifest)
         raise_header_errors(self._shards, self.policy, self.records)
         self._where: dict[str, tuple[MappedShard, TensorSpec]] = {
@@ -426,6 +427,11 @@ class VerifiedReader:
         try:
             return self._where[name]
         except KeyError:
+            if self._closed:
+                raise P2PDistError(
+                    f"the reader of {self.manifest.name}@{self.manifest.version} is closed; "
+                    "open the version again"
+                ) from None
             raise NotFoundError(
                 f"{self.manifest.name}@{self.manifest.version}: no tensor {name!r}"
             ) from None
@@ -457,6 +463,7 @@ class VerifiedReader:
         """Drop the mappings (tensors already handed out keep theirs alive)."""
         self._shards = []
         self._where = {}
+        self._closed = True
 
     def __enter__(self) -> VerifiedReader:
         return self

@@ -19,6 +19,7 @@ from p2pdist.errors import (
     FormatError,
     IntegrityError,
     NotFoundError,
+    P2PDistError,
     SignatureError,
 )
 from p2pdist.keys import TrustStore, public_key_of
@@ -375,6 +376,8 @@ def test_open_verifies_each_file_before_its_first_tensor(sharded_version: Path) 
             reader.get_tensor(last_file_tensor)
         with pytest.raises(NotFoundError, match="nope"):
             reader["nope"]
+    with pytest.raises(P2PDistError, match="reader of org/model@v1 is closed"):
+        reader[first]
 
 
 # -- the staged (CUDA) pipeline, driven on the CPU -----------------------------------------------
