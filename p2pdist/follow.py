@@ -29,6 +29,7 @@ from typing import Any
 from p2pdist.errors import ConfigError, IntegrityError, NotFoundError, SwarmError, TrackerError
 from p2pdist.fetch import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
+from p2pdist.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Update:
     version: str
     path: Path
     result: FetchResult
+    store: Store | None = None
+    """The store the version is in: where ``load(verify="once")`` keeps its records."""
 
     @property
     def ref(self) -> str:
@@ -56,7 +59,7 @@ class Update:
         """The version's tensors (``p2pdist.load`` options: device, dtype, verify)."""
         from p2pdist.loader import load_folder
 
-        return load_folder(self.path, self.result.manifest, **kwargs)
+        return load_folder(self.path, self.result.manifest, **{"store": self.store, **kwargs})
 
 
 class Follower:
@@ -188,7 +191,7 @@ class Follower:
             self._delivered_created = result.manifest.created
             self.current = version
             self.updates += 1
-            self.on_update(Update(self.name, version, result.path, result))
+            self.on_update(Update(self.name, version, result.path, result, self.fetcher.store))
             self._retain()
 
     def _retain(self) -> None:
