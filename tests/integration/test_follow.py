@@ -139,13 +139,14 @@ def make_fetcher(
     client: RegistryClient,
     swarm: Swarm,
     trust: TrustStore | None = None,
+    stall_timeout: float = 30,
 ) -> Fetcher:
     return Fetcher(
         home=home,
         client=client,
         swarm=swarm,
         trust=trust or TrustStore(tmp_path / "follower-config"),
-        stall_timeout=30,
+        stall_timeout=stall_timeout,
     )
 
 
@@ -281,8 +282,8 @@ def test_a_follower_behind_retention_skips_what_nobody_seeds_any_more(
         if update.version == "v4":
             done.set()
 
-    fetcher = Fetcher(home=follower_home, client=RegistryClient(tracker.url), swarm=swarms[1],
-                      trust=TrustStore(tmp_path / "follower-config"), stall_timeout=3)  # fmt: skip
+    client = RegistryClient(tracker.url)
+    fetcher = make_fetcher(tmp_path, follower_home, client, swarms[1], stall_timeout=3)
     follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL)
     with following(follower.start(), release):
         assert busy.wait(WAIT), follower.error
