@@ -19,9 +19,9 @@ directly. A segment is coded one of three ways (docs/FORMAT_DELTA.md has the byt
   with its own tables. On the AdamW pairs of bench/delta.py (k->k+10) this gives 0.269 of
   full size for bf16 (0.274 without classes) and 0.635 for fp32, against 0.282 and 0.640 for
   zstd on byte planes grouped by exponent (format 1); the extra bits of fp32 moves, noise,
-  are 0.52 of full size alone. The kernel is C (``_delta_ans*.c``): two passes to encode, one to decode,
-  no sorting, the GIL released, with AVX-512 and AVX2 versions of both picked at load time,
-  byte-identical to the portable one.
+  are 0.52 of full size alone. The kernel is C (``_delta_ans*.c``): two passes to encode,
+  one to decode, no sorting, the GIL released, with AVX-512 and AVX2 versions of both picked
+  at load time, byte-identical to the portable one.
 - ``raw`` (no base: an added tensor, another dtype or shape, a header, a side file, or a
   move that ``ans`` cannot shrink): byte planes of the words, plane ``i`` holding byte ``i``
   of every word, each stored as ``zero`` (no payload), ``raw`` or ``zstd``.

@@ -26,7 +26,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from p2pdist.errors import ConfigError, IntegrityError, NotFoundError, SwarmError, TrackerError
+from p2pdist.errors import (
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    P2PDistError,
+    SwarmError,
+    TrackerError,
+)
 from p2pdist.fetch import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
 from p2pdist.store import Store
@@ -203,13 +210,16 @@ class Follower:
         from p2pdist.seeder import unseed_version
 
         store = self.fetcher.store
-        stale = [m.version for m in store.versions(self.name)][: -self.keep]
-        for version in stale:
-            if self.seed:
-                unseed_version(store, self.name, version, swarm=self.fetcher.swarm)
-            store.remove(self.name, version)
-        if stale:
-            store.gc()
+        try:
+            stale = [m.version for m in store.versions(self.name)][: -self.keep]
+            for version in stale:
+                if self.seed:
+                    unseed_version(store, self.name, version, swarm=self.fetcher.swarm)
+                store.remove(self.name, version)
+            if stale:
+                store.gc()
+        except (P2PDistError, OSError) as e:  # tidying up must not stop the weight sync
+            log.warning("follow %s: cannot drop older versions: %s", self.name, e)
 
     def _refuse_rollback(self, version: str, result: FetchResult) -> None:
         """Refuse a version the registry lists as newer that is older: one the delivered

@@ -104,9 +104,9 @@ class CheckpointPublisher:
 
         The newest stored and registered version becomes the parent of the first publish,
         and every stored version joins the retention window (one left unregistered by a run
-        killed while publishing, too: nothing else would ever drop it). While the registry cannot be
-        reached nothing is picked up (the publish then fails with the registry's error) and
-        the next publish tries again.
+        killed while publishing, too: nothing else would ever drop it). While the registry
+        cannot be reached nothing is picked up (the publish then fails with the registry's
+        error) and the next publish tries again.
         """
         if self._resumed:
             return
