@@ -59,6 +59,7 @@ class CheckpointPublisher:
         delta: publish each version as a delta against the previous one.
         seed, private: as for ``p2pdist publish``.
         swarm: the Swarm that seeds the versions (default: the process's swarm).
+        max_pending: publishes queued or running at most; ``publish()`` waits beyond that.
     """
 
     def __init__(
@@ -75,9 +76,12 @@ class CheckpointPublisher:
         seed: bool = True,
         private: bool = False,
         swarm: Any = None,
+        max_pending: int = 4,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self.name = name
         self.tracker = config.tracker_url(tracker)
         self.token = config.token(token)
@@ -92,11 +96,12 @@ class CheckpointPublisher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-publish")
         self._pending: list[Future[PublishedVersion]] = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_pending)
         self._last_version: str | None = None
         self._next_number: int | None = None
         self._resumed = False
         self._earlier: list[str] = []
-        """Versions an earlier run left in the store (registered), oldest first."""
+        """Versions an earlier run left in the store, oldest first."""
         self.published: list[PublishedVersion] = []
 
     def _resume(self) -> None:
@@ -154,12 +159,20 @@ class CheckpointPublisher:
 
         Only the CPU copy happens on the caller's thread (no disk, no network; an explicit
         ``version`` is checked for syntax). Publishing errors surface, as P2PDistErrors, from
-        the Future and from ``wait()``.
+        the Future and from ``wait()``. With ``max_pending`` publishes already queued or
+        running, it first waits for one of them to finish: a loop that publishes faster than
+        versions can be built holds that many CPU copies, not one per call.
         """
         if version is not None:
             validate_version(version)
-        snapshot = cpu_snapshot(weights)
-        future = self._pool.submit(self._publish, snapshot, version, dict(metadata or {}))
+        self._slots.acquire()
+        try:
+            snapshot = cpu_snapshot(weights)
+            future = self._pool.submit(self._publish, snapshot, version, dict(metadata or {}))
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
         with self._lock:
             self._pending.append(future)
         return future

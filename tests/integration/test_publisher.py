@@ -146,6 +146,35 @@ def test_publish_returns_at_once_and_publishes_the_weights_of_that_moment(
     publisher.store.verify(NAME, "v1")
 
 
+def test_publish_waits_once_max_pending_publishes_are_in_flight(
+    make_publisher: Callable[..., CheckpointPublisher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop publishing faster than versions are built holds max_pending copies, not one
+    per call: the next publish() waits for a slot."""
+    release, real_save = threading.Event(), publisher_module.save_state_dict
+
+    def held_save(*args: Any, **kwargs: Any) -> Any:
+        assert release.wait(WAIT), "the test never released the worker"
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(publisher_module, "save_state_dict", held_save)
+    publisher = make_publisher(max_pending=2)
+    states = [model_state(seed) for seed in range(3)]
+    try:
+        queued = [publisher.publish(states[0]), publisher.publish(states[1])]  # at once
+        third: list[Any] = []
+        caller = threading.Thread(target=lambda: third.append(publisher.publish(states[2])))
+        caller.start()
+        caller.join(1.0)
+        assert caller.is_alive() and third == []  # waiting for a slot
+    finally:
+        release.set()
+    caller.join(WAIT)
+    assert [f.result(timeout=WAIT).manifest.version for f in [*queued, *third]] == [
+        "v1", "v2", "v3"
+    ]  # fmt: skip
+
+
 def test_versions_number_themselves_and_later_ones_are_deltas(
     make_publisher: Callable[..., CheckpointPublisher], swarm: Swarm
 ) -> None:
