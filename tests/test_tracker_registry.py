@@ -248,6 +248,19 @@ async def test_private_model_needs_read_right(
         assert (await client.get(path, headers=reader)).status == 200, path
 
 
+async def test_a_model_stays_private_or_public(client: Any, token: str, key: Any) -> None:
+    """A later version cannot silently differ: a "private" version of a public model would be
+    readable by anyone, a public version of a private one would announce without a passkey."""
+    for model, first in ((MODEL, True), (MODEL + "-open", False)):
+        v1, v2 = make_version(key, model, "v1"), make_version(key, model, "v2")
+        assert (await publish(client, token, v1, private=first)).status == 201
+        r = await publish(client, token, v2, private=not first)
+        body = await r.json()
+        assert r.status == 409 and body["type"] == "ConflictError"
+        assert f"is a {'private' if first else 'public'} model" in body["error"]
+        assert (await publish(client, token, v2, private=first)).status == 201
+
+
 async def test_unknown_things_are_404(client: Any) -> None:
     for path in (f"{URL}", f"/v1/models/{MODEL}/latest", f"{URL}/v1/manifest", "/v1/nothing"):
         r = await client.get(path)

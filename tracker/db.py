@@ -272,14 +272,15 @@ class Database:
         """Store a version atomically, pinning the model's key on its first publish.
 
         Returns "same" when the identical bytes are already stored (idempotent). Raises
-        ConflictError for the same version with other bytes, SignatureError when the model's
-        pinned key differs, NotFoundError when the declared parent is not published.
+        ConflictError for the same version with other bytes or another ``private`` than the
+        model's, SignatureError when the model's pinned key differs, NotFoundError when the
+        declared parent is not published.
         """
         conn = self._conn
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             model = conn.execute(
-                "SELECT public_key FROM models WHERE name = ?", (new.model,)
+                "SELECT public_key, private FROM models WHERE name = ?", (new.model,)
             ).fetchone()
             if model is not None and model[0] != new.public_key:
                 raise SignatureError(
@@ -287,6 +288,14 @@ class Database:
                     f"{new.model} is pinned to key {model[0][:16]}… (its first publisher)",
                     expected=model[0],
                     actual=new.public_key,
+                )
+            if model is not None and bool(model[1]) != new.private:
+                # Not silently: a public model's "private" version would be readable by all,
+                # and a private model's public torrent announces without a passkey (refused).
+                kind, flag = ("private", "with") if model[1] else ("public", "without")
+                raise ConflictError(
+                    f"{new.model}@{new.version}: {new.model} is a {kind} model; publish its "
+                    f"versions {flag} --private (a model cannot change between the two)"
                 )
             old = conn.execute(
                 "SELECT manifest, torrent, delta_torrent FROM versions "
