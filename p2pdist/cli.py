@@ -451,7 +451,11 @@ def seed(home: Path | None) -> None:
     from p2pdist.store import Store
 
     store = Store(config.home(home))
-    transfers = seed_all(store)
+
+    def skipped(ref: str, error: P2PDistError) -> None:
+        click.echo(f"Not seeding {ref}: {error}; check it with `p2pdist verify {ref}`", err=True)
+
+    transfers = seed_all(store, on_skip=skipped)
     if not transfers:
         click.echo(f"Nothing to seed in {store.root}.")
         return

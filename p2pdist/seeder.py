@@ -8,9 +8,11 @@ to the process's swarm.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from p2pdist import config
+from p2pdist.errors import P2PDistError
 from p2pdist.store import DELTA, SNAPSHOT, Store
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,30 @@ def _seed_once(swarm: Any, torrent: bytes, root: Any) -> Any:
     return existing if existing is not None else swarm.seed(torrent, root)
 
 
-def seed_all(store: Store, *, swarm: Any = None) -> list[Any]:
-    """Seed every version in the store (``p2pdist seed``)."""
-    transfers = []
+def seed_all(
+    store: Store,
+    *,
+    swarm: Any = None,
+    on_skip: Callable[[str, P2PDistError], None] | None = None,
+) -> list[Any]:
+    """Seed every version in the store (``p2pdist seed``).
+
+    A version that cannot be seeded (a file missing or cut short) is skipped and reported to
+    ``on_skip(ref, error)``, so one damaged version does not keep the others from being
+    served; when every version fails, the first error is raised.
+    """
+    transfers: list[Any] = []
+    failures: list[P2PDistError] = []
     for name in store.models():
         for manifest in store.versions(name):
-            transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
+            try:
+                transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
+            except P2PDistError as e:
+                failures.append(e)
+                if on_skip is not None:
+                    on_skip(f"{name}@{manifest.version}", e)
+    if failures and not transfers:
+        raise failures[0]
     return transfers
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -75,6 +76,9 @@ def _store_errors(what: str) -> Iterator[None]:
         error = StoreError(f"{what}: {e.strerror or e}{hint}")
         error.errno = e.errno
         raise error from None
+
+
+log = logging.getLogger(__name__)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -311,7 +315,11 @@ class Store:
     def _put_blob(self, src: Path, entry: FileEntry, *, move: bool) -> Path:
         blob = self.blob_path(entry.blake3)
         if blob.is_file() and blob.stat().st_size == entry.size:
-            return blob
+            # Hashed before it is shared again: a blob damaged on disk is replaced by these
+            # good bytes (repairing every version that links it) rather than linked anew.
+            if hash_file(blob) == entry.blake3:
+                return blob
+            log.warning("%s: stored blob %s is damaged; replacing it", entry.path, blob.name)
         tmp = self.blobs_dir / f"{entry.blake3}.{uuid.uuid4().hex[:8]}.incomplete"
         real_src = src.resolve()
         try:

@@ -245,3 +245,29 @@ def test_versions_of_one_second_are_ordered_by_lineage_then_number(
     store.add_version(earlier, folder)
     assert store.versions("org/model")[0].version == "v99"  # the clock comes first
     assert store.latest("org/model").version == "v11"
+
+
+def test_a_damaged_blob_is_replaced_when_its_bytes_are_added_again(
+    p2p_home: Path, stored_version: Manifest, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    """Bit rot in a blob shared by two versions: removing one and adding (or fetching) it
+    again from good bytes repairs the blob for both, instead of linking the damaged one."""
+    store = Store(p2p_home)
+    folder = make_version_folder(tmp_path / "again", small_state_dict())
+    second = sign_folder(folder, signing_key, version="v2")
+    store.add_version(second, folder)
+    entry = next(e for e in stored_version.files if e.path.endswith(".safetensors"))
+    blob = store.blob_path(entry.blake3)
+    blob.chmod(0o644)
+    with open(blob, "r+b") as f:  # same size, other bytes
+        f.seek(-1, 2)
+        last = f.read(1)[0]
+        f.seek(-1, 2)
+        f.write(bytes([last ^ 1]))
+    assert blob.stat().st_size == entry.size
+    with pytest.raises(IntegrityError):
+        store.verify("org/model", "v1")
+    store.remove("org/model", "v1")
+    store.add_version(stored_version, folder)
+    store.verify("org/model", "v1")
+    store.verify("org/model", "v2")

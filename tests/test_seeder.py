@@ -1,0 +1,44 @@
+"""Seeding what a store holds (``p2pdist seed``): a damaged version does not stop the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pdist.errors import P2PDistError, StoreError
+from p2pdist.manifest import list_files
+from p2pdist.seeder import seed_all
+from p2pdist.store import Store
+from p2pdist.swarm import Swarm
+from p2pdist.torrent import make_torrent
+
+from .conftest import make_version_folder, sign_folder, small_state_dict
+
+
+def _add(store: Store, root: Path, key: Ed25519PrivateKey, version: str, seed: int) -> None:
+    folder = make_version_folder(root / version, small_state_dict(seed))
+    torrent = make_torrent(folder, list_files(folder), name=f"model-{version}")
+    store.add_version(sign_folder(folder, key, version=version), folder, torrent=torrent.data)
+
+
+def test_one_damaged_version_is_skipped_and_the_others_seeded(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    store = Store(p2p_home)
+    for number in (1, 2, 3):
+        _add(store, tmp_path, signing_key, f"v{number}", number)
+    snapshot = store.snapshot("org/model", "v2")
+    shard = next(snapshot.glob("*.safetensors")).resolve()
+    shard.unlink()  # the blob is gone: v2 cannot be seeded
+    skipped: list[tuple[str, P2PDistError]] = []
+    with Swarm() as swarm:
+        transfers = seed_all(store, swarm=swarm, on_skip=lambda ref, e: skipped.append((ref, e)))
+        assert len(transfers) == 2  # v1 and v3, one full torrent each
+        assert [ref for ref, _ in skipped] == ["org/model@v2"]
+        assert isinstance(skipped[0][1], StoreError)
+    for number in (1, 3):
+        store.remove("org/model", f"v{number}")
+    with Swarm() as swarm, pytest.raises(StoreError, match="cannot seed model-v2"):
+        seed_all(store, swarm=swarm)  # nothing could be seeded: the error itself
