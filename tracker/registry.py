@@ -27,6 +27,7 @@ from p2pdist.errors import FormatError, P2PDistError
 from p2pdist.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
 from p2pdist.tracker.db import Database, Grant, ModelInfo, NewVersion, TrackedHash
+from p2pdist.tracker.peers import SwarmCounts
 from p2pdist.tracker.state import MAX_WAIT, STATE, ApiError, TrackerState, api_error
 
 NAME = r"{name:[^/]+(?:/[^/]+)?}"
@@ -208,9 +209,10 @@ async def list_versions(request: web.Request) -> web.Response:
     name = _name(request)
     await _readable_model(request, name)
     listed = []
+    counts = state.swarm_counts()  # one pass over the swarms, not two per version
     for v in await state.db_call(Database.versions, name):
-        full = state.version_counts(name, v.version, "full")
-        delta = state.version_counts(name, v.version, "delta")
+        full = counts.get((name, v.version, "full"), SwarmCounts())
+        delta = counts.get((name, v.version, "delta"), SwarmCounts())
         listed.append(
             {
                 "version": v.version,

@@ -176,16 +176,6 @@ class TrackerState:
         for tracked in hashes:
             self.tracked[tracked.info_hash] = tracked
 
-    def version_counts(self, model: str, version: str, kind: str = "full") -> SwarmCounts:
-        """Live counts of one version's swarm; a hybrid torrent's two swarms count once (max)."""
-        best = SwarmCounts()
-        for info_hash, tracked in self.tracked.items():
-            if tracked.model == model and tracked.version == version and tracked.kind == kind:
-                counts = self.peers.counts(info_hash)
-                if counts.complete + counts.incomplete > best.complete + best.incomplete:
-                    best = counts
-        return best
-
     def swarm_counts(self) -> dict[tuple[str, str, str], SwarmCounts]:
         """Counts for every tracked (model, version, kind), in one pass over the swarms."""
         out: dict[tuple[str, str, str], SwarmCounts] = {}
