@@ -11,8 +11,10 @@ stopped: its first version is a delta against the newest version of the model th
 the store and registered, and retention counts those earlier versions too.
 
 A publish that fails (tracker down, disk full) fails its Future with one P2PDistError and
-leaves nothing behind: its unregistered build is removed from the store and its number is
-taken again by the next publish, whose parent is the last version that did get published.
+leaves nothing behind: its unregistered build is removed from the store (never a version that
+was there before it) and its number is taken again by the next publish, whose parent is the
+last version that did get published. ``publish()`` holds at most ``max_pending`` snapshots:
+beyond that it waits for a publish to finish.
 """
 
 from __future__ import annotations
