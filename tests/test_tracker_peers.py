@@ -29,3 +29,25 @@ def test_peers_at_other_ports_are_distinct_and_expire() -> None:
     assert len(store.sample(IH, me, 50).peers) == 2 * 6  # the two others, not itself
     assert store.expire(now=11) == 3
     assert store.total_peers() == 0
+
+
+def test_one_address_cannot_fill_a_swarm() -> None:
+    """Ports of one host beyond the per-address cap are refused; other hosts still get in,
+    and a departed or expired peer frees its address's place."""
+    store = MemoryPeerStore(ttl=10, seed=0, max_peers_per_ip=3)
+
+    def peer(host: str, port: int) -> Peer:
+        return Peer.from_address(b"%05d" % port * 4, host, port, seeder=False)
+
+    assert all(store.announce(IH, peer("10.0.0.1", 7000 + n), "started", 0) for n in range(3))
+    assert not store.announce(IH, peer("10.0.0.1", 7003), "started", 0)
+    assert store.announce(IH, peer("10.0.0.1", 7001), "", 1)  # a known peer re-announces
+    assert store.announce(IH, peer("10.0.0.2", 7000), "started", 1)
+    assert store.announce(IH, peer("::1", 7000), "started", 1)
+    store.announce(IH, peer("10.0.0.1", 7000), "stopped", 2)
+    assert store.announce(IH, peer("10.0.0.1", 7003), "started", 2)
+    assert not store.announce(IH, peer("10.0.0.1", 7004), "started", 2)
+    assert store.expire(now=10.5) == 1  # 7002, last seen at time 0
+    assert store.counts(IH).incomplete == 4
+    assert store.announce(IH, peer("10.0.0.1", 7010), "started", 11)
+    assert not store.announce(IH, peer("10.0.0.1", 7020), "started", 11)

@@ -348,7 +348,9 @@ def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
     event = query.event
     peers = state.peers
     if not peers.announce(info_hash, peer, event, time.monotonic()):
-        raise Refusal("this swarm is full; try again later")
+        raise Refusal(
+            "this swarm is full, or holds as many peers of your address as one may; try again later"
+        )
     state.metrics.announces[event or "none"] += 1
     counts = peers.counts(info_hash)
     if event == "stopped":

@@ -23,6 +23,9 @@ from typing import Protocol
 
 MAX_PEERS_PER_SWARM = 50_000
 """A swarm refuses new peers beyond this many (memory bound against a flood of peer ids)."""
+MAX_PEERS_PER_IP = 256
+"""A swarm refuses an address's peers (ports) beyond this many, so that one host cannot fill
+it and lock real peers out; enough for a fleet behind one NAT address, or a loopback test."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,8 @@ class PeerStore(Protocol):
     """What the announce handler needs from a peer store."""
 
     def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
-        """Record ``peer`` (or remove it on ``stopped``); False when the swarm is full."""
+        """Record ``peer`` (or remove it on ``stopped``); False when the swarm is full, or
+        holds as many peers of ``peer``'s address as one address may have."""
 
     def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
         """Up to ``numwant`` peers of the swarm for ``peer``, following the hand-out policy."""
@@ -168,6 +172,7 @@ class _Swarm:
     seeders: _Bag = field(default_factory=_Bag)
     leechers: _Bag = field(default_factory=_Bag)
     expires: dict[bytes, float] = field(default_factory=dict)
+    per_address: dict[bytes, int] = field(default_factory=dict)
     downloaded: int = 0
 
 
@@ -175,10 +180,15 @@ class MemoryPeerStore:
     """The in-memory peer store: one dict of swarms, owned by the tracker's event loop."""
 
     def __init__(
-        self, ttl: float, max_peers_per_swarm: int = MAX_PEERS_PER_SWARM, seed: int | None = None
+        self,
+        ttl: float,
+        max_peers_per_swarm: int = MAX_PEERS_PER_SWARM,
+        seed: int | None = None,
+        max_peers_per_ip: int = MAX_PEERS_PER_IP,
     ) -> None:
         self.ttl = ttl
         self.max_peers_per_swarm = max_peers_per_swarm
+        self.max_peers_per_ip = max_peers_per_ip
         self._swarms: dict[bytes, _Swarm] = {}
         self._random = random.Random(seed)
 
@@ -196,8 +206,14 @@ class MemoryPeerStore:
         if swarm is None:
             swarm = self._swarms[info_hash] = _Swarm()
         expires = swarm.expires
-        if key not in expires and len(expires) >= self.max_peers_per_swarm:
-            return False
+        if key not in expires:
+            if len(expires) >= self.max_peers_per_swarm:
+                return False
+            address = key[:-2]  # the compact form ends in the port
+            held = swarm.per_address.get(address, 0)
+            if held >= self.max_peers_per_ip:
+                return False
+            swarm.per_address[address] = held + 1
         if peer.seeder:
             seeders = swarm.seeders
             if key in seeders.index:
@@ -274,7 +290,13 @@ class MemoryPeerStore:
         return sum(len(s.expires) for s in self._swarms.values())
 
     def _drop(self, info_hash: bytes, swarm: _Swarm, key: bytes) -> None:
-        swarm.expires.pop(key, None)
+        if swarm.expires.pop(key, None) is not None:
+            address = key[:-2]
+            left = swarm.per_address[address] - 1
+            if left:
+                swarm.per_address[address] = left
+            else:
+                del swarm.per_address[address]
         if not swarm.seeders.remove(key):
             swarm.leechers.remove(key)
         if not swarm.expires and not swarm.downloaded:
@@ -282,6 +304,7 @@ class MemoryPeerStore:
 
 
 __all__ = [
+    "MAX_PEERS_PER_IP",
     "MAX_PEERS_PER_SWARM",
     "MemoryPeerStore",
     "Peer",
