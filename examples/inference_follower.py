@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         failure.append(error)
         done.set()
 
-    # keep=2: the version in use and the one before it; older ones leave the disk
-    follower = p2pdist.follow(f"{args.name}@latest", on_update, on_error=on_error, keep=2)
+    follower = p2pdist.follow(f"{args.name}@latest", on_update, on_error=on_error)
     say(args.json, "following", f"following {args.name}@latest", name=args.name)
     try:
         finished = done.wait(args.timeout or None)
