@@ -44,6 +44,12 @@ def updated(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor
     return out
 
 
+def two_versions(root: Path) -> tuple[Path, Path]:
+    """Folders of v1 and of v2, a few optimizer steps later."""
+    v1 = model_state()
+    return make_version_folder(root / "v1", v1), make_version_folder(root / "v2", updated(v1, 1))
+
+
 def assert_same_files(a: Path, b: Path) -> None:
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
@@ -82,9 +88,7 @@ def test_publish_then_three_consumers_in_parallel(
 
 
 def test_delta_fetch_downloads_only_the_delta(nodes: Callable[..., Node], tmp_path: Path) -> None:
-    v1 = model_state()
-    src1 = make_version_folder(tmp_path / "v1", v1)
-    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    src1, src2 = two_versions(tmp_path)
     publisher = nodes("publisher", publisher=True)
     p1 = publisher.start_seeding("publish", str(src1), "--name", NAME, "--version", "v1")
     consumer = nodes("consumer")
@@ -136,12 +140,9 @@ def test_a_delta_chain_nobody_seeds_gives_way_to_the_full_download(
 def test_a_damaged_parent_in_the_store_is_named_not_the_delta(
     nodes: Callable[..., Node], tmp_path: Path
 ) -> None:
-    v1 = model_state()
-    src1 = make_version_folder(tmp_path / "v1", v1)
-    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    src1, src2 = two_versions(tmp_path)
     publisher = nodes("publisher", publisher=True)
-    for args in (("v1",), ("v2", "--parent", "v1")):
-        src = src1 if args[0] == "v1" else src2
+    for src, args in ((src1, ("v1",)), (src2, ("v2", "--parent", "v1"))):
         published = publisher.run("publish", str(src), "--name", NAME, "--version", *args,
                                   "--no-seed")  # fmt: skip
         assert published.returncode == 0, published.stderr
@@ -269,9 +270,7 @@ def test_publisher_key_rotation_is_refused_until_trusted(
 def test_fetch_follow_prints_each_version_as_it_arrives(
     nodes: Callable[..., Node], tmp_path: Path
 ) -> None:
-    v1 = model_state()
-    src1 = make_version_folder(tmp_path / "v1", v1)
-    src2 = make_version_folder(tmp_path / "v2", updated(v1, 1))
+    src1, src2 = two_versions(tmp_path)
     publisher = nodes("publisher", publisher=True)
     first = publisher.start_seeding("publish", str(src1), "--name", NAME, "--version", "v1")
     consumer = nodes("consumer")
