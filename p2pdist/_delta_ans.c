@@ -13,13 +13,13 @@ INTERNAL int simd_level = SIMD_NONE;
 /* Scratch bytes that encoding or decoding ``nbytes`` of ``w``-byte words needs (64-byte
  * alignment of each piece included). */
 static size_t scratch_need(size_t nbytes, int w) {
-    size_t n = nbytes / (size_t)w, align = 10 * 64;
+    size_t n = nbytes / (size_t)w, align = 11 * 64;
     /* classes: n / L <= n / 32 rows, L <= n / 16 columns (use_classes) */
     size_t classes = (n / 32 + 1) * 4 + 2 * (n / 16 + 1) * 4 + (n / 32 + 1) + (n / 16 + 1) +
                      (MAX_ROW_CLASSES * (n / 16) + 1) * 2 + 8 + (n / 32 * 2 + 7) / 8 +
                      (n / 16 + 7) / 8;
     size_t enc = (n + 1) * 2 + (nbytes + 8) + (nbytes + 4 * NSTATES) + TABLE_BYTES + 8 +
-                 4 * MAX_TABLES * ALPHABET_MAX * 4 + MAX_TABLES * ALPHABET_MAX * sizeof(EncSym) +
+                 4 * HIST_STRIDE * 4 + MAX_TABLES * ALPHABET_MAX * (sizeof(EncSym) + 8) +
                  MAX_TABLES * ALPHABET_MAX * 4 + MAX_KEYS * 4 + classes + 2 * align;
     /* the decoder's class offsets: n / L <= n / 32 rows, L <= n columns */
     size_t dec = MAX_TABLES * SCALE * sizeof(Slot) + MAX_KEYS * 4 + (nbytes + 16) +

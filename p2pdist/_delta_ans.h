@@ -58,6 +58,10 @@
 #define ROW_CLASSES 2 /* what the encoder uses (2 x 2 measured best on bench/delta.py's pairs) */
 #define COL_CLASSES 2
 #define TABLE_BYTES (MAX_TABLES * (2 + ALPHABET_MAX * 4)) /* varint tables, worst case */
+/* The encoder's histograms lie this many counters apart: 64 bytes more than the largest, so
+ * that one word's count and the next's never sit a multiple of 4 KiB apart (which the CPU
+ * takes for the same address, stalling the load until the store retires). */
+#define HIST_STRIDE (MAX_TABLES * ALPHABET_MAX + 16)
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "p2pdist._delta_ans reads little-endian words with memcpy: little-endian hosts only"

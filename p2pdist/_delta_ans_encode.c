@@ -92,6 +92,14 @@ static void enc_sym_init(EncSym *s, uint32_t start, uint32_t freq) {
     }
 }
 
+/* A symbol in 8 bytes for the AVX-512 encoder (half the gathers of an EncSym): the reciprocal
+ * in the low half; frequency, start and reciprocal shift in the high half, from which it
+ * computes x_max, bias and cmpl_freq as enc_sym_init does. */
+static uint64_t pack_sym(const EncSym *s, uint32_t start, uint32_t freq) {
+    uint64_t meta = freq | start << 13 | (uint32_t)s->rcp_shift << 25; /* 13 + 12 + 5 bits */
+    return s->rcp_freq | meta << 32;
+}
+
 /* ------------------------------------------------------------------------ encoder */
 
 /* Extra bits, least significant first. A word's extra bits are fewer than its own bits, so the
@@ -208,8 +216,10 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     uint8_t *extra = take(&a, raw + 8);                        /* extra bits, forward */
     uint16_t *ans = take(&a, raw + 4 * NSTATES); /* rANS words, written backward; capped at raw */
     uint8_t *tables = take(&a, TABLE_BYTES + 8); /* + the varint of the stream's length */
-    uint32_t(*hist)[MAX_TABLES * ALPHABET_MAX] = take(&a, 4 * sizeof *hist);
+    /* 4 histograms (no store-to-load stalls between neighbours), HIST_STRIDE apart */
+    uint32_t *hist = take(&a, 4 * HIST_STRIDE * sizeof *hist);
     EncSym *enc = take(&a, MAX_TABLES * ALPHABET_MAX * sizeof *enc);
+    uint64_t *packed = take(&a, MAX_TABLES * ALPHABET_MAX * sizeof *packed); /* see pack_sym */
     uint32_t(*freq)[ALPHABET_MAX] = take(&a, MAX_TABLES * sizeof *freq);
     uint32_t *cl = context_lut(&a, use_ctx, bits, lo, (uint32_t)alphabet);
     /* classes: activity sums per row and per column, a sorted copy, the classes, the header */
@@ -220,10 +230,11 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     uint16_t *offs = take(&a, (MAX_ROW_CLASSES * L + 1) * 2); /* code offsets by row class */
     size_t class_cap = 8 + (nruns * 2 + 7) / 8 + (L + 7) / 8;
     uint8_t *classbuf = take(&a, class_cap);
-    if (!codes || !extra || !ans || !tables || !hist || !enc || !freq || !cl || !rowsum ||
+    if (!codes || !extra || !ans || !tables || !hist || !enc || !packed || !freq || !cl || !rowsum ||
         !colsum || !sorted || !rowcls || !colcls || !offs || !classbuf)
         return ENC_NOMEM;
-    for (int k = 0; k < 4; k++) memset(hist[k], 0, (size_t)ntables * (size_t)alphabet * 4);
+    size_t used = (size_t)ntables * (size_t)alphabet;
+    for (int k = 0; k < 4; k++) memset(hist + k * HIST_STRIDE, 0, used * sizeof *hist);
     memset(freq, 0, (size_t)ntables * sizeof *freq);
 
     /* pass 1: tokens, contexts and extra bits (the histograms wait for the classes). Written
@@ -292,8 +303,8 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     bw_flush(&bw);
 
     /* classes: rows (and columns) by how much their weights moved, in quantiles; a word's
-     * table is class * nctx + its context. Then the histograms (4 copies: no store-to-load
-     * stalls). */
+     * table is class * nctx + its context. The histograms are counted as the codes get their
+     * class offsets, or on their own without classes. */
     Out co = {classbuf, classbuf + class_cap};
     put_varint(&co, (uint32_t)L);
     if (L) {
@@ -321,21 +332,32 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
         for (unsigned rc = 0; rc < nrow; rc++)
             for (size_t c = 0; c < L; c++)
                 offs[rc * L + c] = (uint16_t)((rc * ncol + colcls[c]) * (unsigned)(nctx * alphabet));
-        for (size_t r = 0; r < nruns; r++) {
+        for (size_t r = 0; r < nruns; r++) { /* L is a multiple of NSTATES */
             uint16_t *cr = codes + r * L;
             const uint16_t *o = offs + rowcls[r] * L;
-            for (size_t c = 0; c < L; c++) cr[c] = (uint16_t)(cr[c] + o[c]);
+            for (size_t c = 0; c < L; c += 4) {
+                uint16_t c0 = (uint16_t)(cr[c] + o[c]), c1 = (uint16_t)(cr[c + 1] + o[c + 1]);
+                uint16_t c2 = (uint16_t)(cr[c + 2] + o[c + 2]), c3 = (uint16_t)(cr[c + 3] + o[c + 3]);
+                cr[c] = c0, cr[c + 1] = c1, cr[c + 2] = c2, cr[c + 3] = c3;
+                hist[c0]++, hist[HIST_STRIDE + c1]++;
+                hist[2 * HIST_STRIDE + c2]++, hist[3 * HIST_STRIDE + c3]++;
+            }
         }
+    } else {
+        for (size_t i = 0; i < n4; i += 4) {
+            hist[codes[i]]++, hist[HIST_STRIDE + codes[i + 1]]++;
+            hist[2 * HIST_STRIDE + codes[i + 2]]++, hist[3 * HIST_STRIDE + codes[i + 3]]++;
+        }
+        for (size_t i = n4; i < n; i++) hist[codes[i]]++;
     }
-    for (size_t i = 0; i < n; i++) hist[i & 3][codes[i]]++;
     for (int k = 1; k < 4; k++)
-        for (int j = 0; j < ntables * alphabet; j++) hist[0][j] += hist[k][j];
+        for (size_t j = 0; j < used; j++) hist[j] += hist[k * HIST_STRIDE + j];
 
     /* tables */
     Out to = {tables, tables + TABLE_BYTES};
     for (int c = 0; c < ntables; c++) {
         uint64_t total = 0;
-        const uint32_t *h = hist[0] + c * alphabet;
+        const uint32_t *h = hist + c * alphabet;
         for (int s = 0; s < alphabet; s++) total += h[s];
         if (!total) {
             put_varint(&to, 0);
@@ -351,6 +373,7 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
             put_varint(&to, (uint32_t)(s - prev - 1));
             put_varint(&to, freq[c][s] - 1);
             enc_sym_init(&enc[c * alphabet + s], start, freq[c][s]);
+            packed[c * alphabet + s] = pack_sym(&enc[c * alphabet + s], start, freq[c][s]);
             start += freq[c][s];
             prev = s;
         }
@@ -379,7 +402,7 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
     for (size_t i = n; i-- > ng;) ENC_PUT(i, i % NSTATES);
 #ifdef HAVE_VECTOR_CODERS
     if (simd_level >= SIMD_AVX512) {
-        if (avx512_encode_groups(codes, enc, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
+        if (avx512_encode_groups(codes, packed, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
     } else if (simd_level >= SIMD_AVX2) {
         if (avx2_encode_groups(codes, enc, ng, x, &ptr, floor_ptr)) return ENC_TOO_BIG;
     } else

@@ -5,31 +5,36 @@
  * must produce the same bytes: the tests compare every level. Not a standalone header. */
 
 /* The encoder's rANS pass over whole groups, last group first: the steps of ENC_PUT for
- * states 31..16 as one vector, then 15..0. A vector's lanes that renormalise write their low
- * 16 bits below ptr in lane order (a compress and a masked store), as the scalar encoder does
- * one state at a time. Returns 0, or -1 if the stream would reach floor. */
-AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc, size_t ng,
+ * states 31..16 as one vector, then 15..0, with symbols packed by pack_sym. A vector's lanes
+ * that renormalise write their low 16 bits below ptr in lane order (a compress and a masked
+ * store), as the scalar encoder does one state at a time. Returns 0, or -1 if the stream would
+ * reach floor. */
+AVX512 static int avx512_encode_groups(const uint16_t *codes, const uint64_t *packed, size_t ng,
                                        uint32_t *x, uint16_t **pptr, const uint16_t *floor) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m256i one = _mm256_set1_epi32(1);
-    const long long *table = (const long long *)enc; /* a symbol is two 64-bit halves */
+    const __m512i freq_mask = _mm512_set1_epi32(0x1fff), start_mask = _mm512_set1_epi32(0xfff);
+    const __m512i scale = _mm512_set1_epi32(SCALE), two = _mm512_set1_epi32(2);
+    const long long *table = (const long long *)packed;
+    _Static_assert(((RANS_L >> SCALE_BITS) << 16) == 1u << 19, "x_max is freq << 19");
     __m512i xs[NSTATES / 16];
     for (int k = 0; k < NSTATES / 16; k++) xs[k] = _mm512_loadu_si512((const void *)(x + 16 * k));
     uint16_t *ptr = *pptr;
     for (size_t g = ng; g > 0; g -= NSTATES) {
         if (ptr < floor) return -1;
         for (int k = NSTATES / 16; k-- > 0;) {
-            __m512i c = _mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(codes + g - NSTATES + 16 * (size_t)k))), 1);
-            __m256i c0 = _mm512_castsi512_si256(c), c1 = _mm512_extracti64x4_epi64(c, 1);
-            __m512i a0 = _mm512_i32gather_epi64(c0, table, 8), a1 = _mm512_i32gather_epi64(c1, table, 8);
-            __m512i b0 = _mm512_i32gather_epi64(_mm256_add_epi32(c0, one), table, 8);
-            __m512i b1 = _mm512_i32gather_epi64(_mm256_add_epi32(c1, one), table, 8);
-            __m512i x_max = _mm512_permutex2var_epi32(a0, even, a1);
-            __m512i rcp = _mm512_permutex2var_epi32(a0, odd, a1);
-            __m512i bias = _mm512_permutex2var_epi32(b0, even, b1);
-            __m512i cs = _mm512_permutex2var_epi32(b0, odd, b1); /* cmpl_freq | rcp_shift << 16 */
+            __m512i c = _mm512_cvtepu16_epi32(
+                _mm256_loadu_si256((const __m256i *)(codes + g - NSTATES + 16 * (size_t)k)));
+            __m512i a0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(c), table, 8);
+            __m512i a1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(c, 1), table, 8);
+            __m512i rcp = _mm512_permutex2var_epi32(a0, even, a1);
+            __m512i meta = _mm512_permutex2var_epi32(a0, odd, a1);
+            __m512i freq = _mm512_and_si512(meta, freq_mask);
+            __m512i start = _mm512_and_si512(_mm512_srli_epi32(meta, 13), start_mask);
+            __m512i x_max = _mm512_slli_epi32(freq, 19); /* enc_sym_init's x_max */
+            __m512i cmpl = _mm512_sub_epi32(scale, freq);
+            __m512i bias = _mm512_mask_add_epi32(start, _mm512_cmplt_epu32_mask(freq, two), start,
+                                                 _mm512_set1_epi32(SCALE - 1));
             __m512i v = xs[k];
             __mmask16 need = _mm512_cmpge_epu32_mask(v, x_max);
             unsigned cnt = (unsigned)__builtin_popcount((unsigned)need);
@@ -40,8 +45,7 @@ AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc,
             /* q = (v * rcp) >> 32 >> rcp_shift, even and odd lanes apart */
             __m512i lo = _mm512_srli_epi64(_mm512_mul_epu32(v, rcp), 32);
             __m512i hi = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(rcp, 32));
-            __m512i q = _mm512_srlv_epi32(_mm512_mask_blend_epi32(0xaaaa, lo, hi), _mm512_srli_epi32(cs, 16));
-            __m512i cmpl = _mm512_and_si512(cs, _mm512_set1_epi32(0xffff));
+            __m512i q = _mm512_srlv_epi32(_mm512_mask_blend_epi32(0xaaaa, lo, hi), _mm512_srli_epi32(meta, 25));
             xs[k] = _mm512_add_epi32(_mm512_add_epi32(v, bias), _mm512_mullo_epi32(q, cmpl));
         }
     }
@@ -57,13 +61,17 @@ AVX512 static int avx512_encode_groups(const uint16_t *codes, const EncSym *enc,
  * (zero when nothing moved). */
 AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
                                      uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
-                                     uint16_t *codes, BitWriter *bw, size_t L,
+                                     uint16_t *codes, BitWriter *out_bw, size_t L,
                                      uint32_t *rowsum, uint32_t *colsum) {
+    /* a local copy, kept in registers: stores through the stream or the sums could otherwise
+     * alias the caller's writer, and the compiler would reload it for every write */
+    BitWriter local = *out_bw, *bw = &local;
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
     const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
-    const __m512i top = _mm512_set1_epi32(MAX_CTX - 1), units = _mm512_set1_epi32(alphabet);
+    const __m512i top = _mm512_set1_epi32(MAX_CTX - 1);
     const __m128i sh = _mm_cvtsi32_si128((int)shift);
-    __m512i any = zero;
+    const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
+    __m512i any = zero, row_act = zero;
     uint32_t xs[16], nbs[16];
     size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n16; i += 16) {
@@ -90,14 +98,18 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
         __m512i t = _mm512_mask_blend_epi32(big, z, tb);
         __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_srl_epi32(b, sh), km), l);
         c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
-        __m512i ct = _mm512_add_epi32(_mm512_mullo_epi32(c, units), t);
+        __m512i ct = _mm512_add_epi32(_mm512_sll_epi32(c, unit_bits), t);
         _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
-        if (L) { /* row and column activity for the classes (16 words never straddle a row) */
+        if (L) { /* row and column activity for the classes (16 words never straddle a row);
+                  * a row's sum is reduced once, at its end */
             __m512i act = _mm512_min_epu32(t, _mm512_set1_epi32(24));
-            rowsum[row] += (uint32_t)_mm512_reduce_add_epi32(act);
+            row_act = _mm512_add_epi32(row_act, act);
             __m512i cs = _mm512_loadu_si512((const void *)(colsum + col));
             _mm512_storeu_si512((void *)(colsum + col), _mm512_add_epi32(cs, act));
-            if ((col += 16) == L) col = 0, row++;
+            if ((col += 16) == L) {
+                rowsum[row++] = (uint32_t)_mm512_reduce_add_epi32(row_act);
+                col = 0, row_act = zero;
+            }
         }
         __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
         bigs += (size_t)__builtin_popcount((unsigned)big);
@@ -130,6 +142,7 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
             }
         }
     }
+    *out_bw = local;
     return (uint32_t)_mm512_reduce_or_epi32(any);
 }
 /* For each 8-bit mask of encoder lanes that renormalise: a permutation that puts those lanes,
@@ -195,14 +208,15 @@ AVX2 static int avx2_encode_groups(const uint16_t *codes, const EncSym *enc, siz
  * the float exponent of z's leading bit, which AVX2 has no instruction for). */
 AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n8,
                                  uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
-                                 uint16_t *codes, BitWriter *bw, size_t L, uint32_t *rowsum,
+                                 uint16_t *codes, BitWriter *out_bw, size_t L, uint32_t *rowsum,
                                  uint32_t *colsum) {
+    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens */
     const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
     const __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
     const __m256i top = _mm256_set1_epi32(MAX_CTX - 1), three = _mm256_set1_epi32(3);
     const __m128i sh = _mm_cvtsi32_si128((int)shift);
     const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
-    __m256i any = zero;
+    __m256i any = zero, row_act = zero;
     uint32_t xs[8], nbs[8];
     size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n8; i += 8) {
@@ -242,13 +256,17 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
         _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ct16));
         if (L) { /* row and column activity for the classes (8 words never straddle a row) */
             __m256i act = _mm256_min_epu32(t, _mm256_set1_epi32(24));
-            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(act), _mm256_extracti128_si256(act, 1));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-            rowsum[row] += (uint32_t)_mm_cvtsi128_si32(h);
+            row_act = _mm256_add_epi32(row_act, act);
             __m256i cs = _mm256_loadu_si256((const __m256i *)(colsum + col));
             _mm256_storeu_si256((__m256i *)(colsum + col), _mm256_add_epi32(cs, act));
-            if ((col += 8) == L) col = 0, row++;
+            if ((col += 8) == L) {
+                __m128i h = _mm_add_epi32(_mm256_castsi256_si128(row_act),
+                                          _mm256_extracti128_si256(row_act, 1));
+                h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+                h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+                rowsum[row++] = (uint32_t)_mm_cvtsi128_si32(h);
+                col = 0, row_act = zero;
+            }
         }
         unsigned mbig = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(big));
         __m256i x = _mm256_and_si256(z, _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one));
@@ -277,6 +295,7 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
             }
         }
     }
+    *out_bw = local;
     __m128i a = _mm_or_si128(_mm256_castsi256_si128(any), _mm256_extracti128_si256(any, 1));
     a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0x4e));
     a = _mm_or_si128(a, _mm_shuffle_epi32(a, 0xb1));
