@@ -276,7 +276,11 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
             memset(rowsum, 0, nruns * 4);
             memset(colsum, 0, L * 4);
         }
-        if (simd_level >= SIMD_AVX512) {
+        if (simd_level >= SIMD_AVX512 && w == 2) {
+            g0 = n & ~(size_t)31;
+            any |= avx512_tokens16(nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
+                                   &bw, L, rowsum, colsum);
+        } else if (simd_level >= SIMD_AVX512) {
             g0 = n & ~(size_t)15;
             any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
                                  &bw, L, rowsum, colsum);

@@ -75,6 +75,8 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
     uint32_t xs[16], nbs[16];
     size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n16; i += 16) {
+        _mm_prefetch((const char *)(bs + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(nw + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
         __m512i b, z;
         if (w == 2) {
             b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)));
@@ -145,6 +147,79 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
     *out_bw = local;
     return (uint32_t)_mm512_reduce_or_epi32(any);
 }
+/* Pass 1 of the encoder for 16-bit words [0, n32), 32 at a time in 16-bit lanes: what
+ * avx512_tokens computes for w = 2, with twice the words per instruction. floor(log2 z) comes
+ * from the 32-bit leading-zero count of each word moved to the top of a 32-bit lane (a small z
+ * needs none), and the extra bits are joined in pairs, then in fours (at most 13 bits a word:
+ * 52 in a 64-bit lane) and written with 8 writes per 32 words. */
+AVX512 static uint64_t avx512_tokens16(const uint8_t *nw, const uint8_t *bs, size_t n32,
+                                       uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                       uint16_t *codes, BitWriter *out_bw, size_t L,
+                                       uint32_t *rowsum, uint32_t *colsum) {
+    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens */
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
+    const __m512i low16 = _mm512_set1_epi32(0xffff), small = _mm512_set1_epi16(SMALL - 1);
+    const __m512i km = _mm512_set1_epi16((short)kmask), l = _mm512_set1_epi16((short)lo);
+    const __m512i top = _mm512_set1_epi16(MAX_CTX - 1), three = _mm512_set1_epi16(3);
+    const __m512i fifteen = _mm512_set1_epi16(15), cap = _mm512_set1_epi16(24);
+    const __m128i sh = _mm_cvtsi32_si128((int)shift);
+    const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
+    __m512i any = zero, row_act = zero;
+    uint64_t joined[8], nbits[8];
+    size_t row = 0, col = 0;
+    for (size_t i = 0; i < n32; i += 32) {
+        _mm_prefetch((const char *)(bs + i * 2 + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(nw + i * 2 + PREFETCH_AHEAD), _MM_HINT_T0);
+        __m512i b = _mm512_loadu_si512((const void *)(bs + i * 2));
+        __m512i d = _mm512_sub_epi16(_mm512_loadu_si512((const void *)(nw + i * 2)), b);
+        __m512i z = _mm512_xor_si512(_mm512_slli_epi16(d, 1), _mm512_srai_epi16(d, 15));
+        any = _mm512_or_si512(any, z);
+        __mmask32 big = _mm512_cmpgt_epu16_mask(z, small);
+        /* 15 - lzcnt16: the odd words' count as is, the even words' shifted up first */
+        __m512i lz_odd = _mm512_lzcnt_epi32(z);
+        __m512i lz_even = _mm512_lzcnt_epi32(_mm512_slli_epi32(z, 16));
+        __m512i lz = _mm512_mask_blend_epi16(0xaaaaaaaau, lz_even, _mm512_slli_epi32(lz_odd, 16));
+        __m512i p = _mm512_sub_epi16(fifteen, lz);
+        __m512i nb = _mm512_maskz_sub_epi16(big, p, _mm512_set1_epi16(2));
+        __m512i tb = _mm512_add_epi16(_mm512_slli_epi16(p, 2),
+                                      _mm512_and_si512(_mm512_srlv_epi16(z, nb), three));
+        __m512i t = _mm512_mask_blend_epi16(big, z, tb);
+        __m512i c = _mm512_subs_epu16(_mm512_and_si512(_mm512_srl_epi16(b, sh), km), l);
+        c = _mm512_min_epu16(c, top);
+        _mm512_storeu_si512((void *)(codes + i), _mm512_add_epi16(_mm512_sll_epi16(c, unit_bits), t));
+        if (L) { /* row and column activity for the classes (32 words never straddle a row) */
+            __m512i act = _mm512_min_epu16(t, cap);
+            row_act = _mm512_add_epi32(row_act, _mm512_madd_epi16(act, one));
+            __m512i c0 = _mm512_loadu_si512((const void *)(colsum + col));
+            __m512i c1 = _mm512_loadu_si512((const void *)(colsum + col + 16));
+            c0 = _mm512_add_epi32(c0, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(act)));
+            c1 = _mm512_add_epi32(c1, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(act, 1)));
+            _mm512_storeu_si512((void *)(colsum + col), c0);
+            _mm512_storeu_si512((void *)(colsum + col + 16), c1);
+            if ((col += 32) == L) {
+                rowsum[row++] = (uint32_t)_mm512_reduce_add_epi32(row_act);
+                col = 0, row_act = zero;
+            }
+        }
+        if (!big) continue;
+        /* extra bits: the low nb bits of z; pairs in 32-bit lanes, then fours in 64-bit ones */
+        __m512i x = _mm512_and_si512(z, _mm512_sub_epi16(_mm512_sllv_epi16(one, nb), one));
+        __m512i nb_even = _mm512_and_si512(nb, low16);
+        __m512i pair = _mm512_or_si512(_mm512_and_si512(x, low16),
+                                       _mm512_sllv_epi32(_mm512_srli_epi32(x, 16), nb_even));
+        __m512i pair_n = _mm512_add_epi32(nb_even, _mm512_srli_epi32(nb, 16));
+        __m512i pn_even = _mm512_maskz_mov_epi32(0x5555, pair_n);
+        __m512i four = _mm512_or_si512(_mm512_maskz_mov_epi32(0x5555, pair),
+                                       _mm512_sllv_epi64(_mm512_srli_epi64(pair, 32), pn_even));
+        __m512i four_n = _mm512_add_epi64(pn_even, _mm512_srli_epi64(pair_n, 32));
+        _mm512_storeu_si512((void *)joined, four);
+        _mm512_storeu_si512((void *)nbits, four_n);
+        for (int q = 0; q < 8; q++) bw_put(bw, joined[q], (unsigned)nbits[q]);
+    }
+    *out_bw = local;
+    return (uint32_t)_mm512_reduce_or_epi32(any);
+}
+
 /* For each 8-bit mask of encoder lanes that renormalise: a permutation that puts those lanes,
  * in lane order, at the top of the vector (positions 8 - count .. 7). */
 static uint32_t renorm_pack[256][8];
@@ -220,6 +295,8 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
     uint32_t xs[8], nbs[8];
     size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n8; i += 8) {
+        _mm_prefetch((const char *)(bs + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(nw + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
         __m256i b, z;
         if (w == 2) {
             b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bs + i * 2)));

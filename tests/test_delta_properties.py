@@ -199,6 +199,36 @@ def test_coders_agree_with_row_classes(
     assert _ans_both_ways(payload, old, new.size, word, coded.context) == new.tobytes()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(33, 3000),
+    st.sampled_from([(0, 16), (0, 1), (4, 12), (7, 8), (10, 5), (13, 3), (15, 1)]),
+    st.sampled_from([1, 3, 8, 14]),
+    st.integers(0, 2**32 - 1),
+)
+def test_coders_agree_on_any_context_key_of_16_bit_words(
+    n: int, key: tuple[int, int], scale: int, seed: int
+) -> None:
+    """Context keys of any width, 16 bits included (keys that would be negative as signed
+    16-bit numbers), code 16-bit words to the same payload whichever vector code runs."""
+    shift, bits = key
+    rng = np.random.default_rng(seed)
+    old = rng.integers(0, 256, n * 2, dtype=np.uint8)
+    new = np.frombuffer(_moved(old.view(np.uint16), scale, seed), np.uint8)
+    payloads = []
+    for level in (2, 1, 0):
+        was = _delta_ans.set_simd(level)
+        try:
+            coded = encode_segment(new, old, 2, (shift, bits))
+        finally:
+            _delta_ans.set_simd(was)
+        payloads.append((coded.op, coded.context, [p.payload for p in coded.payloads]))
+    assert payloads[0] == payloads[1] == payloads[2]
+    assume(coded.op == "ans")
+    payload = coded.payloads[0].payload
+    assert _ans_both_ways(payload, old, new.size, 2, coded.context) == new.tobytes()
+
+
 def _rows_pair(rows: int = 512, cols: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """bf16 weights and a step that moves some rows (outputs) and columns further than others."""
     rng = np.random.default_rng(7)
