@@ -36,21 +36,21 @@ from p2pdist.manifest import FileEntry, Manifest
 from p2pdist.ref import ModelRef, parse_ref
 
 if TYPE_CHECKING:
-    from p2pdist.fetch import fetch
-    from p2pdist.follow import Update, follow
+    from p2pdist.fetcher import fetch
+    from p2pdist.follower import Update, follow
     from p2pdist.loader import load, load_into, open
-    from p2pdist.publish import publish
+    from p2pdist.publishing import publish
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fetch": "p2pdist.fetch",
-    "follow": "p2pdist.follow",
-    "Update": "p2pdist.follow",
+    "fetch": "p2pdist.fetcher",
+    "follow": "p2pdist.follower",
+    "Update": "p2pdist.follower",
     "load": "p2pdist.loader",
     "load_into": "p2pdist.loader",
     "open": "p2pdist.loader",
-    "publish": "p2pdist.publish",
+    "publish": "p2pdist.publishing",
 }
 
 

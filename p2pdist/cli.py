@@ -282,7 +282,7 @@ def publish(
     token: str | None,
 ) -> None:
     """Publish FOLDER (a Hugging Face style model folder) as NAME@VERSION and seed it."""
-    from p2pdist.publish import publish as publish_version
+    from p2pdist.publishing import publish as publish_version
 
     published = publish_version(
         folder,
@@ -376,7 +376,7 @@ def fetch(
     token: str | None,
 ) -> None:
     """Fetch REF (name@v3, name@latest) from the swarm, verified, into the store."""
-    from p2pdist.fetch import Fetcher
+    from p2pdist.fetcher import Fetcher
     from p2pdist.progress import progress_bar
 
     fetcher = Fetcher(
@@ -426,7 +426,7 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
 
 def _follow(fetcher: Any, ref: str, as_json: bool, keep: int | None) -> None:
     """``fetch --follow``: every new version, in order, until Ctrl-C; seeds what it has."""
-    from p2pdist.follow import Follower
+    from p2pdist.follower import Follower
 
     follower = Follower(
         ref, lambda update: _print_fetch(update.result, as_json), fetcher=fetcher, keep=keep

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from p2pdist.follow import Update, follow
+from p2pdist.follower import Update, follow
 
 
 def _emit(event: str, **fields: Any) -> None:

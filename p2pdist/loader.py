@@ -200,7 +200,7 @@ def resolve(
             f"{mref} is not in the store at {store.root}; fetch it first with "
             f"`p2pdist fetch {mref}`, or call load(..., fetch=True)"
         )
-    from p2pdist.fetch import fetch as fetch_version
+    from p2pdist.fetcher import fetch as fetch_version
 
     try:
         path = Path(fetch_version(str(mref), home=store.root))

@@ -350,13 +350,25 @@ class Store:
         return blob
 
     # -- checking and cleaning --------------------------------------------------------------
-    def verify(self, name: str, version: str) -> Manifest:
-        """Re-hash every file (and delta file) of a stored version against its manifest."""
+    def verify(self, name: str, version: str, *, hashes: bool = True) -> Manifest:
+        """Re-hash every file (and delta file) of a stored version against its manifest;
+        ``hashes=False`` checks only that each file is there with its size (a quick check,
+        for a version about to be used, that finds what a killed copy or a deleted blob left).
+        A failure is an IntegrityError naming the version and how to repair it."""
         manifest = self.manifest(name, version)
         vdir = self.version_dir(name, version)
-        verify_entries(manifest.files, vdir / SNAPSHOT)
-        if manifest.delta_files and (vdir / DELTA).is_dir():
-            verify_entries(manifest.delta_files, vdir / DELTA)
+        try:
+            verify_entries(manifest.files, vdir / SNAPSHOT, hashes=hashes)
+            if manifest.delta_files and (vdir / DELTA).is_dir():
+                verify_entries(manifest.delta_files, vdir / DELTA, hashes=hashes)
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"{name}@{version} in the store is damaged ({e}); remove it with "
+                f"`p2pdist rm {name}@{version}` and fetch it again",
+                path=e.path,
+                expected=e.expected,
+                actual=e.actual,
+            ) from None
         return manifest
 
     def remove(self, name: str, version: str) -> None:

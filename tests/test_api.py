@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 
@@ -26,3 +27,20 @@ def test_import_is_light() -> None:
     code = "import sys, p2pdist; print('torch' in sys.modules, 'libtorrent' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_no_submodule_shadows_a_public_name() -> None:
+    """Importing a submodule binds it as an attribute of the package: a module named like a
+    public function (p2pdist/fetch.py once) replaced ``p2pdist.fetch`` the first time anything
+    imported it, and the README's ``p2pdist.fetch(...)`` became 'module is not callable'."""
+    modules = {m.name for m in pkgutil.iter_modules(p2pdist.__path__)}
+    assert not modules & set(p2pdist.__all__)
+    imports = "; ".join(f"import p2pdist.{m}" for m in sorted(modules))
+    code = (
+        f"import p2pdist; {imports}\n"
+        "import p2pdist.trainer\n"
+        "names = ('fetch', 'follow', 'load', 'load_into', 'open', 'publish')\n"
+        "print(all(callable(getattr(p2pdist, n)) for n in names))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"]

@@ -70,7 +70,8 @@ def test_verify_reports_a_tampered_file_in_one_line(
     assert result.returncode == 1
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert line.startswith("Error: model.safetensors: blake3")
+    assert line.startswith("Error: org/model@v1 in the store is damaged (model.safetensors: blake3")
+    assert line.endswith("remove it with `p2pdist rm org/model@v1` and fetch it again")
 
 
 @pytest.mark.parametrize(
@@ -114,6 +115,28 @@ def test_fetch_with_tracker_down_is_a_clear_error(p2p_home: Path) -> None:
     assert result.returncode == 1
     assert "not reachable" in result.stderr and "p2pdist tracker serve" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stored_version_is_fetched_without_the_tracker_unless_it_is_damaged(
+    p2p_home: Path, stored_version: Manifest
+) -> None:
+    from .conftest import free_port
+
+    down = ("--tracker", f"http://127.0.0.1:{free_port()}")
+    stored = run("fetch", "org/model@v1", *down, "--json")
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["plan"] == "local"
+    latest = run("fetch", "org/model@latest", *down)  # which version is latest: the registry's
+    assert latest.returncode == 1 and "not reachable" in latest.stderr
+    snapshot = Store(p2p_home).snapshot("org/model", "v1")
+    shard = next(snapshot.glob("*.safetensors"))
+    shard.resolve().unlink()  # its blob is gone
+    damaged = run("fetch", "org/model@v1", *down)
+    assert damaged.returncode == 1
+    message = damaged.stderr.strip()
+    assert message.count("\n") == 0 and "Traceback" not in message
+    assert f"{shard.name}: missing" in message and "`p2pdist rm org/model@v1`" in message
+    assert run("verify", "org/model@v1").stderr.strip() == message
 
 
 def test_os_errors_are_one_line_too(p2p_home: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from p2pdist.errors import IntegrityError
-from p2pdist.fetch import _copy_out
+from p2pdist.fetcher import _copy_out
 from p2pdist.manifest import Manifest
 from p2pdist.store import Store
 

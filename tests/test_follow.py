@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.client import RegistryClient
 from p2pdist.errors import IntegrityError
-from p2pdist.fetch import Fetcher
-from p2pdist.follow import Follower
+from p2pdist.fetcher import Fetcher
+from p2pdist.follower import Follower
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import Manifest, describe_files, list_files
 

@@ -14,7 +14,9 @@ A publish that fails (tracker down, disk full) fails its Future with one P2PDist
 leaves nothing behind: its unregistered build is removed from the store (never a version that
 was there before it) and its number is taken again by the next publish, whose parent is the
 last version that did get published. ``publish()`` holds at most ``max_pending`` snapshots:
-beyond that it waits for a publish to finish.
+beyond that it waits for a publish to finish. A script that ends without ``wait()``,
+``close()`` or a ``with`` block still publishes what it queued: the interpreter finishes
+pending publishes before it exits (a failure is then logged, as nothing can raise).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +37,7 @@ import torch
 from p2pdist import config
 from p2pdist.client import RegistryClient
 from p2pdist.errors import NotFoundError, P2PDistError, StoreError
-from p2pdist.publish import PublishedVersion, next_version, publish
+from p2pdist.publishing import PublishedVersion, next_version, publish
 from p2pdist.ref import validate_version
 from p2pdist.shards import DEFAULT_MAX_SHARD_SIZE, save_state_dict
 from p2pdist.store import Store
@@ -105,6 +108,7 @@ class CheckpointPublisher:
         self._earlier: list[str] = []
         """Versions an earlier run left in the store, oldest first."""
         self.published: list[PublishedVersion] = []
+        _open_publishers.add(self)
 
     def _resume(self) -> None:
         """Pick up what an earlier run of this model left in the store, once, on the worker.
@@ -334,5 +338,27 @@ class CheckpointPublisher:
         except P2PDistError as e:
             log.error("while closing the publisher of %s: %s", self.name, e)
 
+
+_open_publishers: weakref.WeakSet[CheckpointPublisher] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    """Finish the publishes still pending when the interpreter exits, instead of dropping them.
+
+    It runs among the interpreter's thread-shutdown hooks, before the one of concurrent.futures
+    (hooks run newest first, and that module registered at import): after it, the pools a
+    publish uses internally refuse work, so a publish left for later would fail, unseen.
+    """
+    for publisher in list(_open_publishers):
+        for _ in range(len(publisher._pending) + 1):
+            try:
+                publisher.close()
+                break
+            except Exception as e:  # nothing can raise at exit: say it, go on with the rest
+                log.error("publishing %s before exit failed: %s", publisher.name, e)
+
+
+# The hook API concurrent.futures itself uses; atexit's hooks would run too late (above).
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 
 __all__ = ["CheckpointPublisher", "cpu_snapshot"]

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist import verified
 from p2pdist.client import RegistryClient
 from p2pdist.errors import P2PDistError, SignatureError, TrackerError
-from p2pdist.fetch import Fetcher
-from p2pdist.follow import Follower, Update, follow
+from p2pdist.fetcher import Fetcher
+from p2pdist.follower import Follower, Update, follow
 from p2pdist.keys import TrustStore, public_key_of
-from p2pdist.publish import PublishedVersion
+from p2pdist.publishing import PublishedVersion
 from p2pdist.store import Store
 from p2pdist.swarm import Swarm
 from p2pdist.torrent import read_torrent

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist.client import RegistryClient
 from p2pdist.errors import NotFoundError, P2PDistError, TrackerError
 from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.publish import PublishedVersion
+from p2pdist.publishing import PublishedVersion
 from p2pdist.shards import load_state_dict, save_state_dict
 from p2pdist.swarm import Swarm
 from p2pdist.trainer import publisher as publisher_module
@@ -424,3 +426,25 @@ def test_a_restarted_run_continues_with_a_delta_and_retains_the_earlier_versions
     # keep=2 across both runs: v1 (the earlier run's oldest) is gone, v2 and v3 stay.
     assert [m.version for m in second_run.store.versions(NAME)] == ["v2", "v3"]
     second_run.store.verify(NAME, "v2")
+
+
+def test_a_script_that_ends_without_waiting_still_publishes_what_it_queued(
+    p2p_home: Path, tracker: Tracker, publish_token: str, tmp_path: Path
+) -> None:
+    """The README's two lines, then the end of the script: the queued version is published
+    (a publish left to run after the interpreter's pools shut down failed, unseen)."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n"
+        "from p2pdist.trainer import CheckpointPublisher\n"
+        f"publisher = CheckpointPublisher({NAME!r}, tracker={tracker.url!r}, "
+        f"token={publish_token!r}, home={str(p2p_home)!r}, seed=False)\n"
+        "publisher.publish({'w': torch.arange(4096, dtype=torch.float32)})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    versions = RegistryClient(tracker.url).list_versions(NAME)
+    assert [v["version"] for v in versions] == ["v1"]

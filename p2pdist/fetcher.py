@@ -34,6 +34,7 @@ from p2pdist.errors import (
     SignatureError,
     StoreError,
     SwarmError,
+    TrackerError,
 )
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
@@ -167,8 +168,16 @@ class Fetcher:
         """
         started = time.monotonic()
         self._pinned = False
-        ref = self.resolve(parse_ref(ref_text))
-        target = self.trusted_manifest(ref.name, ref.version)
+        asked = parse_ref(ref_text)
+        ref = self.resolve(asked)
+        try:
+            target = self.trusted_manifest(ref.name, ref.version)
+        except TrackerError:
+            if asked.is_latest or not self.store.has(ref.name, ref.version):
+                raise
+            # a version named exactly and already stored needs no registry: its manifest was
+            # checked when it was stored (the registry's copy is compared when it answers)
+            target = self.store.manifest(ref.name, ref.version)
         if full and not self.store.has(ref.name, ref.version):
             plan = FetchPlan("full", target, target.total_size, target.total_size)
         else:
@@ -189,6 +198,7 @@ class Fetcher:
                     f"{ref}: the stored manifest differs from the registry's; remove the local "
                     f"copy with `p2pdist rm {ref}` and fetch again"
                 )
+            self.store.verify(ref.name, ref.version, hashes=False)  # a file lost or cut short
         elif plan.kind == "full":
             peers, web, failures = self._fetch_full(target, on_progress)
         else:

@@ -34,7 +34,7 @@ from p2pdist.errors import (
     SwarmError,
     TrackerError,
 )
-from p2pdist.fetch import Fetcher, FetchResult
+from p2pdist.fetcher import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
 from p2pdist.store import Store
 

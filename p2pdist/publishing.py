@@ -204,14 +204,13 @@ def publish(
     client = RegistryClient(config.tracker_url(tracker), config.token(token))
     store = Store(config.home(home))
     if version is None:
-        try:
-            known = [v["version"] for v in client.list_versions(name)]
-        except NotFoundError:
-            known = []
-        known += [m.version for m in store.versions(name)]
-        version = next_version(known)
+        version = _choose_version(client, store, Path(folder), name)
     if store.has(name, version):
-        published = _already_built(store, Path(folder), name, version)
+        wanted = _Options(
+            parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version,
+            client.announce_url(private),
+        )  # fmt: skip
+        published = _already_built(store, Path(folder), name, version, wanted)
     else:
         published = _build_new(
             folder, store, client, key, name, version, parent, web_seeds, private,
@@ -230,8 +229,41 @@ def publish(
     return published
 
 
-def _already_built(store: Store, folder: Path, name: str, version: str) -> PublishedVersion:
-    """A version this host stored earlier (a publish whose registration failed): reuse it."""
+def _choose_version(client: Any, store: Store, folder: Path, name: str) -> str:
+    """The version a publish without ``--version`` gets: the newest stored version the
+    registry never accepted, when it holds exactly these files (a retry after a failed
+    registration), else the next ``v<n>`` after every version the registry or the store has."""
+    try:
+        registered = [v["version"] for v in client.list_versions(name)]
+    except NotFoundError:
+        registered = []
+    stored = [m.version for m in store.versions(name)]
+    unregistered = [v for v in stored if v not in set(registered)]
+    numbered = [v for v in unregistered if v.startswith("v") and v[1:].isdigit()]
+    if numbered:
+        newest = max(numbered, key=lambda v: int(v[1:]))
+        if describe_files(folder, check_folder(folder)) == store.manifest(name, newest).files:
+            return newest
+    return next_version(registered + stored)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What a publish asks for beyond the files, to compare with a version stored earlier."""
+
+    parent: str | None
+    metadata: dict[str, str]
+    private: bool
+    web_seeds: tuple[str, ...]
+    torrent_version: TorrentVersion
+    announce: str
+
+
+def _already_built(
+    store: Store, folder: Path, name: str, version: str, wanted: _Options
+) -> PublishedVersion:
+    """A version this host stored earlier (a publish whose registration failed, or an identical
+    re-publish): reuse it, if it is what this publish asks for."""
     from p2pdist.torrent import read_torrent
 
     manifest = store.manifest(name, version)
@@ -240,15 +272,37 @@ def _already_built(store: Store, folder: Path, name: str, version: str) -> Publi
             f"{name}@{version} is already in the local store with other files; "
             "versions are immutable: publish a new version"
         )
-    full = store.torrent(name, version, "full")
-    if full is None:
+    full_data = store.torrent(name, version, "full")
+    if full_data is None:
         raise NotFoundError(f"{name}@{version}: the stored version has no torrent; remove it first")
-    delta = store.torrent(name, version, "delta")
+    full = read_torrent(full_data)
+    delta_data = store.torrent(name, version, "delta")
+    stored_kind = "hybrid" if full.info_hash_v1 and full.info_hash_v2 else (
+        "1" if full.info_hash_v1 else "2"
+    )  # fmt: skip
+    differences = [
+        f"{what} {theirs!r} (asked: {ours!r})"
+        for what, theirs, ours in (
+            ("parent", manifest.parent, wanted.parent),
+            ("metadata", dict(manifest.metadata), wanted.metadata),
+            ("private", full.private, wanted.private),
+            ("web seeds", list(full.web_seeds), list(wanted.web_seeds)),
+            ("torrent version", stored_kind, wanted.torrent_version),
+            ("announce URL", list(full.announce), [wanted.announce]),
+        )
+        if theirs != ours
+    ]
+    if differences:
+        raise ConflictError(
+            f"{name}@{version} was built earlier on this host with {'; '.join(differences)}. "
+            "A version cannot change: publish it as it was, or, if the registry never accepted "
+            f"it, remove it (`p2pdist rm {name}@{version}`) and publish again"
+        )
     return PublishedVersion(
         manifest,
         store.snapshot(name, version),
-        read_torrent(full),
-        read_torrent(delta) if delta else None,
+        full,
+        read_torrent(delta_data) if delta_data else None,
         0.0,
     )
 
