@@ -61,18 +61,31 @@ def _file_values() -> dict[str, Any]:
     return section
 
 
-def _resolve(explicit: str | None, env_name: str, file_key: str, default: str | None) -> str | None:
+def _resolve(
+    explicit: str | None,
+    env_name: str,
+    file_key: str,
+    default: str | None,
+    also: type[int] | type[bool] | None = None,
+) -> str | None:
+    """A setting as text: ``explicit``, else the environment, else the config file (where a
+    key may also be the TOML type ``also``, as in ``upload_limit = 1000``), else ``default``."""
     if explicit:
         return explicit
     from_env = _env(env_name)
     if from_env:
         return from_env
     value = _file_values().get(file_key)
-    if value is not None:
-        if not isinstance(value, str):
-            raise ConfigError(f"{config_file()}: {file_key} must be a string")
+    if value is None:
+        return default
+    if isinstance(value, str):
         return value
-    return default
+    if also is bool and isinstance(value, bool):
+        return "1" if value else "0"
+    if also is int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    kind = {None: "a string", int: "a string or an integer", bool: "a string or true/false"}
+    raise ConfigError(f"{config_file()}: {file_key} must be {kind[also]}, not {value!r}")
 
 
 def home(explicit: str | Path | None = None) -> Path:
@@ -132,7 +145,7 @@ def upload_rate_limit(explicit: int | None = None) -> int:
     """Upload cap in bytes/s for this host's session (0 = none): flag or ``$P2PDIST_UPLOAD_LIMIT``."""
     if explicit is not None:
         return explicit
-    value = _resolve(None, "P2PDIST_UPLOAD_LIMIT", "upload_limit", "0")
+    value = _resolve(None, "P2PDIST_UPLOAD_LIMIT", "upload_limit", "0", also=int)
     try:
         return max(0, int(str(value)))
     except ValueError:
@@ -148,5 +161,5 @@ def ssrf_mitigation(explicit: bool | None = None) -> bool:
     """
     if explicit is not None:
         return explicit
-    value = _resolve(None, "P2PDIST_SSRF_MITIGATION", "ssrf_mitigation", "1")
+    value = _resolve(None, "P2PDIST_SSRF_MITIGATION", "ssrf_mitigation", "1", also=bool)
     return str(value).strip().lower() not in ("0", "false", "no", "off")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from p2pdist import config
-from p2pdist.errors import P2PDistError
+from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError, StoreError
 from p2pdist.store import DELTA, SNAPSHOT, Store
 
 log = logging.getLogger(__name__)
@@ -62,22 +62,25 @@ def seed_all(
 ) -> list[Any]:
     """Seed every version in the store (``p2pdist seed``).
 
-    A version that cannot be seeded (a file missing or cut short) is skipped and reported to
-    ``on_skip(ref, error)``, so one damaged version does not keep the others from being
-    served; when every version fails, the first error is raised.
+    A version that cannot be seeded (a file missing, cut short or damaged) is skipped and
+    reported to ``on_skip(ref, error)``, so one damaged version does not keep the others from
+    being served; when every version fails, the first error is raised instead (and nothing is
+    reported twice). An error that is not one version's (a bad setting, the session itself)
+    is raised at once.
     """
     transfers: list[Any] = []
-    failures: list[P2PDistError] = []
+    failures: list[tuple[str, P2PDistError]] = []
     for name in store.models():
         for manifest in store.versions(name):
             try:
                 transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
-            except P2PDistError as e:
-                failures.append(e)
-                if on_skip is not None:
-                    on_skip(f"{name}@{manifest.version}", e)
+            except (IntegrityError, NotFoundError, FormatError, StoreError) as e:
+                failures.append((f"{name}@{manifest.version}", e))
     if failures and not transfers:
-        raise failures[0]
+        raise failures[0][1]
+    for ref, error in failures:
+        if on_skip is not None:
+            on_skip(ref, error)
     return transfers
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.errors import P2PDistError, StoreError
+from p2pdist.errors import ConfigError, P2PDistError, StoreError
 from p2pdist.manifest import list_files
 from p2pdist.seeder import seed_all
 from p2pdist.store import Store
@@ -40,5 +40,19 @@ def test_one_damaged_version_is_skipped_and_the_others_seeded(
         assert isinstance(skipped[0][1], StoreError)
     for number in (1, 3):
         store.remove("org/model", f"v{number}")
+    skipped.clear()
     with Swarm() as swarm, pytest.raises(StoreError, match="cannot seed model-v2"):
-        seed_all(store, swarm=swarm)  # nothing could be seeded: the error itself
+        seed_all(store, swarm=swarm, on_skip=lambda ref, e: skipped.append((ref, e)))
+    assert skipped == []  # nothing could be seeded: the error itself, said once
+
+
+def test_a_bad_setting_is_not_blamed_on_a_version(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(p2p_home)
+    _add(store, tmp_path, signing_key, "v1", 1)
+    monkeypatch.setenv("P2PDIST_UPLOAD_LIMIT", "fast")
+    skipped: list[tuple[str, P2PDistError]] = []
+    with pytest.raises(ConfigError, match="upload limit 'fast'"):
+        seed_all(store, on_skip=lambda ref, e: skipped.append((ref, e)))
+    assert skipped == []
