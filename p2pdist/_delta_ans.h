@@ -64,8 +64,10 @@
 #define PREFETCH_AHEAD 1024
 
 /* The encoder's histograms lie this many counters apart: 64 bytes more than the largest, so
- * that one word's count and the next's never sit a multiple of 4 KiB apart (which the CPU
- * takes for the same address, stalling the load until the store retires). */
+ * that the counts of one code in neighbouring histograms never sit a multiple of 4 KiB apart
+ * (which the CPU takes for the same address, stalling a load until the store retires; with
+ * the tables' size as the stride, a run of one code, the commonest case, stalled every time;
+ * codes 16 apart still can). */
 #define HIST_STRIDE (MAX_TABLES * ALPHABET_MAX + 16)
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -74,9 +76,9 @@
 
 /* ------------------------------------------------------------------------ scratch */
 
-/* Scratch memory comes from the caller, a buffer each thread reuses from segment to segment:
- * fresh allocations of a few MiB per segment cost a page fault per 4 KiB, which measured as
- * 30 % of the encoder's time. */
+/* Scratch memory comes from the caller, a buffer reused from segment to segment (and kept
+ * between encodes, delta_codec._scratch): fresh allocations of a few MiB per segment cost a
+ * page fault per 4 KiB, which measured as 30 % of the encoder's time. */
 typedef struct {
     uint8_t *p, *end;
 } Arena;
@@ -201,6 +203,9 @@ extern INTERNAL int simd_level; /* defined in _delta_ans.c */
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,bmi2")))
 #define AVX512 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512cd,avx512vl,avx512vbmi")))
+/* Ask for the cache line ``ahead`` bytes past p, computed as an integer: it may lie past the
+ * end of the buffer (a prefetch never faults, but such a pointer would be undefined C). */
+#define PREFETCH(p, ahead) _mm_prefetch((const char *)((uintptr_t)(p) + (ahead)), _MM_HINT_T0)
 #endif
 
 /* One copy of each loop per word size, so that loads, stores and shifts are constants; on

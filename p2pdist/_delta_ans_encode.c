@@ -280,10 +280,10 @@ INLINE EncResult ans_encode_w(const uint8_t *nw, const uint8_t *bs, size_t n, in
             g0 = n & ~(size_t)31;
             any |= avx512_tokens16(nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
                                    &bw, L, rowsum, colsum);
-        } else if (simd_level >= SIMD_AVX512) {
+        } else if (simd_level >= SIMD_AVX512) { /* w == 4: never classes */
             g0 = n & ~(size_t)15;
-            any |= avx512_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
-                                 &bw, L, rowsum, colsum);
+            any |= avx512_tokens32(nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,
+                                   &bw);
         } else {
             g0 = n & ~(size_t)7;
             any |= avx2_tokens(w, nw, bs, g0, kmask, shift, use_ctx ? lo : 0, alphabet, codes,

@@ -108,8 +108,8 @@ AVX2 static size_t avx2_decode_groups(int w, const uint8_t *bs, uint8_t *out, si
 #define GROUPS(WITH_CLASSES)                                                                     \
     for (; g < ng; g += NSTATES, class_next(&at)) {                                              \
         if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;                             \
-        _mm_prefetch((const char *)(bs + g * (size_t)w + PREFETCH_AHEAD), _MM_HINT_T0);          \
-        if (w == 4) _mm_prefetch((const char *)(bs + g * 4 + PREFETCH_AHEAD + 64), _MM_HINT_T0); \
+        PREFETCH(bs + g * (size_t)w, PREFETCH_AHEAD);                                            \
+        if (w == 4) PREFETCH(bs + g * 4, PREFETCH_AHEAD + 64);                                   \
         for (int k = 0; k < NSTATES / 8; k++) {                                                  \
             __m256i c = _mm256_setzero_si256();                                                  \
             if (WITH_CLASSES)                                                                    \
@@ -209,8 +209,8 @@ AVX512 static size_t avx512_decode_groups(int w, const uint8_t *bs, uint8_t *out
 #define GROUPS(WITH_CLASSES)                                                                     \
     for (; g < ng; g += NSTATES, class_next(&at)) {                                              \
         if (r + NSTATES > nwords || (p >> 3) + xbytes > xlen) break;                             \
-        _mm_prefetch((const char *)(bs + g * (size_t)w + PREFETCH_AHEAD), _MM_HINT_T0);          \
-        if (w == 4) _mm_prefetch((const char *)(bs + g * 4 + PREFETCH_AHEAD + 64), _MM_HINT_T0); \
+        PREFETCH(bs + g * (size_t)w, PREFETCH_AHEAD);                                            \
+        if (w == 4) PREFETCH(bs + g * 4, PREFETCH_AHEAD + 64);                                   \
         for (int k = 0; k < NSTATES / 16; k++) {                                                 \
             __m512i c = _mm512_setzero_si512();                                                  \
             if (WITH_CLASSES)                                                                    \

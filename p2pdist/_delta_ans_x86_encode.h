@@ -54,41 +54,29 @@ AVX512 static int avx512_encode_groups(const uint16_t *codes, const uint64_t *pa
     return 0;
 }
 
-/* Pass 1 of the encoder for words [0, n16) of w = 2 or 4 bytes, 16 at a time: the tokens,
- * contexts and extra bits of the TOKEN macro, computed as vectors, and with classes (L > 0)
- * the rows' and columns' activity sums; the extra bits are then written in word order, lane by
- * lane (or 4 words at a time for 16-bit words when many have some). Returns the OR of every z
- * (zero when nothing moved). */
-AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs, size_t n16,
-                                     uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
-                                     uint16_t *codes, BitWriter *out_bw, size_t L,
-                                     uint32_t *rowsum, uint32_t *colsum) {
-    /* a local copy, kept in registers: stores through the stream or the sums could otherwise
-     * alias the caller's writer, and the compiler would reload it for every write */
+/* Pass 1 of the encoder for 32-bit words [0, n16), 16 at a time: the tokens, contexts and
+ * extra bits of the TOKEN macro, computed as vectors; the extra bits are then written in word
+ * order, lane by lane. (32-bit words never get classes: use_classes.) Returns the OR of every
+ * z (zero when nothing moved). */
+AVX512 static uint64_t avx512_tokens32(const uint8_t *nw, const uint8_t *bs, size_t n16,
+                                       uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
+                                       uint16_t *codes, BitWriter *out_bw) {
+    /* a local copy, kept in registers: stores through the stream could otherwise alias the
+     * caller's writer, and the compiler would reload it for every write */
     BitWriter local = *out_bw, *bw = &local;
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
     const __m512i km = _mm512_set1_epi32((int)kmask), l = _mm512_set1_epi32((int)lo);
     const __m512i top = _mm512_set1_epi32(MAX_CTX - 1);
     const __m128i sh = _mm_cvtsi32_si128((int)shift);
     const __m128i unit_bits = _mm_cvtsi32_si128(__builtin_ctz((unsigned)alphabet));
-    __m512i any = zero, row_act = zero;
+    __m512i any = zero;
     uint32_t xs[16], nbs[16];
-    size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n16; i += 16) {
-        _mm_prefetch((const char *)(bs + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
-        _mm_prefetch((const char *)(nw + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
-        __m512i b, z;
-        if (w == 2) {
-            b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bs + i * 2)));
-            __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nw + i * 2)));
-            __m512i d = _mm512_and_si512(_mm512_sub_epi32(a, b), _mm512_set1_epi32(0xffff));
-            __m512i neg = _mm512_sub_epi32(zero, _mm512_srli_epi32(d, 15));
-            z = _mm512_and_si512(_mm512_xor_si512(_mm512_slli_epi32(d, 1), neg), _mm512_set1_epi32(0xffff));
-        } else {
-            b = _mm512_loadu_si512((const void *)(bs + i * 4));
-            __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(nw + i * 4)), b);
-            z = _mm512_xor_si512(_mm512_slli_epi32(d, 1), _mm512_srai_epi32(d, 31));
-        }
+        PREFETCH(bs + i * 4, PREFETCH_AHEAD);
+        PREFETCH(nw + i * 4, PREFETCH_AHEAD);
+        __m512i b = _mm512_loadu_si512((const void *)(bs + i * 4));
+        __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(nw + i * 4)), b);
+        __m512i z = _mm512_xor_si512(_mm512_slli_epi32(d, 1), _mm512_srai_epi32(d, 31));
         any = _mm512_or_si512(any, z);
         /* z >= 16: p = floor(log2 z), token 4p + the two bits below the leading one, p - 2
          * extra bits; else token z */
@@ -102,40 +90,8 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
         c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
         __m512i ct = _mm512_add_epi32(_mm512_sll_epi32(c, unit_bits), t);
         _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(ct));
-        if (L) { /* row and column activity for the classes (16 words never straddle a row);
-                  * a row's sum is reduced once, at its end */
-            __m512i act = _mm512_min_epu32(t, _mm512_set1_epi32(24));
-            row_act = _mm512_add_epi32(row_act, act);
-            __m512i cs = _mm512_loadu_si512((const void *)(colsum + col));
-            _mm512_storeu_si512((void *)(colsum + col), _mm512_add_epi32(cs, act));
-            if ((col += 16) == L) {
-                rowsum[row++] = (uint32_t)_mm512_reduce_add_epi32(row_act);
-                col = 0, row_act = zero;
-            }
-        }
-        __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
-        bigs += (size_t)__builtin_popcount((unsigned)big);
-        if (w == 2 && bigs * 16 > 3 * (i + 16)) {
-            /* many words with extra bits (over 3 in 16 so far): at most 13 bits a word, so
-             * each 4 words' bits are joined in a 64-bit lane (<= 52 bits): 4 writes, no
-             * branch on which lanes have bits, a coin toss; with few, the loop below wins */
-            __m512i incl = _mm512_add_epi32(nb, _mm512_bslli_epi128(nb, 4));
-            incl = _mm512_add_epi32(incl, _mm512_bslli_epi128(incl, 8)); /* within 4 words */
-            __m512i at = _mm512_sub_epi32(incl, nb);
-            __m512i lo = _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(x)),
-                                           _mm512_cvtepu32_epi64(_mm512_castsi512_si256(at)));
-            __m512i hi = _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(x, 1)),
-                                           _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(at, 1)));
-            lo = _mm512_or_si512(lo, _mm512_shuffle_epi32(lo, _MM_PERM_BADC));
-            hi = _mm512_or_si512(hi, _mm512_shuffle_epi32(hi, _MM_PERM_BADC));
-            lo = _mm512_or_si512(lo, _mm512_shuffle_i64x2(lo, lo, _MM_SHUFFLE(2, 3, 0, 1)));
-            hi = _mm512_or_si512(hi, _mm512_shuffle_i64x2(hi, hi, _MM_SHUFFLE(2, 3, 0, 1)));
-            uint64_t joined[16];
-            _mm512_storeu_si512((void *)joined, lo);
-            _mm512_storeu_si512((void *)(joined + 8), hi);
-            _mm512_storeu_si512((void *)nbs, incl);
-            for (int q = 0; q < 4; q++) bw_put(bw, joined[4 * q], nbs[4 * q + 3]);
-        } else if (big) {
+        if (big) {
+            __m512i x = _mm512_and_si512(z, _mm512_sub_epi32(_mm512_sllv_epi32(one, nb), one));
             _mm512_storeu_si512((void *)xs, x);
             _mm512_storeu_si512((void *)nbs, nb);
             for (unsigned m = big; m; m &= m - 1) {
@@ -147,8 +103,10 @@ AVX512 static uint64_t avx512_tokens(int w, const uint8_t *nw, const uint8_t *bs
     *out_bw = local;
     return (uint32_t)_mm512_reduce_or_epi32(any);
 }
-/* Pass 1 of the encoder for 16-bit words [0, n32), 32 at a time in 16-bit lanes: what
- * avx512_tokens computes for w = 2, with twice the words per instruction. floor(log2 z) comes
+
+/* Pass 1 of the encoder for 16-bit words [0, n32), 32 at a time in 16-bit lanes: the tokens,
+ * contexts and extra bits of the TOKEN macro, and with classes (L > 0) the rows' and columns'
+ * activity sums. floor(log2 z) comes
  * from the 32-bit leading-zero count of each word moved to the top of a 32-bit lane (a small z
  * needs none), and the extra bits are joined in pairs, then in fours (at most 13 bits a word:
  * 52 in a 64-bit lane) and written with 8 writes per 32 words. */
@@ -156,7 +114,7 @@ AVX512 static uint64_t avx512_tokens16(const uint8_t *nw, const uint8_t *bs, siz
                                        uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
                                        uint16_t *codes, BitWriter *out_bw, size_t L,
                                        uint32_t *rowsum, uint32_t *colsum) {
-    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens */
+    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens32 */
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
     const __m512i low16 = _mm512_set1_epi32(0xffff), small = _mm512_set1_epi16(SMALL - 1);
     const __m512i km = _mm512_set1_epi16((short)kmask), l = _mm512_set1_epi16((short)lo);
@@ -168,8 +126,8 @@ AVX512 static uint64_t avx512_tokens16(const uint8_t *nw, const uint8_t *bs, siz
     uint64_t joined[8], nbits[8];
     size_t row = 0, col = 0;
     for (size_t i = 0; i < n32; i += 32) {
-        _mm_prefetch((const char *)(bs + i * 2 + PREFETCH_AHEAD), _MM_HINT_T0);
-        _mm_prefetch((const char *)(nw + i * 2 + PREFETCH_AHEAD), _MM_HINT_T0);
+        PREFETCH(bs + i * 2, PREFETCH_AHEAD);
+        PREFETCH(nw + i * 2, PREFETCH_AHEAD);
         __m512i b = _mm512_loadu_si512((const void *)(bs + i * 2));
         __m512i d = _mm512_sub_epi16(_mm512_loadu_si512((const void *)(nw + i * 2)), b);
         __m512i z = _mm512_xor_si512(_mm512_slli_epi16(d, 1), _mm512_srai_epi16(d, 15));
@@ -285,7 +243,7 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
                                  uint64_t kmask, unsigned shift, int64_t lo, int alphabet,
                                  uint16_t *codes, BitWriter *out_bw, size_t L, uint32_t *rowsum,
                                  uint32_t *colsum) {
-    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens */
+    BitWriter local = *out_bw, *bw = &local; /* in registers, as in avx512_tokens32 */
     const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
     const __m256i km = _mm256_set1_epi32((int)kmask), l = _mm256_set1_epi32((int)lo);
     const __m256i top = _mm256_set1_epi32(MAX_CTX - 1), three = _mm256_set1_epi32(3);
@@ -295,8 +253,8 @@ AVX2 static uint64_t avx2_tokens(int w, const uint8_t *nw, const uint8_t *bs, si
     uint32_t xs[8], nbs[8];
     size_t row = 0, col = 0, bigs = 0;
     for (size_t i = 0; i < n8; i += 8) {
-        _mm_prefetch((const char *)(bs + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
-        _mm_prefetch((const char *)(nw + i * w + PREFETCH_AHEAD), _MM_HINT_T0);
+        PREFETCH(bs + i * w, PREFETCH_AHEAD);
+        PREFETCH(nw + i * w, PREFETCH_AHEAD);
         __m256i b, z;
         if (w == 2) {
             b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bs + i * 2)));

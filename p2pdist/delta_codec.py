@@ -216,7 +216,7 @@ def _scratch(nbytes: int, word: int) -> Iterator[np.ndarray]:
         yield buf
     finally:
         with _spare_lock:
-            if len(_spare) < MAX_SPARE_SCRATCH:
+            if sum(b.size for b in _spare) + buf.size <= MAX_SPARE_BYTES:
                 _spare.append(buf)
 
 
@@ -246,9 +246,10 @@ def join_planes(planes: list[np.ndarray | None], out: np.ndarray) -> None:
 # --------------------------------------------------------------------------- plane coding
 
 _local = threading.local()
-# Scratch buffers between segments, at most one per core that codes at once (~15 MiB each for
-# the default 4 MiB segments).
-MAX_SPARE_SCRATCH = 4
+# Scratch buffers kept between segments and encodes, up to this many bytes in all: four of
+# the 13-23 MiB that the default 4 MiB segments need (a host coding on more cores faults the
+# rest in again per version; one that once coded 64 MiB segments does not keep their 233 MiB).
+MAX_SPARE_BYTES = 96 << 20
 _spare: list[np.ndarray] = []
 _spare_lock = threading.Lock()
 

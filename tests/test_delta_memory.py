@@ -94,3 +94,26 @@ def test_encode_and_decode_hold_segments_not_the_model(
     assert describe_files(tmp_path / "rebuilt", list_files(tmp_path / "rebuilt")) == expected
     assert 0 < growth["encode"] < BOUND, f"encode grew by {growth['encode'] >> 20} MiB"
     assert 0 < growth["decode"] < BOUND, f"decode grew by {growth['decode'] >> 20} MiB"
+
+
+def test_spare_scratch_buffers_are_kept_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers go back for the next segment or encode, but never more bytes than the bound
+    (one large segment's buffer would otherwise stay for the life of the process)."""
+    from p2pdist import _delta_ans, delta_codec
+
+    small = _delta_ans.scratch_size(4096, 2)
+    monkeypatch.setattr(delta_codec, "MAX_SPARE_BYTES", 3 * small)
+    monkeypatch.setattr(delta_codec, "_spare", [])
+    with (
+        delta_codec._scratch(4096, 2) as a,
+        delta_codec._scratch(4096, 2) as b,
+        delta_codec._scratch(4096, 2) as c,
+        delta_codec._scratch(4096, 2) as d,
+    ):
+        assert len({id(x) for x in (a, b, c, d)}) == 4  # one buffer for one user at a time
+    assert len(delta_codec._spare) == 3
+    with delta_codec._scratch(4096, 2) as again:
+        assert any(again is x for x in (a, b, c, d))  # reused, not allocated
+    with delta_codec._scratch(1 << 20, 2) as large:
+        assert large.size >= _delta_ans.scratch_size(1 << 20, 2) > small
+    assert all(buf.size == small for buf in delta_codec._spare)  # the large one was let go
