@@ -203,11 +203,18 @@ def verify(ref: str, home: Path | None) -> None:
 @click.argument("ref")
 @home_option
 def rm(ref: str, home: Path | None) -> None:
-    """Remove a stored version (its bytes are freed by `p2pdist gc`)."""
+    """Remove a stored version, NAME@VERSION (its bytes are freed by `p2pdist gc`)."""
     from p2pdist.store import Store
 
     store = Store(config.home(home))
+    if "@" not in ref:  # a bare name means @latest elsewhere; here it must be said
+        stored = ", ".join(m.version for m in store.versions(parse_ref(ref).name)) or "none"
+        raise click.UsageError(
+            f"say which version of {ref} to remove, e.g. {ref}@latest (stored: {stored})"
+        )
     name, version = _resolve_local(store, ref)
+    if not store.has(name, version):
+        raise NotFoundError(f"{name}@{version} is not in the store at {store.root}")
     store.remove(name, version)
     click.echo(f"Removed {name}@{version}; run `p2pdist gc` to free its blobs.")
 
@@ -437,10 +444,10 @@ def _follow(fetcher: Any, ref: str, as_json: bool, keep: int | None) -> None:
     except KeyboardInterrupt:
         follower.stop()
         click.echo("Stopped following.", err=True)
-    if isinstance(follower.error, P2PDistError):
-        raise follower.error
-    if follower.error is not None:
-        raise P2PDistError(f"following stopped: {follower.error}") from follower.error
+    except P2PDistError:
+        raise
+    except Exception as e:
+        raise P2PDistError(f"following stopped: {e}") from e
 
 
 @cli.command()

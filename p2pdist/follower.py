@@ -122,10 +122,13 @@ class Follower:
         return self._thread.is_alive()
 
     def run_forever(self) -> None:
-        """Follow in the calling thread until ``stop()`` (or Ctrl-C)."""
-        self._run()
+        """Follow in the calling thread until ``stop()`` (or Ctrl-C). An error that ends the
+        following is raised here (and kept in ``error``) rather than logged."""
+        self._run(log_stop=False)
+        if self.error is not None:
+            raise self.error
 
-    def _run(self) -> None:
+    def _run(self, log_stop: bool = True) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -148,7 +151,8 @@ class Follower:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             except Exception as e:  # anything else ends the follower, visibly
                 self.error = e
-                log.error("follow %s stopped: %s", self.name, e)
+                if log_stop:  # a background thread: nobody else would say it
+                    log.error("follow %s stopped: %s", self.name, e)
                 if self.on_error is not None:
                     self.on_error(e)
                 return
@@ -276,7 +280,8 @@ def follow(
     The first call delivers the current latest version (unless ``start_after`` names the
     version the caller already has); each later one arrives as a delta. With ``background``
     (the default) a daemon thread follows and the returned Follower controls it; otherwise
-    this call follows until the Follower is stopped from another thread or Ctrl-C.
+    this call follows until the Follower is stopped from another thread or Ctrl-C, and raises
+    the error that ends it, if one does.
     ``swarm`` is the Swarm that downloads and seeds (default: the process's swarm).
     ``keep`` bounds the disk: the model's versions older than the newest ``keep`` are removed
     from the store (and no longer seeded) after each update.

@@ -34,7 +34,7 @@ from p2pdist.errors import FormatError, NotFoundError, P2PDistError, TrackerErro
 from p2pdist.header import TensorSpec
 from p2pdist.manifest import MANIFEST_FILENAME, Manifest
 from p2pdist.ref import parse_ref
-from p2pdist.staging import StagedCopier, parse_device, plan_chunks, shared_copier
+from p2pdist.staging import StagedCopier, parse_device, parse_dtype, plan_chunks, shared_copier
 from p2pdist.store import Store
 from p2pdist.verified import (
     RECORDS_DIR,
@@ -71,7 +71,7 @@ def load_folder(
     manifest: Manifest,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     verify: VerifyPolicy = "always",
     store: Store | None = None,
     copy: bool = False,
@@ -86,6 +86,7 @@ def load_folder(
     result (every file is still verified whole: a hash covers a file).
     """
     dev = parse_device(device)
+    dtype = parse_dtype(dtype)
     policy = check_policy(verify)
     check_signature(manifest)
     records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
@@ -243,7 +244,7 @@ def load(
     ref: str,
     *,
     device: str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     verify: VerifyPolicy = "always",
     seed: bool = False,
     home: str | Path | None = None,
@@ -256,6 +257,7 @@ def load(
     after the tensors are handed over. See ``load_folder`` for ``dtype``, ``verify``, ``copy``.
     """
     dev = parse_device(device)
+    dtype = parse_dtype(dtype)
     check_policy(verify)
     folder, manifest, store = resolve(ref, home=home, fetch=fetch)
     tensors = load_folder(
@@ -380,13 +382,13 @@ class VerifiedReader:
         manifest: Manifest,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         verify: VerifyPolicy = "always",
         store: Store | None = None,
         copy: bool = False,
     ) -> None:
         self.device = parse_device(device)
-        self.dtype = dtype
+        self.dtype = parse_dtype(dtype)
         self.policy = check_policy(verify)
         self.copy = copy
         self.folder = Path(folder)
@@ -479,6 +481,8 @@ def open(
     seed = kwargs.pop("seed", False)
     if "device" in kwargs:
         kwargs["device"] = parse_device(kwargs["device"])
+    if "dtype" in kwargs:
+        kwargs["dtype"] = parse_dtype(kwargs["dtype"])
     check_policy(kwargs.get("verify", "always"))
     folder, manifest, store = resolve(ref, home=home, fetch=fetch)
     reader = VerifiedReader(folder, manifest, store=store, **kwargs)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -62,6 +63,18 @@ def check_folder(folder: Path) -> list[str]:
     return files
 
 
+def check_web_seeds(urls: Sequence[str]) -> None:
+    """Refuse a web seed that is not an http(s) URL with a host (it would be signed into the
+    torrent, and every consumer would try it)."""
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FormatError(
+                f"web seed {url!r} is not an http(s) URL: give the folder that holds the "
+                "version, as in http://host:8000/ (see `p2pdist origin`)"
+            )
+
+
 def build_version(
     folder: str | Path,
     *,
@@ -91,6 +104,7 @@ def build_version(
         validate_version(parent)
         if parent == version:
             raise FormatError(f"{name}@{version}: a version cannot be its own parent")
+    check_web_seeds(web_seeds)
     files = check_folder(folder)
     entries = describe_files(folder, files)
     full = make_torrent(
@@ -201,6 +215,10 @@ def publish(
     from p2pdist import config
     from p2pdist.client import RegistryClient
 
+    validate_name(name)  # before the registry is asked anything about it
+    if version is not None:
+        validate_version(version)
+    check_web_seeds(web_seeds)
     client = RegistryClient(config.tracker_url(tracker), config.token(token))
     store = Store(config.home(home))
     if version is None:

@@ -23,6 +23,18 @@ STAGING_BUFFERS = 2
 
 
 # -- devices ----------------------------------------------------------------------------------
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from itself or its name ("float16", "torch.bfloat16"), else ConfigError."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    found = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else None
+    if not isinstance(found, torch.dtype):
+        raise ConfigError(
+            f"dtype {dtype!r} is not a torch dtype; pass one such as torch.float16, or its name"
+        )
+    return found
+
+
 def parse_device(device: str | torch.device) -> torch.device:
     """A concrete torch device that exists here, or ConfigError / NotFoundError saying why not."""
     try:

@@ -59,6 +59,18 @@ _CHECKING = {"checking_files", "checking_resume_data", "queued_for_checking", "a
 _WEB = (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
 
 
+def label(meta: TorrentMeta) -> str:
+    """How messages name a torrent: p2pdist's own by the version they hold (the folder
+    ``org--gpt@v3`` is org/gpt@v3, ``….delta`` its delta; "--" never occurs in a name), any
+    other by its name."""
+    base = meta.name.removesuffix(".delta")
+    name, at, version = base.partition("@")
+    if not at:
+        return meta.name
+    ref = f"{name.replace('--', '/', 1)}@{version}"
+    return f"{ref} (delta)" if base != meta.name else ref
+
+
 @dataclass(frozen=True)
 class Progress:
     """A snapshot of one transfer; rates in bytes/s, `eta_seconds` None when unknown."""
@@ -240,7 +252,7 @@ class Swarm:
         for rel, size in meta.files:
             path = root / rel
             if not path.is_file() or path.stat().st_size != size:
-                raise StoreError(f"{path}: missing or not {size} bytes; cannot seed {meta.name}")
+                raise StoreError(f"{path}: missing or not {size} bytes; cannot seed {label(meta)}")
         atp = torrent_params(meta, root, use_web_seeds=True, resume=None)
         if not verify_on_start:
             atp.flags |= lt.torrent_flags.seed_mode
@@ -313,7 +325,7 @@ class Swarm:
                 if error is not None:
                     raise error
                 if closed:
-                    raise SwarmError(f"download of {meta.name}: the session was closed; retry")
+                    raise SwarmError(f"download of {label(meta)}: the session was closed; retry")
                 if web_seeds:
                     learned = _learn_web_endpoints(handle, state.web_endpoints or set())
                     with self._cond:
@@ -333,7 +345,7 @@ class Swarm:
                     break
                 if now - last_change > stall_timeout:
                     raise SwarmError(
-                        f"download of {meta.name} stalled: no data for {stall_timeout:g} s "
+                        f"download of {label(meta)} stalled: no data for {stall_timeout:g} s "
                         f"with {known} peer(s) and {web_seeds} web seed(s) known; "
                         "check that a seed or the origin is up"
                     )
@@ -403,11 +415,11 @@ class Swarm:
     ) -> _Torrent:
         with self._cond:
             if self._closed:
-                raise SwarmError(f"{meta.name}: the swarm is closed; start a new one")
+                raise SwarmError(f"{label(meta)}: the swarm is closed; start a new one")
             try:
                 handle = self._session.add_torrent(atp)
             except RuntimeError as exc:
-                raise SwarmError(f"cannot add {meta.name} ({meta.info_hash}): {exc}") from exc
+                raise SwarmError(f"cannot add {label(meta)} ({meta.info_hash}): {exc}") from exc
             state = _Torrent(handle, meta, resume_file)
             state.web_endpoints = web_endpoints
             state.storage_size = int(atp.ti.layout().total_size())
@@ -549,10 +561,12 @@ def _file_error(meta: TorrentMeta, error: Any, filename: str, message: str) -> E
     code = int(error.value()) if error is not None else 0
     where = f"{filename}: " if filename else ""
     if code == errno.ENOSPC:
-        return StoreError(f"{where}disk full while downloading {meta.name}; free space and retry")
+        return StoreError(f"{where}disk full while downloading {label(meta)}; free space and retry")
     if code and error.category().name() in ("system", "generic"):
-        return StoreError(f"{where}cannot write {meta.name}: {os.strerror(code)}; check the folder")
-    return SwarmError(f"{meta.name}: {message}")
+        return StoreError(
+            f"{where}cannot write {label(meta)}: {os.strerror(code)}; check the folder"
+        )
+    return SwarmError(f"{label(meta)}: {message}")
 
 
 def _safe_upload(handle: Any, fallback: int) -> int:

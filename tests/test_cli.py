@@ -88,6 +88,12 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("fetch", "org/model@v3", "--follow"), 2, "follows name@latest, not org/model@v3"),
         (("fetch", "org/model@v3", "--keep", "2"), 2, "--keep applies to --follow"),
         (("fetch", "org/model@latest", "--follow", "--keep", "0"), 2, "0 is not in the range"),
+        (("publish", ".", "--name", "Org/F", "--no-seed"), 1, "Error: invalid model name 'Org/F'"),
+        (
+            ("publish", ".", "--name", "org/f", "--web-seed", "notaurl", "--no-seed"),
+            1,
+            "web seed 'notaurl' is not an http(s) URL",
+        ),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(
@@ -146,6 +152,18 @@ def test_os_errors_are_one_line_too(p2p_home: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_rm_wants_the_version_said(p2p_home: Path, stored_version: Manifest) -> None:
+    bare = run("rm", "org/model")  # elsewhere a bare name means @latest; removing, say it
+    assert bare.returncode == 2 and "say which version of org/model" in bare.stderr
+    assert "(stored: v1)" in bare.stderr
+    missing = run("rm", "org/model@v9")
+    assert missing.returncode == 1 and "org/model@v9 is not in the store" in missing.stderr
+    assert "fetch" not in missing.stderr
+    assert run("info", "org/model@v1").returncode == 0  # nothing was removed
+    latest = run("rm", "org/model@latest")
+    assert latest.returncode == 0 and "Removed org/model@v1" in latest.stdout
 
 
 def test_rm_then_gc_frees_the_version(p2p_home: Path, stored_version: Manifest) -> None:

@@ -222,6 +222,20 @@ def test_cuda_without_a_gpu_says_so(p2p_home: Path, stored_version: Manifest) ->
         loader.load(REF, fetch=False, device="cuda")
 
 
+def test_dtype_by_name_and_a_wrong_one(p2p_home: Path, stored_version: Manifest) -> None:
+    by_name = loader.load(REF, fetch=False, dtype="float16")
+    by_dtype = loader.load(REF, fetch=False, dtype=torch.float16)
+    assert by_name.keys() == by_dtype.keys()
+    for name, tensor in by_dtype.items():
+        assert by_name[name].dtype == tensor.dtype and torch.equal(by_name[name], tensor)
+    assert any(t.dtype == torch.float16 for t in by_name.values())
+    with loader.open(REF, fetch=False, dtype="torch.bfloat16") as reader:
+        assert reader.dtype == torch.bfloat16
+    for wrong in ("float17", "cuda", 3):
+        with pytest.raises(ConfigError, match="is not a torch dtype"):
+            loader.load(REF, fetch=False, dtype=wrong)  # type: ignore[arg-type]
+
+
 def test_unknown_verify_policy(p2p_home: Path, stored_version: Manifest) -> None:
     with pytest.raises(ConfigError, match="always"):
         loader.load(REF, fetch=False, verify="never")  # type: ignore[arg-type]

@@ -227,3 +227,20 @@ def test_bad_piece_size_and_version_rejected(model: tuple[Path, list[str]]) -> N
         make_torrent(root, files, name="m", piece_size=3 * KiB)
     with pytest.raises(ValueError):
         make_torrent(root, files, name="m", version="3")  # type: ignore[arg-type]
+
+
+def test_messages_name_a_torrent_by_the_version_it_holds(tmp_path: Path) -> None:
+    from p2pdist.publishing import torrent_name
+    from p2pdist.swarm import label
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x" * 100)
+
+    def named(name: str) -> str:
+        return label(read_torrent(make_torrent(folder, ["a.bin"], name=name).data))
+
+    assert named(torrent_name("org/gpt", "v3")) == "org/gpt@v3"
+    assert named(torrent_name("org/gpt", "v3", delta=True)) == "org/gpt@v3 (delta)"
+    assert named(torrent_name("gpt", "v1")) == "gpt@v1"
+    assert named("some-other-torrent") == "some-other-torrent"

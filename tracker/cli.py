@@ -19,7 +19,7 @@ import click
 from aiohttp import web
 
 from p2pdist import config
-from p2pdist.errors import P2PDistError
+from p2pdist.errors import P2PDistError, RefError
 from p2pdist.ref import validate_name
 from p2pdist.tracker.app import create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
@@ -74,7 +74,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _fail(error: P2PDistError) -> click.ClickException:
-    return click.ClickException(f"{type(error).__name__}: {error}")
+    return click.ClickException(str(error))
 
 
 @click.group("tracker")
@@ -119,12 +119,17 @@ def serve(
 @click.option("--read-only", is_flag=True, help="Read private models only; no publishing.")
 def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None:
     """Print a new token (shown once; the tracker stores only its hash)."""
+    if namespace is not None and ("/" in namespace or not _is_name(namespace)):
+        raise click.BadParameter(
+            f"{namespace!r} is not a namespace: one name segment, the org of org/model "
+            "(lowercase letters, digits, '.', '_', '-')",
+            param_hint="--namespace",
+        )
+    path = (data_dir or default_data_dir()) / DB_FILENAME
     try:
-        if namespace is not None and ("/" in namespace or validate_name(namespace) != namespace):
-            raise click.BadParameter(
-                "a namespace is one name segment (the org)", param_hint="--namespace"
-            )
-        db = Database((data_dir or default_data_dir()) / DB_FILENAME)
+        if not path.exists():  # a typo in --data would otherwise print a token nobody knows
+            click.echo(f"new tracker database at {path} (no tracker has used it yet)", err=True)
+        db = Database(path)
         try:
             value = db.create_token(namespace, publish=not read_only)
         finally:
@@ -134,6 +139,13 @@ def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None
     rights = "read" if read_only else "read and publish"
     click.echo(f"{rights} on {namespace or 'every namespace'}", err=True)
     click.echo(value)
+
+
+def _is_name(text: str) -> bool:
+    try:
+        return validate_name(text) == text
+    except RefError:
+        return False
 
 
 __all__ = ["default_data_dir", "run", "serve_until_signalled", "tracker_group"]

@@ -169,6 +169,10 @@ class Database:
             (schema,) = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open the tracker database ({e})") from None
+        except OSError as e:  # its folder cannot be made: read-only, a file in the way, ...
+            raise StoreError(
+                f"{self.path}: cannot open the tracker database ({e.strerror or e})"
+            ) from None
         if schema != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: database schema {schema} is not {SCHEMA_VERSION}; "

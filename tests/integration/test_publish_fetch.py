@@ -330,6 +330,11 @@ def test_private_model_needs_a_read_token_and_announces_with_the_readers_passkey
     assert anonymous.returncode == 1
     assert anonymous.stderr.startswith("Error: ") and "Traceback" not in anonymous.stderr
     assert "token" in anonymous.stderr.lower()
+    follower = nodes("follower", P2PDIST_TOKEN="not-a-token", **loopback_passkeys)
+    following = follower.run("fetch", f"{NAME}@latest", "--follow", timeout=60)
+    assert following.returncode == 1 and "Traceback" not in following.stderr
+    said = [line for line in following.stderr.splitlines() if "token" in line.lower()]
+    assert len(said) == 1 and said[0].startswith("Error: "), following.stderr  # said once
 
     reader_token = tracker.token("org", read_only=True)
     reader = nodes("reader", P2PDIST_TOKEN=reader_token, **loopback_passkeys)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -83,9 +84,38 @@ def test_clean_shutdown_on_signal(tracker: Tracker, sig: int) -> None:
 
 
 def test_token_cli_refuses_a_bad_namespace(tracker: Tracker) -> None:
-    with pytest.raises(subprocess.CalledProcessError) as info:
-        tracker.cli("token", "--namespace", "Not A Name")
-    assert info.value.returncode != 0 and "Traceback" not in info.value.stderr
+    for bad in ("Not A Name", "Org", "org/model"):
+        with pytest.raises(subprocess.CalledProcessError) as info:
+            tracker.cli("token", "--namespace", bad)
+        assert info.value.returncode == 2 and "Traceback" not in info.value.stderr
+        assert f"{bad!r} is not a namespace: one name segment" in info.value.stderr
+
+
+def test_tracker_cli_names_the_database_it_cannot_open_or_has_just_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    serve = subprocess.run(
+        [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", "0",
+         "--data", str(blocker / "data")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert serve.returncode == 1 and "Traceback" not in serve.stderr
+    assert (
+        serve.stderr.startswith(f"Error: {blocker / 'data'}")
+        and "cannot listen" not in serve.stderr
+    )
+    assert "cannot open the tracker database" in serve.stderr
+    fresh = Tracker(tmp_path / "typo")  # `token --data` of a folder no tracker used
+    made = subprocess.run(
+        [sys.executable, "-m", "p2pdist.tracker", "token", "--data", str(fresh.data_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "new tracker database at" in made.stderr and len(made.stdout.strip()) > 20
+    again = subprocess.run(
+        [sys.executable, "-m", "p2pdist.tracker", "token", "--data", str(fresh.data_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "new tracker database" not in again.stderr
 
 
 # -- real clients ----------------------------------------------------------------------------
