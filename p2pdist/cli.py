@@ -49,7 +49,7 @@ home_option = click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Store folder (default: $P2PDIST_HOME or ~/.cache/p2pdist).",
+    help="Store folder (default: $P2PDIST_HOME, else `home` in config.toml, else ~/.cache/p2pdist).",
 )
 
 
@@ -471,7 +471,8 @@ def seed(home: Path | None) -> None:
 
 @cli.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to serve on.")  # fmt: skip
 @home_option
 def origin(host: str, port: int, home: Path | None) -> None:
     """Serve the store's versions over HTTP as web seeds (BEP 19) for `publish --web-seed`."""
