@@ -196,8 +196,8 @@ class Store:
         """The stored versions of a model, oldest first.
 
         By creation time; within one second (``created`` has no finer resolution, and a
-        trainer can publish several versions a second) a version comes after its stored
-        ancestors, then in natural order of names (v9 before v10).
+        trainer can publish several versions a second) in natural order of names (v9 before
+        v10), except that a version never comes before its parent.
         """
         mdir = self.model_dir(name)
         if not mdir.is_dir():
@@ -211,15 +211,23 @@ class Store:
             )
         }
 
-        def ancestors(m: Manifest) -> int:
-            count, seen = 0, {m.version}
-            while m.parent in found and m.parent not in seen:
-                m = found[m.parent]
-                seen.add(m.version)
-                count += 1
-            return count
-
-        return sorted(found.values(), key=lambda m: (m.created, ancestors(m), _natural(m.version)))
+        ordered: list[Manifest] = []
+        placed: set[str] = set()
+        by_second: dict[str, list[Manifest]] = {}
+        for m in found.values():
+            by_second.setdefault(m.created, []).append(m)
+        for created in sorted(by_second):
+            waiting = sorted(by_second[created], key=lambda m: _natural(m.version))
+            while waiting:  # the first in natural order whose parent (in this second) is placed
+                ready = next(
+                    (m for m in waiting if m.parent not in found or m.parent in placed
+                     or found[m.parent].created != created),
+                    waiting[0],  # a cycle of parents: natural order breaks it
+                )  # fmt: skip
+                ordered.append(ready)
+                placed.add(ready.version)
+                waiting.remove(ready)
+        return ordered
 
     def latest(self, name: str) -> Manifest | None:
         versions = self.versions(name)

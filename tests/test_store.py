@@ -245,6 +245,13 @@ def test_versions_of_one_second_are_ordered_by_lineage_then_number(
     store.add_version(earlier, folder)
     assert store.versions("org/model")[0].version == "v99"  # the clock comes first
     assert store.latest("org/model").version == "v11"
+    # v2 descends from v1, v3 from nothing stored: v3, the highest number, is the newest
+    # (a child came after every version with fewer stored ancestors, and v2 was latest)
+    for version, parent in (("v3", None), ("v2", "v1"), ("v1", None)):
+        manifest = Manifest(name="org/other", version=version, parent=parent, created=second,
+                            files=files).signed(signing_key)  # fmt: skip
+        store.add_version(manifest, folder)
+    assert [m.version for m in store.versions("org/other")] == ["v1", "v2", "v3"]
 
 
 def test_a_damaged_blob_is_replaced_when_its_bytes_are_added_again(
