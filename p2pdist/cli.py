@@ -212,9 +212,11 @@ def rm(ref: str, home: Path | None) -> None:
         raise click.UsageError(
             f"say which version of {ref} to remove, e.g. {ref}@latest (stored: {stored})"
         )
-    name, version = _resolve_local(store, ref)
-    if not store.has(name, version):
-        raise NotFoundError(f"{name}@{version} is not in the store at {store.root}")
+    parsed = parse_ref(ref)
+    latest = store.latest(parsed.name) if parsed.is_latest else None
+    name, version = parsed.name, latest.version if latest else parsed.version
+    if (parsed.is_latest and latest is None) or not store.has(name, version):
+        raise NotFoundError(f"{parsed} is not in the store at {store.root}")
     store.remove(name, version)
     click.echo(f"Removed {name}@{version}; run `p2pdist gc` to free its blobs.")
 

@@ -80,11 +80,11 @@ def _resolve(
         return default
     if isinstance(value, str):
         return value
-    if also is bool and isinstance(value, bool):
+    if also is bool and (isinstance(value, bool) or value in (0, 1)):
         return "1" if value else "0"
     if also is int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    kind = {None: "a string", int: "a string or an integer", bool: "a string or true/false"}
+    kind = {None: "a string", int: "a string or an integer", bool: "a string, true/false or 0/1"}
     raise ConfigError(f"{config_file()}: {file_key} must be {kind[also]}, not {value!r}")
 
 

@@ -175,9 +175,11 @@ class Fetcher:
         except TrackerError:
             if asked.is_latest or not self.store.has(ref.name, ref.version):
                 raise
-            # a version named exactly and already stored needs no registry: its manifest was
-            # checked when it was stored (the registry's copy is compared when it answers)
+            # a version named exactly and already stored needs no registry; its stored
+            # manifest must still be signed by the key pinned for the model
             target = self.store.manifest(ref.name, ref.version)
+            self.trust.check(target, pin=False)
+            log.warning("the registry cannot be reached; %s is served from the store", ref)
         if full and not self.store.has(ref.name, ref.version):
             plan = FetchPlan("full", target, target.total_size, target.total_size)
         else:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.errors import ConflictError, FormatError, NotFoundError
+from p2pdist.errors import ConflictError, FormatError, NotFoundError, TrackerError
 from p2pdist.header import read_header
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
 from p2pdist.ref import ModelRef, validate_name, validate_version
@@ -221,14 +221,15 @@ def publish(
     check_web_seeds(web_seeds)
     client = RegistryClient(config.tracker_url(tracker), config.token(token))
     store = Store(config.home(home))
+    folder = Path(folder)
+    wanted = _Options(parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version)
+    registered = _registered(client, name)
     if version is None:
-        version = _choose_version(client, store, Path(folder), name)
+        version = _choose_version(store, folder, name, wanted, registered)
     if store.has(name, version):
-        wanted = _Options(
-            parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version,
-            client.announce_url(private),
+        published = _already_built(
+            store, folder, name, version, wanted, None if registered is None else version in registered
         )  # fmt: skip
-        published = _already_built(store, Path(folder), name, version, wanted)
     else:
         published = _build_new(
             folder, store, client, key, name, version, parent, web_seeds, private,
@@ -247,41 +248,87 @@ def publish(
     return published
 
 
-def _choose_version(client: Any, store: Store, folder: Path, name: str) -> str:
-    """The version a publish without ``--version`` gets: the newest stored version the
-    registry never accepted, when it holds exactly these files (a retry after a failed
-    registration), else the next ``v<n>`` after every version the registry or the store has."""
+def _registered(client: Any, name: str) -> list[str] | None:
+    """The versions the registry lists for ``name`` ([] for a model it does not know), or
+    None when it cannot be asked (the publish then fails where it registers, saying why)."""
     try:
-        registered = [v["version"] for v in client.list_versions(name)]
+        return [v["version"] for v in client.list_versions(name)]
     except NotFoundError:
-        registered = []
+        return []
+    except TrackerError:
+        return None
+
+
+def _number(version: str) -> int | None:
+    return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else None
+
+
+def _choose_version(
+    store: Store, folder: Path, name: str, wanted: _Options, registered: list[str] | None
+) -> str:
+    """The version a publish without ``--version`` gets: the newest stored version the
+    registry never accepted, when it is newer than every registered one and holds exactly
+    this publish (files and options: a retry after a refused registration), else the next
+    ``v<n>`` after every version the registry or the store has."""
+    if registered is None:
+        raise TrackerError(f"cannot number a version of {name} while the registry is unreachable")
     stored = [m.version for m in store.versions(name)]
-    unregistered = [v for v in stored if v not in set(registered)]
-    numbered = [v for v in unregistered if v.startswith("v") and v[1:].isdigit()]
-    if numbered:
-        newest = max(numbered, key=lambda v: int(v[1:]))
-        if describe_files(folder, check_folder(folder)) == store.manifest(name, newest).files:
-            return newest
+    newest_registered = max((n for v in registered if (n := _number(v)) is not None), default=0)
+    retry = [
+        v for v in stored if v not in set(registered) and (_number(v) or 0) > newest_registered
+    ]
+    if retry:
+        candidate = max(retry, key=lambda v: _number(v) or 0)
+        manifest = store.manifest(name, candidate)
+        same_files = describe_files(folder, check_folder(folder)) == manifest.files
+        if same_files and not _differences(store, name, candidate, wanted):
+            return candidate
     return next_version(registered + stored)
 
 
 @dataclass(frozen=True)
 class _Options:
-    """What a publish asks for beyond the files, to compare with a version stored earlier."""
+    """What a publish asks for beyond the files, to compare with a version stored earlier.
+    (Not the announce URL: outside the infohash, and rewritten by every consumer.)"""
 
     parent: str | None
     metadata: dict[str, str]
     private: bool
     web_seeds: tuple[str, ...]
     torrent_version: TorrentVersion
-    announce: str
+
+
+def _differences(store: Store, name: str, version: str, wanted: _Options) -> list[str]:
+    """How a stored version differs from what a publish asks for, in words ([] if it does not)."""
+    from p2pdist.torrent import read_torrent
+
+    manifest = store.manifest(name, version)
+    data = store.torrent(name, version, "full")
+    if data is None:
+        return ["no torrent"]
+    full = read_torrent(data)
+    kind = (
+        "hybrid" if full.info_hash_v1 and full.info_hash_v2 else "1" if full.info_hash_v1 else "2"
+    )
+    return [
+        f"{what} {theirs!r} (asked: {ours!r})"
+        for what, theirs, ours in (
+            ("parent", manifest.parent, wanted.parent),
+            ("metadata", dict(manifest.metadata), wanted.metadata),
+            ("private", full.private, wanted.private),
+            ("web seeds", list(full.web_seeds), list(wanted.web_seeds)),
+            ("torrent version", kind, wanted.torrent_version),
+        )
+        if theirs != ours
+    ]
 
 
 def _already_built(
-    store: Store, folder: Path, name: str, version: str, wanted: _Options
+    store: Store, folder: Path, name: str, version: str, wanted: _Options, registered: bool | None
 ) -> PublishedVersion:
     """A version this host stored earlier (a publish whose registration failed, or an identical
-    re-publish): reuse it, if it is what this publish asks for."""
+    re-publish): reuse it, if it is what this publish asks for. ``registered``: whether the
+    registry lists it (None: unknown)."""
     from p2pdist.torrent import read_torrent
 
     manifest = store.manifest(name, version)
@@ -290,37 +337,24 @@ def _already_built(
             f"{name}@{version} is already in the local store with other files; "
             "versions are immutable: publish a new version"
         )
-    full_data = store.torrent(name, version, "full")
-    if full_data is None:
-        raise NotFoundError(f"{name}@{version}: the stored version has no torrent; remove it first")
-    full = read_torrent(full_data)
-    delta_data = store.torrent(name, version, "delta")
-    stored_kind = "hybrid" if full.info_hash_v1 and full.info_hash_v2 else (
-        "1" if full.info_hash_v1 else "2"
-    )  # fmt: skip
-    differences = [
-        f"{what} {theirs!r} (asked: {ours!r})"
-        for what, theirs, ours in (
-            ("parent", manifest.parent, wanted.parent),
-            ("metadata", dict(manifest.metadata), wanted.metadata),
-            ("private", full.private, wanted.private),
-            ("web seeds", list(full.web_seeds), list(wanted.web_seeds)),
-            ("torrent version", stored_kind, wanted.torrent_version),
-            ("announce URL", list(full.announce), [wanted.announce]),
-        )
-        if theirs != ours
-    ]
+    differences = _differences(store, name, version, wanted)
     if differences:
+        what = f"{name}@{version} was built earlier on this host with {'; '.join(differences)}"
+        if registered:
+            raise ConflictError(f"{what}, and is published so; a version cannot change: "
+                                "publish a new version")  # fmt: skip
         raise ConflictError(
-            f"{name}@{version} was built earlier on this host with {'; '.join(differences)}. "
-            "A version cannot change: publish it as it was, or, if the registry never accepted "
-            f"it, remove it (`p2pdist rm {name}@{version}`) and publish again"
+            f"{what}. A version cannot change: publish it as it was, or, as the registry "
+            f"never accepted it, remove it (`p2pdist rm {name}@{version}`) and publish again"
         )
+    full = store.torrent(name, version, "full")
+    delta = store.torrent(name, version, "delta")
+    assert full is not None  # _differences says "no torrent" otherwise
     return PublishedVersion(
         manifest,
         store.snapshot(name, version),
-        full,
-        read_torrent(delta_data) if delta_data else None,
+        read_torrent(full),
+        read_torrent(delta) if delta else None,
         0.0,
     )
 

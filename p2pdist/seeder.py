@@ -64,8 +64,8 @@ def seed_all(
 
     A version that cannot be seeded (a file missing, cut short or damaged) is skipped and
     reported to ``on_skip(ref, error)``, so one damaged version does not keep the others from
-    being served; when every version fails, the first error is raised instead (and nothing is
-    reported twice). An error that is not one version's (a bad setting, the session itself)
+    being served; when every version fails, the others are reported and the first is raised
+    (nothing twice). An error that is not one version's (a bad setting, the session itself)
     is raised at once.
     """
     transfers: list[Any] = []
@@ -76,11 +76,12 @@ def seed_all(
                 transfers.extend(seed_version(store, name, manifest.version, swarm=swarm))
             except (IntegrityError, NotFoundError, FormatError, StoreError) as e:
                 failures.append((f"{name}@{manifest.version}", e))
-    if failures and not transfers:
-        raise failures[0][1]
-    for ref, error in failures:
+    reported = failures[1:] if failures and not transfers else failures
+    for ref, error in reported:
         if on_skip is not None:
             on_skip(ref, error)
+    if failures and not transfers:
+        raise failures[0][1]
     return transfers
 
 

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pdist.keys import public_key_of
 from p2pdist.manifest import Manifest
 from p2pdist.store import Store
 
@@ -132,15 +134,20 @@ def test_a_stored_version_is_fetched_without_the_tracker_unless_it_is_damaged(
     stored = run("fetch", "org/model@v1", *down, "--json")
     assert stored.returncode == 0, stored.stderr
     assert json.loads(stored.stdout)["plan"] == "local"
+    assert "registry cannot be reached; org/model@v1 is served from the store" in stored.stderr
     latest = run("fetch", "org/model@latest", *down)  # which version is latest: the registry's
     assert latest.returncode == 1 and "not reachable" in latest.stderr
+    other_key = public_key_of(Ed25519PrivateKey.generate())
+    assert run("trust", "org/model", other_key).returncode == 0
+    untrusted = run("fetch", "org/model@v1", *down)  # offline, the pinned key still rules
+    assert untrusted.returncode == 1 and "not the pinned key" in untrusted.stderr
+    assert run("trust", "org/model", stored_version.public_key or "").returncode == 0
     snapshot = Store(p2p_home).snapshot("org/model", "v1")
     shard = next(snapshot.glob("*.safetensors"))
     shard.resolve().unlink()  # its blob is gone
     damaged = run("fetch", "org/model@v1", *down)
-    assert damaged.returncode == 1
-    message = damaged.stderr.strip()
-    assert message.count("\n") == 0 and "Traceback" not in message
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    message = damaged.stderr.strip().splitlines()[-1]
     assert f"{shard.name}: missing" in message and "`p2pdist rm org/model@v1`" in message
     assert run("verify", "org/model@v1").stderr.strip() == message
 
@@ -158,6 +165,9 @@ def test_rm_wants_the_version_said(p2p_home: Path, stored_version: Manifest) -> 
     bare = run("rm", "org/model")  # elsewhere a bare name means @latest; removing, say it
     assert bare.returncode == 2 and "say which version of org/model" in bare.stderr
     assert "(stored: v1)" in bare.stderr
+    nothing = run("rm", "other/model@latest")
+    assert nothing.returncode == 1 and "other/model@latest is not in the store" in nothing.stderr
+    assert "fetch" not in nothing.stderr
     missing = run("rm", "org/model@v9")
     assert missing.returncode == 1 and "org/model@v9 is not in the store" in missing.stderr
     assert "fetch" not in missing.stderr

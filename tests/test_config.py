@@ -23,6 +23,8 @@ def test_numbers_and_booleans_are_written_as_toml_has_them(config_toml: Path) ->
     config_toml.write_text("upload_limit = 1000\nssrf_mitigation = false\n")
     assert config.upload_rate_limit() == 1000
     assert config.ssrf_mitigation() is False
+    config_toml.write_text("ssrf_mitigation = 0\n")
+    assert config.ssrf_mitigation() is False
     config_toml.write_text('[p2pdist]\nupload_limit = "2000"\nssrf_mitigation = "on"\n')
     assert config.upload_rate_limit() == 2000
     assert config.ssrf_mitigation() is True
@@ -41,7 +43,7 @@ def test_the_environment_wins_over_the_file(
     ("line", "call", "expected"),
     [
         ("upload_limit = true", config.upload_rate_limit, "a string or an integer, not True"),
-        ("ssrf_mitigation = 3", config.ssrf_mitigation, "a string or true/false, not 3"),
+        ("ssrf_mitigation = 3", config.ssrf_mitigation, "a string, true/false or 0/1, not 3"),
         ("listen = 5", config.listen_interface, "listen must be a string, not 5"),
         ('upload_limit = "fast"', config.upload_rate_limit, "integer number of bytes/s"),
     ],

@@ -44,6 +44,11 @@ def test_one_damaged_version_is_skipped_and_the_others_seeded(
     with Swarm() as swarm, pytest.raises(StoreError, match="cannot seed model-v2"):
         seed_all(store, swarm=swarm, on_skip=lambda ref, e: skipped.append((ref, e)))
     assert skipped == []  # nothing could be seeded: the error itself, said once
+    _add(store, tmp_path, signing_key, "v4", 4)
+    next(store.snapshot("org/model", "v4").glob("*.safetensors")).resolve().unlink()
+    with Swarm() as swarm, pytest.raises(StoreError, match="cannot seed model-v2"):
+        seed_all(store, swarm=swarm, on_skip=lambda ref, e: skipped.append((ref, e)))
+    assert [ref for ref, _ in skipped] == ["org/model@v4"]  # every failure said, once
 
 
 def test_a_bad_setting_is_not_blamed_on_a_version(

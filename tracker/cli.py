@@ -126,9 +126,8 @@ def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None
             param_hint="--namespace",
         )
     path = (data_dir or default_data_dir()) / DB_FILENAME
+    is_new = not path.exists()  # a typo in --data would otherwise print a token nobody knows
     try:
-        if not path.exists():  # a typo in --data would otherwise print a token nobody knows
-            click.echo(f"new tracker database at {path} (no tracker has used it yet)", err=True)
         db = Database(path)
         try:
             value = db.create_token(namespace, publish=not read_only)
@@ -136,6 +135,8 @@ def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None
             db.close()
     except P2PDistError as e:
         raise _fail(e) from None
+    if is_new:
+        click.echo(f"new tracker database at {path} (no tracker has used it yet)", err=True)
     rights = "read" if read_only else "read and publish"
     click.echo(f"{rights} on {namespace or 'every namespace'}", err=True)
     click.echo(value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import re
 import threading
 import weakref
@@ -108,6 +109,7 @@ class CheckpointPublisher:
         self._earlier: list[str] = []
         """Versions an earlier run left in the store, oldest first."""
         self.published: list[PublishedVersion] = []
+        self._closed = False
         _open_publishers.add(self)
 
     def _resume(self) -> None:
@@ -321,6 +323,7 @@ class CheckpointPublisher:
 
     def close(self) -> None:
         """Finish pending publishes and stop the worker (seeding continues while the process lives)."""
+        self._closed = True
         try:
             self.wait()
         finally:
@@ -347,18 +350,30 @@ def _finish_at_exit() -> None:
 
     It runs among the interpreter's thread-shutdown hooks, before the one of concurrent.futures
     (hooks run newest first, and that module registered at import): after it, the pools a
-    publish uses internally refuse work, so a publish left for later would fail, unseen.
+    publish uses internally refuse work, so a publish left for later would fail, unseen. A
+    publisher closed by its owner is left alone (its failures were theirs to collect); Ctrl-C
+    gives up what has not started (what runs ends at its own network timeouts).
     """
-    for publisher in list(_open_publishers):
-        for _ in range(len(publisher._pending) + 1):
-            try:
-                publisher.close()
-                break
-            except Exception as e:  # nothing can raise at exit: say it, go on with the rest
-                log.error("publishing %s before exit failed: %s", publisher.name, e)
+    for publisher in [p for p in list(_open_publishers) if not p._closed]:
+        try:
+            for _ in range(len(publisher._pending) + 1):
+                try:
+                    publisher.wait()
+                    break
+                except Exception as e:  # nothing can raise at exit: say it, go on
+                    log.error("publishing %s failed: %s", publisher.name, e)
+        except KeyboardInterrupt:
+            with publisher._lock:
+                left = sum(not f.done() for f in publisher._pending)
+            log.error("interrupted: %d publish(es) of %s not finished", left, publisher.name)
+            publisher._pool.shutdown(wait=False, cancel_futures=True)
+            return
+        publisher._pool.shutdown(wait=True)
 
 
 # The hook API concurrent.futures itself uses; atexit's hooks would run too late (above).
 threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
+# A forked child has the publishers but not their workers: waiting there would never end.
+os.register_at_fork(after_in_child=_open_publishers.clear)
 
 __all__ = ["CheckpointPublisher", "cpu_snapshot"]

@@ -448,3 +448,34 @@ def test_a_script_that_ends_without_waiting_still_publishes_what_it_queued(
     assert "Traceback" not in done.stderr, done.stderr
     versions = RegistryClient(tracker.url).list_versions(NAME)
     assert [v["version"] for v in versions] == ["v1"]
+
+
+def test_a_forked_child_of_a_publishing_process_exits(p2p_home: Path, tmp_path: Path) -> None:
+    """The child of a fork has the parent's publishers but not their worker threads: the
+    exit-time wait for pending publishes is the parent's business, never the child's."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, socket, sys, time, torch\n"
+        "from p2pdist.trainer import CheckpointPublisher\n"
+        "silent = socket.socket(); silent.bind(('127.0.0.1', 0)); silent.listen(16)\n"
+        "url = f'http://127.0.0.1:{silent.getsockname()[1]}'  # accepts, never answers\n"
+        f"publisher = CheckpointPublisher({NAME!r}, tracker=url, token='t', "
+        f"home={str(p2p_home)!r}, seed=False)\n"
+        "publisher.publish({'w': torch.zeros(16)})\n"
+        "time.sleep(0.5)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sys.exit(0)\n"
+        "deadline = time.monotonic() + 30\n"
+        "while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):\n"
+        "    time.sleep(0.1)\n"
+        "hung = time.monotonic() >= deadline\n"
+        "if hung:\n"
+        "    os.kill(pid, 9)\n"
+        "print('child hung' if hung else 'child exited', flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "child exited", done.stdout + done.stderr

@@ -76,3 +76,34 @@ def test_a_retry_with_other_options_is_refused_not_published_as_stored(
     url = f"{tracker.url}/v1/models/{NAME}/versions/v2/torrent?kind=full"
     with urllib.request.urlopen(url, timeout=10) as r:
         assert read_torrent(r.read()).private is False
+
+
+def test_a_refused_version_overtaken_by_a_newer_one_is_not_reused(
+    nodes: Callable[..., Node], tracker: Tracker, publish_token: str, tmp_path: Path
+) -> None:
+    """v2 refused and kept in the store, v3 published after it: publishing v2's folder again
+    must not register v2 after v3 (the registry's latest would go back)."""
+    host = nodes("publisher", publisher=True)
+    folders = [make_version_folder(tmp_path / f"f{i}", small_state_dict(i)) for i in (1, 2, 3)]
+    assert host.run("publish", str(folders[0]), "--name", NAME, "--no-seed").returncode == 0
+    host.env.pop("P2PDIST_TOKEN")
+    assert host.run("publish", str(folders[1]), "--name", NAME, "--no-seed").returncode == 1
+    host.env["P2PDIST_TOKEN"] = publish_token
+    third = host.run("publish", str(folders[2]), "--name", NAME, "--no-seed")
+    assert third.returncode == 0 and f"{NAME}@v3" in third.stdout, third.stderr
+    again = host.run("publish", str(folders[1]), "--name", NAME, "--no-seed")
+    assert again.returncode == 0 and f"{NAME}@v4" in again.stdout, again.stderr
+    assert registered(tracker) == ["v1", "v3", "v4"]
+
+
+def test_an_identical_republish_through_another_spelling_of_the_tracker_is_a_no_op(
+    nodes: Callable[..., Node], tracker: Tracker, tmp_path: Path
+) -> None:
+    host = nodes("publisher", publisher=True)
+    src = make_version_folder(tmp_path / "src", small_state_dict(1))
+    args = ("publish", str(src), "--name", NAME, "--version", "v1", "--no-seed")
+    assert host.run(*args).returncode == 0
+    other = tracker.url.replace("127.0.0.1", "localhost")
+    again = host.run(*args, "--tracker", other)
+    assert again.returncode == 0, again.stderr
+    assert registered(tracker) == ["v1"]
