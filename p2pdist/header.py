@@ -93,12 +93,13 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Safe
     if len(raw) < 8 + header_size:
         raise FormatError(f"{source}: header bytes missing")
     try:
-        doc = json.loads(raw[8 : 8 + header_size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{source}: safetensors header is not valid JSON ({e})") from None
+        doc = json.loads(raw[8 : 8 + header_size].decode("utf-8"), object_pairs_hook=_no_repeats)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, int digits
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise FormatError(f"{source}: safetensors header is not valid JSON ({reason})") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: safetensors header is not a JSON object")
-    metadata = doc.pop("__metadata__", None) or {}
+    metadata = doc.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -125,14 +126,29 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Safe
     return SafetensorsHeader(header_size, tuple(specs), dict(metadata), file_size)
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (as safetensors requires)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        repeated = sorted({k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1})
+        raise ValueError(f"key {repeated[0]!r} appears twice")
+    return out
+
+
 def _tensor_spec(name: str, info: Any, data_start: int, data_size: int, source: str) -> TensorSpec:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{source}: a tensor name is not valid UTF-8 ({name!r})") from None
     if not isinstance(info, dict):
         raise FormatError(f"{source}: tensor {name!r} entry is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if dtype not in DTYPE_SIZES:
         raise FormatError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or math.prod(d for d in shape if d) >= 1 << 63  # torch counts elements in an int64
     ):
         raise FormatError(f"{source}: tensor {name!r} has invalid shape {shape!r}")
     if (

@@ -9,6 +9,7 @@ public models are served, by name, read-only; nothing else on disk is reachable.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -35,16 +36,23 @@ def _resolve(store: Store, root: str, path: str) -> Path:
         safe_relpath(path)
     except (P2PDistError, ValueError):
         raise web.HTTPNotFound() from None
-    if not store.has(name, version):
+    try:  # the version can be removed (or its blobs collected) while it is being served
+        if not store.has(name, version):
+            raise web.HTTPNotFound()
+        full = store.torrent(name, version, "full")
+        if full is None or read_torrent(full).private:  # private models: not served anonymously
+            raise web.HTTPNotFound()
+        manifest = store.manifest(name, version)
+        entries = manifest.delta_files if delta else manifest.files
+        if path not in {e.path for e in entries}:
+            raise web.HTTPNotFound()
+        folder = store.version_dir(name, version) / (DELTA if delta else SNAPSHOT)
+        resolved = (folder / path).resolve(strict=True)
+    except (P2PDistError, OSError):
+        raise web.HTTPNotFound() from None
+    if not resolved.is_relative_to(store.blobs_dir.resolve()):  # a link made to point elsewhere
         raise web.HTTPNotFound()
-    full = store.torrent(name, version, "full")
-    if full is None or read_torrent(full).private:  # private models are not served anonymously
-        raise web.HTTPNotFound()
-    manifest = store.manifest(name, version)
-    entries = manifest.delta_files if delta else manifest.files
-    if path not in {e.path for e in entries}:
-        raise web.HTTPNotFound()
-    return (store.version_dir(name, version) / (DELTA if delta else SNAPSHOT) / path).resolve()
+    return resolved
 
 
 async def serve_file(request: web.Request) -> web.StreamResponse:
@@ -63,6 +71,18 @@ def create_origin_app(store: Store) -> web.Application:
     return app
 
 
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request with its traceback: one line is enough, and a client
+    must not be able to fill the log with stacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}: {record.exc_info[1]}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_origin(store: Store, host: str, port: int) -> None:
     """Serve until interrupted (``p2pdist origin``)."""
+    logging.getLogger("aiohttp.server").addFilter(_OneLine())
     web.run_app(create_origin_app(store), host=host, port=port, print=None)

@@ -38,10 +38,11 @@ def validate_version(version: str) -> str:
         or not _VERSION_RE.match(version)
         or ".." in version
         or version == LATEST
+        or version.endswith(".delta")  # v1.delta is the folder of v1's delta in torrents
     ):
         raise RefError(
             f"invalid version {version!r}: 1-64 characters of letters, digits, '.', '_', '-', "
-            f"starting and ending with a letter or digit, and not {LATEST!r}"
+            f"starting and ending with a letter or digit, not {LATEST!r}, not ending in .delta"
         )
     return version
 

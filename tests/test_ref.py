@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from p2pdist.errors import P2PDistError, RefError
-from p2pdist.ref import ModelRef, parse_ref
+from p2pdist.ref import ModelRef, parse_ref, validate_version
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,13 @@ def test_namespace_and_folder_name() -> None:
     assert parse_ref("org/gpt@v1").namespace == "org"
     assert parse_ref("gpt@v1").namespace == "gpt"
     assert parse_ref("org/gpt").folder_name == "org--gpt"
+
+
+def test_a_version_cannot_be_named_like_another_versions_delta_folder() -> None:
+    """The torrent root of org/gpt@v1's delta is ``org--gpt@v1.delta``: a version named
+    v1.delta would have that folder too (and a web seed could not tell them apart)."""
+    with pytest.raises(RefError, match=r"not ending in \.delta"):
+        validate_version("v1.delta")
+    with pytest.raises(RefError, match="invalid model reference"):
+        parse_ref("org/gpt@v1.delta")
+    assert validate_version("v1.deltas") == "v1.deltas"

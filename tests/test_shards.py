@@ -116,6 +116,29 @@ def test_hostile_headers(tmp_path: Path, header: dict, data: bytes, match: str) 
         read_header(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"__metadata__":' + "[" * 200_000 + "]" * 200_000 + "}", "nested too deeply"),
+        ('{"t":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,0]}}', "JSON"),
+        ('{"t":{"dtype":"F32","shape":[9223372036854775808,0],"data_offsets":[0,0]}}', "shape"),
+        ('{"t":{"dtype":"F32","dtype":"F32","shape":[0],"data_offsets":[0,0]}}', "'dtype' appears"),
+        ('{"__metadata__":{},"__metadata__":{}}', "'__metadata__' appears twice"),
+        ('{"__metadata__":[]}', "metadata"),
+        ('{"\\ud800":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}', "not valid UTF-8"),
+    ],
+)
+def test_headers_that_safetensors_refuses_are_one_format_error(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    """A hostile publisher's header (its hash checks out) is a FormatError, never a crash."""
+    raw = text.encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(FormatError, match=match):
+        read_header(path)
+
+
 def test_non_json_header(tmp_path: Path) -> None:
     path = tmp_path / "x.safetensors"
     path.write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{{")
