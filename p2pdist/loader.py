@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from p2pdist.store import Store
 from p2pdist.verified import (
     RECORDS_DIR,
     TORCH_DTYPES,
+    CopyHasher,
     MappedShard,
     VerifiedRecords,
     VerifyPolicy,
@@ -114,36 +115,43 @@ def _load_copied(
     wanted: set[str] | None,
     copier: StagedCopier | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Copy to ``dev`` while a thread hashes the same mappings; hand out after both finish.
+    """Copy to ``dev`` while a thread hashes what the copy read; hand out after both finish.
 
-    CUDA goes through the staged copier (``copier`` lets the tests drive it on the CPU).
+    The hash is of the copied bytes themselves (CopyHasher), so a file written to while it
+    is copied fails its check rather than yield a copy of bytes that were never hashed. CUDA
+    goes through the staged copier (``copier`` lets the tests drive it on the CPU).
     """
     out: dict[str, torch.Tensor] = {}
     if copier is None and dev.type == "cuda":
         copier = shared_copier(dev)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pdist-verify") as pool:
-        hashes: list[Future[None]] = [pool.submit(s.verify, policy, records) for s in shards]
-        try:
+        for shard in shards:
+            hasher = None if shard.trusted(policy, records) else CopyHasher(shard, pool)
             if copier is not None:
                 with copier.lock:
-                    for shard in shards:
-                        out.update(_stage_shard(copier, shard, dev, wanted))
+                    out.update(_stage_shard(copier, shard, dev, wanted, hasher))
                     copier.finish()
             else:
-                for shard in shards:
-                    for spec in shard.header.tensors:
-                        if wanted is None or spec.name in wanted:
-                            tensor, raw = _empty_like_spec(spec, dev)
-                            raw.copy_(shard.base[spec.start : spec.end])
-                            out[spec.name] = tensor
-        finally:
-            for future in hashes:  # the first IntegrityError wins; nothing is handed out
-                future.result()
+                for spec in shard.header.tensors:  # in file order
+                    if wanted is None or spec.name in wanted:
+                        tensor, raw = _empty_like_spec(spec, dev)
+                        raw.copy_(shard.base[spec.start : spec.end])
+                        if hasher is not None:
+                            hasher.copied(spec.start, raw)
+                        out[spec.name] = tensor
+            if hasher is not None:
+                hasher.finish(policy, records)  # IntegrityError: nothing is handed out
+            else:
+                shard.verified = True
     return {name: _convert(t, dtype) for name, t in out.items()}
 
 
 def _stage_shard(
-    copier: StagedCopier, shard: MappedShard, dev: torch.device, wanted: set[str] | None
+    copier: StagedCopier,
+    shard: MappedShard,
+    dev: torch.device,
+    wanted: set[str] | None,
+    hasher: CopyHasher | None,
 ) -> dict[str, torch.Tensor]:
     specs = [s for s in shard.header.tensors if wanted is None or s.name in wanted]
     out: dict[str, torch.Tensor] = {}
@@ -156,11 +164,11 @@ def _stage_shard(
     run: list[int] = []
     for i, spec in enumerate(specs):
         if run and specs[run[-1]].end != spec.start:
-            _stage_run(copier, shard, specs, raws, run)
+            _stage_run(copier, shard, specs, raws, run, hasher)
             run = []
         run.append(i)
     if run:
-        _stage_run(copier, shard, specs, raws, run)
+        _stage_run(copier, shard, specs, raws, run, hasher)
     return out
 
 
@@ -170,9 +178,12 @@ def _stage_run(
     specs: Sequence[TensorSpec],
     raws: Sequence[torch.Tensor],
     run: Sequence[int],
+    hasher: CopyHasher | None,
 ) -> None:
     chunks = plan_chunks([(specs[i].start, specs[i].end) for i in run], copier.chunk_bytes)
-    copier.copy(shard.base, chunks, [raws[i] for i in run])
+    copier.copy(
+        shard.base, chunks, [raws[i] for i in run], None if hasher is None else hasher.copied
+    )
 
 
 # -- references -----------------------------------------------------------------------------

@@ -103,23 +103,28 @@ def save_state_dict(
     return written
 
 
+def index_shard_names(data: bytes, *, source: str) -> list[str]:
+    """The shard files an index file's ``weight_map`` names, sorted (FormatError if invalid)."""
+    try:
+        index = json.loads(data.decode("utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise FormatError(f"{source}: invalid index file ({e})") from None
+    values = list(weight_map.values())
+    for n in values:
+        if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
+            raise FormatError(f"{source}: invalid shard name {n!r}")
+    return sorted(set(values))
+
+
 def shard_files(folder: str | Path) -> list[str]:
     """The safetensors files of a version folder, in shard order (relative names)."""
     folder = Path(folder)
     index_path = folder / INDEX_FILE
     if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map = index["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"{index_path}: invalid index file ({e})") from None
-        names = sorted(set(weight_map.values()))
-        for n in names:
-            if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith("."):
-                raise FormatError(f"{index_path}: invalid shard name {n!r}")
-        return names
+        return index_shard_names(index_path.read_bytes(), source=str(index_path))
     if (folder / SINGLE_FILE).is_file():
         return [SINGLE_FILE]
     found = sorted(p.name for p in folder.glob("*.safetensors"))

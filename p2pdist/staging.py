@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,13 +136,22 @@ class StagedCopier:
         ]
         self.stream = torch.cuda.Stream(device) if cuda else None
         self._events: list[Any] = [None] * STAGING_BUFFERS
+        self._readers: list[Future[None] | None] = [None] * STAGING_BUFFERS
         self._turn = 0
         self.lock = threading.Lock()
 
     def copy(
-        self, source: torch.Tensor, chunks: Sequence[Chunk], dsts: Sequence[torch.Tensor]
+        self,
+        source: torch.Tensor,
+        chunks: Sequence[Chunk],
+        dsts: Sequence[torch.Tensor],
+        on_staged: Callable[[int, torch.Tensor], Future[None]] | None = None,
     ) -> None:
-        """Copy ``source[chunk.start:chunk.end]`` pieces into the flat uint8 tensors ``dsts``."""
+        """Copy ``source[chunk.start:chunk.end]`` pieces into the flat uint8 tensors ``dsts``.
+
+        ``on_staged(offset, staging)`` sees each chunk as staged (to hash what was read); a
+        buffer is refilled only once its Future is done, as only once its DMA is.
+        """
         stream = self.stream
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -150,8 +160,13 @@ class StagedCopier:
             self._turn = (b + 1) % STAGING_BUFFERS
             if self._events[b] is not None:
                 self._events[b].synchronize()
+            if self._readers[b] is not None:
+                self._readers[b].result()
+                self._readers[b] = None
             staging = self.buffers[b][: chunk.end - chunk.start]
             staging.copy_(source[chunk.start : chunk.end])
+            if on_staged is not None:
+                self._readers[b] = on_staged(chunk.start, staging)
             if stream is None:
                 self._scatter(staging, chunk, dsts)
                 continue
@@ -168,9 +183,14 @@ class StagedCopier:
             dst.copy_(staging[p.buf_offset : p.buf_offset + p.length], non_blocking=True)
 
     def finish(self) -> None:
-        """Block until every device copy issued so far has landed."""
+        """Block until every device copy issued so far has landed, and every staged chunk
+        was read by its ``on_staged`` reader."""
         if self.stream is not None:
             self.stream.synchronize()
+        for b, reader in enumerate(self._readers):
+            if reader is not None:
+                reader.result()
+                self._readers[b] = None
 
 
 _COPIERS: dict[torch.device, StagedCopier] = {}

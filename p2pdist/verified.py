@@ -9,10 +9,11 @@ blake3 the signed manifest lists. Two policies:
   over the bytes (overlapped with the copy to the device); catches any change, however made.
 - ``once``: after a file verified, its identity (device, inode, size, mtime, ctime) is
   recorded under ``<store>/verified/<blake3>``; a later load of a file with the same
-  identity skips the hash. Catches every change made through the filesystem (a write bumps
-  mtime and ctime, a replacement changes the inode; ctime cannot be set back by a user),
-  but not bit rot on the disk, writes to the raw block device, or someone with root who
-  sets the clock back. A record is not written while the file's ctime is younger than the
+  identity skips the hash. Catches a change by write(2), truncation or replacement (a write
+  bumps mtime and ctime, a replacement changes the inode; ctime cannot be set back by a
+  user), but not bit rot on the disk, writes to the raw block device, writes through
+  another process's shared memory map (the kernel does not always timestamp them), or
+  someone with root who sets the clock back. A record is not written while the file's ctime is younger than the
   timestamp granularity window, so that a write landing in the same clock tick as the hash
   cannot hide behind an equal timestamp (git's "racy clean" problem).
 
@@ -27,6 +28,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,7 +41,7 @@ from p2pdist.errors import ConfigError, FormatError, IntegrityError, NotFoundErr
 from p2pdist.header import MAX_HEADER_SIZE, SafetensorsHeader, TensorSpec, parse_header
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest
-from p2pdist.shards import INDEX_FILE, shard_files
+from p2pdist.shards import INDEX_FILE, SINGLE_FILE, index_shard_names
 
 VerifyPolicy = Literal["always", "once"]
 POLICIES: tuple[str, ...] = ("always", "once")
@@ -188,7 +190,7 @@ class MappedShard:
 
     def __init__(self, folder: Path, entry: FileEntry) -> None:
         self.entry = entry
-        path = folder / entry.path
+        self.path = path = folder / entry.path
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -209,7 +211,7 @@ class MappedShard:
         self.header_error: FormatError | None = None
         size = st.st_size
         header_size = int.from_bytes(self.mm[:8], "little")
-        raw = self.mm[: 8 + min(header_size, MAX_HEADER_SIZE, size - 8)]
+        raw = self.header_bytes = self.mm[: 8 + min(header_size, MAX_HEADER_SIZE, size - 8)]
         try:
             self._header = parse_header(raw, size, source=entry.path)
         except FormatError as e:
@@ -224,19 +226,85 @@ class MappedShard:
 
     def verify(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
         """Hash the mapping against the manifest (or trust a matching verify-once record)."""
-        if self.verified:
+        if self.verified or self.trusted(policy, records):
+            self.verified = True
             return
-        if policy == "once" and records is not None:
-            if records.matches(self.entry.blake3, self.identity):
-                self.verified = True
-                return
         check_digest(self.entry, hash_buffer(memoryview(self.mm)))
-        if policy == "once" and records is not None:
-            records.record(self.entry.blake3, self.identity)
+        self.vouch(policy, records)
+
+    def trusted(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> bool:
+        """Whether a verify-once record vouches for the file, as mapped and as it is now.
+
+        The file is looked at again (a lazy reader verifies long after it mapped the file): a
+        record vouches only for the file as it was mapped and still is, and a file cut short
+        since is an IntegrityError, not a SIGBUS from hashing past its end.
+        """
+        now = self._identity_now()
+        if now is not None:
+            check_size(self.entry, now.size)
+        return (
+            policy == "once"
+            and records is not None
+            and now == self.identity
+            and records.matches(self.entry.blake3, self.identity)
+        )
+
+    def vouch(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
+        """The file hashed to its digest: mark it verified and, for ``once``, record its
+        identity if the file did not change while it was hashed."""
         self.verified = True
+        if policy == "once" and records is not None and self._identity_now() == self.identity:
+            records.record(self.entry.blake3, self.identity)
+
+    def _identity_now(self) -> FileIdentity | None:
+        """The file's identity now; None once it is gone (the mapping keeps its bytes)."""
+        try:
+            return FileIdentity.from_stat(os.stat(self.path))
+        except FileNotFoundError:
+            return None
 
     def tensor(self, spec: TensorSpec) -> torch.Tensor:
         return tensor_view(self.base, spec)
+
+
+class CopyHasher:
+    """The blake3 of a file computed from what a copy of it read: the header as parsed, each
+    copied range from its copy, the ranges not copied from the mapping, in file order, on one
+    thread beside the copying one. A file changed while it is copied then fails its check,
+    instead of handing out a copy of other bytes than those hashed."""
+
+    def __init__(self, shard: MappedShard, pool: ThreadPoolExecutor) -> None:
+        self.shard, self.pool = shard, pool
+        self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self.at = 0
+        self._last: Future[None] | None = None
+        self._feed(shard.header_bytes)
+
+    def _feed(self, data: bytes | memoryview | torch.Tensor) -> Future[None]:
+        view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else memoryview(data)
+        self.at += len(view)
+        self._last = self.pool.submit(self.hasher.update, view)
+        return self._last
+
+    def gap_to(self, offset: int) -> None:
+        """Hash the mapping up to ``offset`` (bytes nothing copied)."""
+        if offset > self.at:
+            self._feed(memoryview(self.shard.mm)[self.at : offset])
+
+    def copied(self, offset: int, data: torch.Tensor) -> Future[None]:
+        """Hash ``data``, a CPU copy of the file's bytes from ``offset``; the Future is done
+        once it was read (a buffer may be refilled only then)."""
+        self.gap_to(offset)
+        assert offset == self.at, (offset, self.at)
+        return self._feed(data)
+
+    def finish(self, policy: VerifyPolicy, records: VerifiedRecords | None) -> None:
+        """Hash the rest of the file, wait, and check the digest (IntegrityError)."""
+        self.gap_to(self.shard.entry.size)
+        assert self._last is not None
+        self._last.result()  # one thread, in order: the last update done means all are
+        check_digest(self.shard.entry, self.hasher.hexdigest())
+        self.shard.vouch(policy, records)
 
 
 def check_signature(manifest: Manifest) -> None:
@@ -244,16 +312,27 @@ def check_signature(manifest: Manifest) -> None:
 
 
 def open_shards(folder: Path, manifest: Manifest) -> list[MappedShard]:
-    """Map every safetensors file of the version, after checking the index file it names."""
+    """Map every safetensors file of the version. Which files those are comes from the signed
+    manifest (and the index file's bytes as verified, not read again), never from what the
+    folder happens to hold: a shard deleted together with its index is missing, not skipped."""
     folder = Path(folder)
     known = {e.path: e for e in manifest.files}
-    if (folder / INDEX_FILE).is_file():
-        if INDEX_FILE not in known:
-            raise FormatError(f"{folder}: {INDEX_FILE} is not listed in the signed manifest")
-        check_size(known[INDEX_FILE], (folder / INDEX_FILE).stat().st_size)
-        data = (folder / INDEX_FILE).read_bytes()  # small JSON: verified before it is trusted
+    if INDEX_FILE in known:
+        try:
+            data = (folder / INDEX_FILE).read_bytes()  # small JSON: verified before trusted
+        except FileNotFoundError:
+            raise NotFoundError(f"{INDEX_FILE}: missing from {folder}") from None
+        check_size(known[INDEX_FILE], len(data))
         check_digest(known[INDEX_FILE], hash_buffer(data))
-    names = shard_files(folder)
+        names = index_shard_names(data, source=INDEX_FILE)
+    elif (folder / INDEX_FILE).is_file():
+        raise FormatError(f"{folder}: {INDEX_FILE} is not listed in the signed manifest")
+    elif SINGLE_FILE in known:
+        names = [SINGLE_FILE]
+    else:
+        names = sorted(p for p in known if p.endswith(".safetensors") and "/" not in p)
+        if not names:
+            raise NotFoundError(f"{folder}: the signed manifest lists no safetensors files")
     missing = [n for n in names if n not in known]
     if missing:
         raise FormatError(f"{folder}: {', '.join(missing)} not listed in the signed manifest")
@@ -285,6 +364,7 @@ def raise_header_errors(
 __all__ = [
     "POLICIES",
     "TORCH_DTYPES",
+    "CopyHasher",
     "FileIdentity",
     "MappedShard",
     "VerifiedRecords",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,90 @@ def test_verify_once_records_then_skips_and_still_sees_a_write(
     flip_last_tensor_byte(blob_of(Store(p2p_home).snapshot("org/model", "v1"), "model.safetensors"))
     with pytest.raises(IntegrityError, match=r"model\.safetensors"):
         loader.load(REF, fetch=False, verify="once")
+
+
+def test_a_lazy_once_reader_sees_a_write_made_after_it_opened(
+    p2p_home: Path, stored_version: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open() maps the file and verifies at the first read: a record of the file as it was
+    must not vouch for what was written in between."""
+    monkeypatch.setattr(verified, "RACY_WINDOW_NS", 0)
+    loader.load(REF, fetch=False, verify="once")  # recorded
+    blob = blob_of(Store(p2p_home).snapshot("org/model", "v1"), "model.safetensors")
+    with loader.open(REF, fetch=False, verify="once") as reader:
+        flip_last_tensor_byte(blob)
+        with pytest.raises(IntegrityError, match=r"model\.safetensors: blake3"):
+            reader.load()
+
+
+@pytest.mark.parametrize("verify", ["always", "once"])
+def test_a_file_cut_short_under_a_lazy_reader_is_an_integrity_error(
+    sharded_version: Path, verify: str
+) -> None:
+    """Hashing a mapping past the end of a truncated file would kill the process (SIGBUS)."""
+    first = shard_files(sharded_version)[0]
+    with loader.open(REF, fetch=False, verify=verify) as reader:  # type: ignore[arg-type]
+        os.truncate(blob_of(sharded_version, first), 100)
+        with pytest.raises(IntegrityError, match=f"{first}: 100 bytes on disk"):
+            reader.load()
+
+
+def test_a_shard_deleted_with_its_index_is_missing_not_skipped(sharded_version: Path) -> None:
+    """Which files a version has comes from the signed manifest, not from the folder."""
+    last = shard_files(sharded_version)[-1]
+    (sharded_version / "model.safetensors.index.json").unlink()
+    (sharded_version / last).unlink()
+    with pytest.raises(NotFoundError, match=r"index\.json: missing"):
+        loader.load(REF, fetch=False)
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_copy_is_of_the_bytes_that_were_hashed(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey, staged: bool
+) -> None:
+    """A file rewritten while it is copied: every load either fails its check or returns
+    exactly the signed tensors, never a copy of bytes that were not hashed (when the hash
+    read the mapping apart from the copy, 15 of 60 such loads returned wrong tensors)."""
+    g = torch.Generator().manual_seed(3)
+    state = {f"w{i}": torch.randn(256, 1024, generator=g) for i in range(4)}
+    add(p2p_home, make_version_folder(tmp_path / "big", state), signing_key)
+    blob = blob_of(Store(p2p_home).snapshot("org/model", "v1"), "model.safetensors")
+    spec = read_header(blob).by_name()["w2"]
+    stop = threading.Event()
+
+    def flicker() -> None:  # one word of w2, back and forth, as fast as it goes
+        with blob.open("r+b") as f:
+            while not stop.is_set():
+                for word in (b"\0\0\x80\x7f", (state["w2"][0, 0].numpy().tobytes())):
+                    f.seek(spec.start)
+                    f.write(word)
+                    f.flush()
+
+    writer = threading.Thread(target=flicker)
+    writer.start()
+    outcomes = {"refused": 0, "exact": 0}
+    try:
+        for _ in range(30):
+            try:
+                if staged:
+                    folder = Store(p2p_home).snapshot("org/model", "v1")
+                    manifest = Store(p2p_home).manifest("org/model", "v1")
+                    shards = verified.open_shards(folder, manifest)
+                    copier = StagedCopier(torch.device("cpu"), chunk_bytes=1 << 18)
+                    got = loader._load_copied(shards, torch.device("cpu"), None, "always",
+                                              None, None, copier)  # fmt: skip
+                else:
+                    got = loader.load(REF, fetch=False, copy=True)
+            except IntegrityError:
+                outcomes["refused"] += 1
+                continue
+            for name, tensor in state.items():
+                assert torch.equal(got[name], tensor), f"a wrong copy of {name}, unrefused"
+            outcomes["exact"] += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert sum(outcomes.values()) == 30
 
 
 def test_verify_once_does_not_record_a_racy_identity(tmp_path: Path) -> None:
