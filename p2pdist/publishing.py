@@ -223,7 +223,7 @@ def publish(
     store = Store(config.home(home))
     folder = Path(folder)
     wanted = _Options(parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version)
-    registered = _registered(client, name)
+    registered = _registered(client, name, needed=version is None)
     if version is None:
         version = _choose_version(store, folder, name, wanted, registered)
     if store.has(name, version):
@@ -248,14 +248,17 @@ def publish(
     return published
 
 
-def _registered(client: Any, name: str) -> list[str] | None:
-    """The versions the registry lists for ``name`` ([] for a model it does not know), or
-    None when it cannot be asked (the publish then fails where it registers, saying why)."""
+def _registered(client: Any, name: str, *, needed: bool) -> list[str] | None:
+    """The versions the registry lists for ``name`` ([] for a model it does not know). When
+    it cannot be asked: its error if the answer is ``needed`` (to number a version), else
+    None (the publish then fails where it registers, saying why)."""
     try:
         return [v["version"] for v in client.list_versions(name)]
     except NotFoundError:
         return []
     except TrackerError:
+        if needed:
+            raise
         return None
 
 
@@ -270,8 +273,7 @@ def _choose_version(
     registry never accepted, when it is newer than every registered one and holds exactly
     this publish (files and options: a retry after a refused registration), else the next
     ``v<n>`` after every version the registry or the store has."""
-    if registered is None:
-        raise TrackerError(f"cannot number a version of {name} while the registry is unreachable")
+    assert registered is not None  # _registered raised otherwise
     stored = [m.version for m in store.versions(name)]
     newest_registered = max((n for v in registered if (n := _number(v)) is not None), default=0)
     retry = [
