@@ -117,6 +117,8 @@ def float_key(dtype: str) -> tuple[int, int] | None:
         "F64": (52, 11),
         "F8_E4M3": (3, 4),
         "F8_E5M2": (2, 5),
+        "F8_E4M3FNUZ": (3, 4),
+        "F8_E5M2FNUZ": (2, 5),
     }.get(dtype)
 
 

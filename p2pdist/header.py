@@ -28,6 +28,9 @@ DTYPE_SIZES: dict[str, int] = {
     "I8": 1,
     "F8_E4M3": 1,
     "F8_E5M2": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "F8_E8M0": 1,
     "I16": 2,
     "U16": 2,
     "F16": 2,
@@ -38,6 +41,7 @@ DTYPE_SIZES: dict[str, int] = {
     "I64": 8,
     "U64": 8,
     "F64": 8,
+    "C64": 8,
 }
 
 
@@ -99,7 +103,8 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Safe
         raise FormatError(f"{source}: safetensors header is not valid JSON ({reason})") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: safetensors header is not a JSON object")
-    metadata = doc.pop("__metadata__", {})
+    metadata = doc.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # absent or null, as safetensors reads it
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):

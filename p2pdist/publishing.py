@@ -345,8 +345,9 @@ def _already_built(
         if registered:
             raise ConflictError(f"{what}, and is published so; a version cannot change: "
                                 "publish a new version")  # fmt: skip
+        since = "as" if registered is False else "if"  # None: the registry could not be asked
         raise ConflictError(
-            f"{what}. A version cannot change: publish it as it was, or, as the registry "
+            f"{what}. A version cannot change: publish it as it was, or, {since} the registry "
             f"never accepted it, remove it (`p2pdist rm {name}@{version}`) and publish again"
         )
     full = store.torrent(name, version, "full")

@@ -160,9 +160,9 @@ class StagedCopier:
             self._turn = (b + 1) % STAGING_BUFFERS
             if self._events[b] is not None:
                 self._events[b].synchronize()
-            if self._readers[b] is not None:
-                self._readers[b].result()
-                self._readers[b] = None
+            reader, self._readers[b] = self._readers[b], None
+            if reader is not None:
+                reader.result()
             staging = self.buffers[b][: chunk.end - chunk.start]
             staging.copy_(source[chunk.start : chunk.end])
             if on_staged is not None:
@@ -187,10 +187,10 @@ class StagedCopier:
         was read by its ``on_staged`` reader."""
         if self.stream is not None:
             self.stream.synchronize()
-        for b, reader in enumerate(self._readers):
+        readers, self._readers = self._readers, [None] * STAGING_BUFFERS
+        for reader in readers:
             if reader is not None:
                 reader.result()
-                self._readers[b] = None
 
 
 _COPIERS: dict[torch.device, StagedCopier] = {}

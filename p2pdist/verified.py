@@ -161,6 +161,9 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "I8": torch.int8,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "F8_E8M0": torch.float8_e8m0fnu,
     "I16": torch.int16,
     "U16": torch.uint16,
     "F16": torch.float16,
@@ -171,6 +174,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64,
     "U64": torch.uint64,
     "F64": torch.float64,
+    "C64": torch.complex64,
 }
 
 

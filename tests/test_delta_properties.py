@@ -25,13 +25,7 @@ from p2pdist.errors import FormatError
 from p2pdist.header import DTYPE_SIZES
 from p2pdist.manifest import describe_files, list_files
 from p2pdist.shards import save_state_dict
-
-TORCH_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2, "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16,
-    "BF16": torch.bfloat16, "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
-    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
-}  # fmt: skip
+from p2pdist.verified import TORCH_DTYPES
 
 
 @st.composite

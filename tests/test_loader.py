@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -89,6 +90,26 @@ def test_load_matches_safetensors_every_dtype(
         assert tensor.device.type == "cpu"
         assert same(tensor, expected[name]), name
         assert same(tensor, small_state_dict()[name]), name
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_the_newer_safetensors_dtypes_load(
+    p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey, copy: bool
+) -> None:
+    """Files that safetensors' save_file writes for complex64 and the other fp8 kinds."""
+    g = torch.Generator().manual_seed(5)
+    raw = torch.randint(0, 255, (64,), generator=g, dtype=torch.uint8)
+    state = {
+        "c64": torch.randn(8, 4, generator=g, dtype=torch.complex64),
+        "e4m3fnuz": raw.view(torch.float8_e4m3fnuz),
+        "e5m2fnuz": raw.view(torch.float8_e5m2fnuz),
+        "e8m0": raw.view(torch.float8_e8m0fnu),
+    }
+    add(p2p_home, make_version_folder(tmp_path / "newer", state), signing_key)
+    got = loader.load(REF, fetch=False, copy=copy)
+    for name, tensor in state.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert torch.equal(got[name].view(torch.uint8), tensor.view(torch.uint8)), name
 
 
 def test_sharded_version_loads_whole_and_by_folder(sharded_version: Path, p2p_home: Path) -> None:
@@ -368,6 +389,24 @@ def test_a_copy_is_of_the_bytes_that_were_hashed(
         stop.set()
         writer.join()
     assert sum(outcomes.values()) == 30
+
+
+def test_a_lazy_copying_reader_hashes_each_file_once(
+    sharded_version: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading tensors one by one with copy=True: one hash per file, not one per read."""
+    made: list[str] = []
+
+    class Counting(verified.CopyHasher):
+        def __init__(self, shard: verified.MappedShard, pool: Any) -> None:
+            made.append(shard.entry.path)
+            super().__init__(shard, pool)
+
+    monkeypatch.setattr(loader, "CopyHasher", Counting)
+    with loader.open(REF, fetch=False, copy=True) as reader:
+        for name in reader.keys():
+            assert reader[name].is_contiguous()
+    assert sorted(made) == sorted(shard_files(sharded_version))
 
 
 def test_verify_once_does_not_record_a_racy_identity(tmp_path: Path) -> None:

@@ -128,15 +128,24 @@ def test_hostile_headers(tmp_path: Path, header: dict, data: bytes, match: str) 
         ('{"\\ud800":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}', "not valid UTF-8"),
     ],
 )
-def test_headers_that_safetensors_refuses_are_one_format_error(
+def test_malformed_or_ambiguous_headers_are_one_format_error(
     tmp_path: Path, text: str, match: str
 ) -> None:
-    """A hostile publisher's header (its hash checks out) is a FormatError, never a crash."""
+    """A hostile publisher's header (its hash checks out) is a FormatError, never a crash;
+    repeated keys too (safetensors lets the last win; p2pdist refuses to guess)."""
     raw = text.encode()
     path = tmp_path / "x.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
     with pytest.raises(FormatError, match=match):
         read_header(path)
+
+
+def test_null_metadata_reads_as_none(tmp_path: Path) -> None:
+    raw = b'{"__metadata__":null,"t":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}'
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"ab")
+    header = read_header(path)
+    assert header.metadata == {} and [t.name for t in header.tensors] == ["t"]
 
 
 def test_non_json_header(tmp_path: Path) -> None:

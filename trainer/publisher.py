@@ -354,7 +354,8 @@ def _finish_at_exit() -> None:
     publisher closed by its owner is left alone (its failures were theirs to collect); Ctrl-C
     gives up what has not started (what runs ends at its own network timeouts).
     """
-    for publisher in [p for p in list(_open_publishers) if not p._closed]:
+    publishers = [p for p in list(_open_publishers) if not p._closed]
+    for i, publisher in enumerate(publishers):
         try:
             for _ in range(len(publisher._pending) + 1):
                 try:
@@ -363,10 +364,13 @@ def _finish_at_exit() -> None:
                 except Exception as e:  # nothing can raise at exit: say it, go on
                     log.error("publishing %s failed: %s", publisher.name, e)
         except KeyboardInterrupt:
-            with publisher._lock:
-                left = sum(not f.done() for f in publisher._pending)
-            log.error("interrupted: %d publish(es) of %s not finished", left, publisher.name)
-            publisher._pool.shutdown(wait=False, cancel_futures=True)
+            for left_behind in publishers[i:]:
+                with left_behind._lock:
+                    left = sum(not f.done() for f in left_behind._pending)
+                if left:
+                    log.error("interrupted: %d publish(es) of %s not finished", left,
+                              left_behind.name)  # fmt: skip
+                left_behind._pool.shutdown(wait=False, cancel_futures=True)
             return
         publisher._pool.shutdown(wait=True)
 
