@@ -106,19 +106,29 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
                     "files": len(m.files),
                     "size": m.total_size,
                     "delta_size": m.delta_size if m.parent else None,
+                    "delta_stored": store.has_delta(m.name, m.version),
                 }
             )
+    partial = store.partial_downloads()
     if as_json:
-        click.echo(json.dumps({"home": str(store.root), "versions": rows}, indent=2))
+        payload = {"home": str(store.root), "versions": rows, "partial_downloads": partial}
+        click.echo(json.dumps(payload, indent=2))
         return
     if not rows:
         click.echo(f"No models in {store.root}.")
-        return
-    click.echo(f"{'REF':40} {'SIZE':>10} {'DELTA':>10} {'PARENT':10} CREATED")
+    else:
+        click.echo(f"{'REF':40} {'SIZE':>10} {'DELTA':>10} {'PARENT':10} CREATED")
     for r in rows:
-        delta = _human(r["delta_size"]) if r["delta_size"] is not None else "-"
+        delta = "-" if r["delta_size"] is None else _human(r["delta_size"])
+        if r["delta_size"] is not None and not r["delta_stored"]:
+            delta = f"({delta})"  # published as a delta; this host holds only the full files
         click.echo(
             f"{r['ref']:40} {_human(r['size']):>10} {delta:>10} {r['parent'] or '-':10} {r['created']}"
+        )
+    if partial["count"]:
+        click.echo(
+            f"{partial['count']} partial download(s), {_human(partial['bytes'])} on disk "
+            "(resumed by the next fetch; `p2pdist gc --partial-age 600` removes idle ones)"
         )
 
 
@@ -223,11 +233,23 @@ def rm(ref: str, home: Path | None) -> None:
 
 @cli.command()
 @home_option
-def gc(home: Path | None) -> None:
-    """Delete blobs that no stored version references."""
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="First remove every model's versions but the newest N.")  # fmt: skip
+@click.option("--partial-age", type=click.FloatRange(min=60), default=24 * 3600.0,
+              show_default=True,
+              help="Seconds a partial download must have been idle to be removed (a running "
+              "download writes every few seconds; a killed one can be resumed until then).")  # fmt: skip
+def gc(home: Path | None, keep: int | None, partial_age: float) -> None:
+    """Delete blobs that no stored version references, and abandoned downloads."""
     from p2pdist.store import Store
 
-    report = Store(config.home(home)).gc()
+    store = Store(config.home(home))
+    if keep is not None:
+        for name in store.models():
+            for old in store.versions(name)[:-keep]:
+                store.remove(name, old.version)
+                click.echo(f"Removed {name}@{old.version}")
+    report = store.gc(partial_max_age=partial_age)
     click.echo(
         f"Removed {report.removed_blobs} unreferenced blobs ({_human(report.freed_bytes)}) "
         f"and {report.removed_staging} stale staging folders or abandoned downloads."

@@ -440,6 +440,18 @@ class Store:
             removed += 1
         return removed
 
+    def has_delta(self, name: str, version: str) -> bool:
+        """Whether this store holds the version's delta files (a consumer that fetched the
+        version in full does not)."""
+        return (self.version_dir(name, version) / DELTA).is_dir()
+
+    def partial_downloads(self) -> dict[str, int]:
+        """How many downloads are in progress or abandoned, and the bytes they hold."""
+        root = self.root / "partial"
+        folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
+        held = sum(p.stat().st_blocks * 512 for f in folders for p in f.rglob("*") if p.is_file())
+        return {"count": len(folders), "bytes": held}
+
     def disk_usage(self) -> int:
         return sum(b.stat().st_size for b in self.blobs_dir.iterdir() if b.is_file())
 

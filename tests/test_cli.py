@@ -6,14 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.keys import public_key_of
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, describe_files, list_files
 from p2pdist.store import Store
+
+from .conftest import make_version_folder, small_state_dict
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -174,6 +177,35 @@ def test_rm_wants_the_version_said(p2p_home: Path, stored_version: Manifest) -> 
     assert run("info", "org/model@v1").returncode == 0  # nothing was removed
     latest = run("rm", "org/model@latest")
     assert latest.returncode == 0 and "Removed org/model@v1" in latest.stdout
+
+
+def test_gc_keeps_the_newest_versions_and_removes_idle_partial_downloads(
+    p2p_home: Path, stored_version: Manifest, tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    store = Store(p2p_home)
+    for number in (2, 3):
+        folder = make_version_folder(tmp_path / f"v{number}", small_state_dict(number))
+        manifest = Manifest(name="org/model", version=f"v{number}", parent="v1",
+                            files=describe_files(folder, list_files(folder))).signed(signing_key)  # fmt: skip
+        store.add_version(manifest, folder)
+    partial = store.partial_dir("a" * 40)
+    partial.mkdir(parents=True)
+    (partial / "shard.bin").write_bytes(b"x" * 8192)
+    listing = run("ls")
+    assert "1 partial download(s)" in listing.stdout, listing.stdout
+    as_json = json.loads(run("ls", "--json").stdout)
+    assert as_json["partial_downloads"]["count"] == 1
+    assert [v["delta_stored"] for v in as_json["versions"]] == [False, False, False]
+    assert run("gc", "--partial-age", "600").returncode == 0
+    assert partial.exists()  # written a moment ago: maybe a running download
+    idle = time.time() - 3600
+    for path in (partial / "shard.bin", partial):
+        os.utime(path, (idle, idle))
+    result = run("gc", "--keep", "1", "--partial-age", "600")
+    assert result.returncode == 0, result.stderr
+    assert "Removed org/model@v1" in result.stdout and "Removed org/model@v2" in result.stdout
+    assert [m.version for m in store.versions("org/model")] == ["v3"]
+    assert not partial.exists()
 
 
 def test_rm_then_gc_frees_the_version(p2p_home: Path, stored_version: Manifest) -> None:
