@@ -39,6 +39,7 @@ from p2pdist.errors import (
 from p2pdist.keys import TrustStore
 from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
 from p2pdist.plan import FetchPlan, make_plan
+from p2pdist.records import RECORDS_DIR, VerifiedRecords, check_file_once
 from p2pdist.ref import ModelRef, parse_ref
 from p2pdist.store import Store
 from p2pdist.torrent import TorrentMeta, read_torrent
@@ -200,7 +201,7 @@ class Fetcher:
                     f"{ref}: the stored manifest differs from the registry's; remove the local "
                     f"copy with `p2pdist rm {ref}` and fetch again"
                 )
-            self.store.verify(ref.name, ref.version, hashes=False)  # a file lost or cut short
+            self._check_stored(target)
         elif plan.kind == "full":
             peers, web, failures = self._fetch_full(target, on_progress)
         else:
@@ -302,6 +303,29 @@ class Fetcher:
             )
         shutil.rmtree(delta_dir, ignore_errors=True)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
+
+    def _check_stored(self, manifest: Manifest) -> None:
+        """A stored version is handed out only as it was stored: each file hashed once, then
+        trusted while its identity (inode, size, times) is unchanged (the verify-once records
+        that loading uses): a later write or truncation is caught, at the cost of a stat."""
+        ref = f"{manifest.name}@{manifest.version}"
+        folder = self.store.snapshot(manifest.name, manifest.version)
+        records = VerifiedRecords(self.store.root / RECORDS_DIR)
+        for entry in manifest.files:
+            try:
+                check_file_once(folder / entry.path, entry, records)
+            except IntegrityError as e:
+                if e.actual is not None:
+                    reason = f"blake3 {e.actual} differs from the manifest's {entry.blake3}"
+                else:
+                    reason = "missing" if "missing" in str(e) else "not the size the manifest says"
+                raise IntegrityError(
+                    f"{ref} in the store is damaged ({entry.path}: {reason}); "
+                    f"remove it with `p2pdist rm {ref}` and fetch it again",
+                    path=entry.path,
+                    expected=entry.blake3,
+                    actual=e.actual,
+                ) from None
 
     def _blame_damaged_parent(self, manifest: Manifest, parent: str, failure: Exception) -> None:
         """A delta that does not rebuild from a stored parent whose files no longer match that

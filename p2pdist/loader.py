@@ -33,11 +33,11 @@ import torch
 from p2pdist.errors import FormatError, NotFoundError, P2PDistError, TrackerError
 from p2pdist.header import TensorSpec
 from p2pdist.manifest import MANIFEST_FILENAME, Manifest
+from p2pdist.records import RECORDS_DIR
 from p2pdist.ref import parse_ref
 from p2pdist.staging import StagedCopier, parse_device, parse_dtype, plan_chunks, shared_copier
 from p2pdist.store import Store
 from p2pdist.verified import (
-    RECORDS_DIR,
     TORCH_DTYPES,
     CopyHasher,
     MappedShard,

@@ -147,7 +147,18 @@ def test_a_stored_version_is_fetched_without_the_tracker_unless_it_is_damaged(
     assert run("trust", "org/model", stored_version.public_key or "").returncode == 0
     snapshot = Store(p2p_home).snapshot("org/model", "v1")
     shard = next(snapshot.glob("*.safetensors"))
-    shard.resolve().unlink()  # its blob is gone
+    blob = shard.resolve()
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-4] + bytes(b ^ 0xFF for b in good[-4:]))  # a stray write
+    rewritten = run("fetch", "org/model@v1", *down)
+    assert rewritten.returncode == 1, rewritten.stdout
+    assert (
+        f"({shard.name}: blake3" in rewritten.stderr
+        and "p2pdist rm org/model@v1" in rewritten.stderr
+    )
+    blob.write_bytes(good)
+    assert run("fetch", "org/model@v1", *down).returncode == 0
+    blob.unlink()  # its blob is gone
     damaged = run("fetch", "org/model@v1", *down)
     assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
     message = damaged.stderr.strip().splitlines()[-1]

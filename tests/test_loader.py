@@ -15,7 +15,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
-from p2pdist import loader, verified
+from p2pdist import loader, records, verified
 from p2pdist.errors import (
     ConfigError,
     FormatError,
@@ -291,7 +291,7 @@ def test_tampered_index_file_is_refused(sharded_version: Path) -> None:
 def test_verify_once_records_then_skips_and_still_sees_a_write(
     p2p_home: Path, stored_version: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(verified, "RACY_WINDOW_NS", 0)  # the file was written a moment ago
+    monkeypatch.setattr(records, "RACY_WINDOW_NS", 0)  # the file was written a moment ago
     calls: list[int] = []
     real = verified.hash_buffer
     monkeypatch.setattr(verified, "hash_buffer", lambda data: calls.append(1) or real(data))
@@ -312,7 +312,7 @@ def test_a_lazy_once_reader_sees_a_write_made_after_it_opened(
 ) -> None:
     """open() maps the file and verifies at the first read: a record of the file as it was
     must not vouch for what was written in between."""
-    monkeypatch.setattr(verified, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(records, "RACY_WINDOW_NS", 0)
     loader.load(REF, fetch=False, verify="once")  # recorded
     blob = blob_of(Store(p2p_home).snapshot("org/model", "v1"), "model.safetensors")
     with loader.open(REF, fetch=False, verify="once") as reader:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist import verified
+from p2pdist import records
 from p2pdist.client import RegistryClient
 from p2pdist.errors import P2PDistError, SignatureError, TrackerError
 from p2pdist.fetcher import Fetcher
@@ -326,9 +326,9 @@ def test_a_follower_with_keep_holds_only_the_newest_versions(
     assert [m.version for m in Store(follower_home).versions(NAME)] == ["v2", "v3"]
     Store(follower_home).verify(NAME, "v3")
     assert updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
-    monkeypatch.setattr(verified, "RACY_WINDOW_NS", 0)  # the files were written a moment ago
+    monkeypatch.setattr(records, "RACY_WINDOW_NS", 0)  # the files were written a moment ago
     updates[-1].load(verify="once")  # recorded in the follower's store: not hashed again
-    assert any((follower_home / verified.RECORDS_DIR).rglob("*"))
+    assert any((follower_home / records.RECORDS_DIR).rglob("*"))
 
     def seeded(version: str) -> bool:
         torrent = publisher.store.torrent(NAME, version, "full")
