@@ -340,11 +340,8 @@ def list_files(folder: str | Path) -> list[str]:
     return sorted(out)
 
 
-def verify_entries(
-    entries: Sequence[FileEntry], folder: str | Path, *, hashes: bool = True
-) -> None:
-    """Check size and blake3 (or, without ``hashes``, only the size) of each entry's file
-    under ``folder``; IntegrityError names the file."""
+def verify_entries(entries: Sequence[FileEntry], folder: str | Path) -> None:
+    """Check size and blake3 of each entry's file under ``folder``; IntegrityError names the file."""
     folder = Path(folder)
     for entry in entries:
         path = folder / entry.path
@@ -359,8 +356,6 @@ def verify_entries(
                 path=entry.path,
                 expected=entry.blake3,
             )
-    if not hashes:
-        return
     digests = hash_files([folder / e.path for e in entries])
     for entry, actual in zip(entries, digests, strict=True):
         if actual != entry.blake3:

@@ -358,17 +358,15 @@ class Store:
         return blob
 
     # -- checking and cleaning --------------------------------------------------------------
-    def verify(self, name: str, version: str, *, hashes: bool = True) -> Manifest:
-        """Re-hash every file (and delta file) of a stored version against its manifest;
-        ``hashes=False`` checks only that each file is there with its size (a quick check,
-        for a version about to be used, that finds what a killed copy or a deleted blob left).
-        A failure is an IntegrityError naming the version and how to repair it."""
+    def verify(self, name: str, version: str) -> Manifest:
+        """Re-hash every file (and delta file) of a stored version against its manifest. A
+        failure is an IntegrityError naming the version and how to repair it."""
         manifest = self.manifest(name, version)
         vdir = self.version_dir(name, version)
         try:
-            verify_entries(manifest.files, vdir / SNAPSHOT, hashes=hashes)
+            verify_entries(manifest.files, vdir / SNAPSHOT)
             if manifest.delta_files and (vdir / DELTA).is_dir():
-                verify_entries(manifest.delta_files, vdir / DELTA, hashes=hashes)
+                verify_entries(manifest.delta_files, vdir / DELTA)
         except IntegrityError as e:
             raise IntegrityError(
                 f"{name}@{version} in the store is damaged ({e}); remove it with "
