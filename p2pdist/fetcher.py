@@ -190,6 +190,8 @@ class Fetcher:
                 lambda v: self.trusted_manifest(ref.name, v),
             )
         fallback = None
+        if plan.kind != "local":
+            self._check_space(plan)
         # Each version is downloaded and committed under its own lock, and a process holds
         # at most one such lock at a time (no lock-order cycles between fetches of different
         # targets that share a chain); after taking it, the store is asked again.
@@ -303,6 +305,20 @@ class Fetcher:
             )
         shutil.rmtree(delta_dir, ignore_errors=True)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
+
+    def _check_space(self, plan: FetchPlan) -> None:
+        """Refuse up front a fetch that cannot fit (it would fill the disk, then fail): the
+        download, plus for a delta chain the versions it rebuilds; what partial downloads
+        already hold counts as available (a resumed download needs no new space for it)."""
+        needed = plan.bytes + (sum(m.total_size for m in plan.chain) if plan.kind == "delta" else 0)
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.store.root).free
+        if free + self.store.partial_downloads()["bytes"] < needed:
+            raise StoreError(
+                f"{plan.target.name}@{plan.target.version} needs {needed:,} bytes in "
+                f"{self.store.root} and {free:,} are free; free space or fetch into another "
+                "--home"
+            )
 
     def _check_stored(self, manifest: Manifest) -> None:
         """A stored version is handed out only as it was stored: each file hashed once, then

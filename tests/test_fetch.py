@@ -44,3 +44,28 @@ def test_copy_out_refuses_a_stored_file_damaged_since_it_was_verified(
         _copy_out(snapshot, stored_version, out)
     assert not (out / shard.path).exists()
     assert not list(out.rglob("*.incomplete"))
+
+
+def test_a_fetch_that_cannot_fit_is_refused_before_it_fills_the_disk(
+    p2p_home: Path, stored_version: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download of more than the free space would fill the disk for every other process
+    and then fail; it is refused up front. Bytes a partial download already holds count as
+    available (resuming it needs no new space for them)."""
+    import shutil
+
+    from p2pdist.errors import StoreError
+    from p2pdist.fetcher import Fetcher
+    from p2pdist.plan import FetchPlan
+
+    fetcher = Fetcher(home=p2p_home, tracker="http://127.0.0.1:9")
+    size = stored_version.total_size
+    plan = FetchPlan("full", stored_version, size, size)
+    usage = shutil.disk_usage(p2p_home)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=size - 1))
+    with pytest.raises(StoreError, match=f"needs {size:,} bytes .* and {size - 1:,} are free"):
+        fetcher._check_space(plan)
+    partial = fetcher.store.partial_dir("b" * 40)
+    partial.mkdir(parents=True)
+    (partial / "piece").write_bytes(b"x" * 4096)  # a resumable download holds the rest
+    fetcher._check_space(plan)
