@@ -234,11 +234,12 @@ def rm(ref: str, home: Path | None) -> None:
 @cli.command()
 @home_option
 @click.option("--keep", type=click.IntRange(min=1), default=None,
-              help="First remove every model's versions but the newest N.")  # fmt: skip
+              help="First remove every model's versions but the newest N (a running "
+              "`p2pdist seed` stops serving the removed ones).")  # fmt: skip
 @click.option("--partial-age", type=click.FloatRange(min=60), default=24 * 3600.0,
               show_default=True,
-              help="Seconds a partial download must have been idle to be removed (a running "
-              "download writes every few seconds; a killed one can be resumed until then).")  # fmt: skip
+              help="Seconds an abandoned partial download must have been idle to be removed "
+              "(a killed fetch can resume from it until then; a running one is never removed).")  # fmt: skip
 def gc(home: Path | None, keep: int | None, partial_age: float) -> None:
     """Delete blobs that no stored version references, and abandoned downloads."""
     from p2pdist.store import Store
@@ -251,8 +252,8 @@ def gc(home: Path | None, keep: int | None, partial_age: float) -> None:
                 click.echo(f"Removed {name}@{old.version}")
     report = store.gc(partial_max_age=partial_age)
     click.echo(
-        f"Removed {report.removed_blobs} unreferenced blobs ({_human(report.freed_bytes)}) "
-        f"and {report.removed_staging} stale staging folders or abandoned downloads."
+        f"Removed {report.removed_blobs} unreferenced blobs and {report.removed_staging} stale "
+        f"staging folders or abandoned downloads: {_human(report.freed_bytes)} freed."
     )
 
 

@@ -41,7 +41,7 @@ from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
 from p2pdist.plan import FetchPlan, make_plan
 from p2pdist.records import RECORDS_DIR, VerifiedRecords, check_file_once
 from p2pdist.ref import ModelRef, parse_ref
-from p2pdist.store import Store
+from p2pdist.store import DELTA, SNAPSHOT, Store
 from p2pdist.torrent import TorrentMeta, read_torrent
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ class Fetcher:
             except SwarmError as stalled:
                 fallback = f"{stalled}; fetched {ref} in full instead"
                 log.warning("%s", fallback)
+                full_size = target.total_size
+                self._check_space(FetchPlan("full", target, full_size, full_size))
                 peers, web, failures = self._fetch_full(target, on_progress)
         snapshot = self.store.snapshot(ref.name, ref.version)
         if seed:
@@ -229,14 +231,15 @@ class Fetcher:
         self, meta: TorrentMeta, label: str, on_progress: ProgressCallback | None
     ) -> tuple[Path, Any]:
         dest = self.store.partial_dir(meta.info_hash)
-        result = self.swarm.download(
-            meta.data,
-            dest,
-            resume_file=self.store.resume_path(meta.info_hash),
-            use_web_seeds=self.use_web_seeds,
-            on_progress=None if on_progress is None else (lambda p: on_progress(label, p)),
-            stall_timeout=self.stall_timeout,
-        )
+        with self.store.downloading(meta.info_hash):
+            result = self.swarm.download(
+                meta.data,
+                dest,
+                resume_file=self.store.resume_path(meta.info_hash),
+                use_web_seeds=self.use_web_seeds,
+                on_progress=None if on_progress is None else (lambda p: on_progress(label, p)),
+                stall_timeout=self.stall_timeout,
+            )
         return dest, result
 
     def _fetch_full(
@@ -308,12 +311,18 @@ class Fetcher:
 
     def _check_space(self, plan: FetchPlan) -> None:
         """Refuse up front a fetch that cannot fit (it would fill the disk, then fail): the
-        download, plus for a delta chain the versions it rebuilds; what partial downloads
-        already hold counts as available (a resumed download needs no new space for it)."""
-        needed = plan.bytes + (sum(m.total_size for m in plan.chain) if plan.kind == "delta" else 0)
+        download, plus for a delta chain the largest version it rebuilds; what this fetch's
+        own partial downloads already hold counts as available (resumed, it needs no new
+        space for that)."""
+        if plan.kind == "delta":  # each step rebuilds one version in staging, then commits it
+            needed = plan.bytes + max(m.total_size for m in plan.chain)
+            refs = [m.delta_torrent for m in plan.chain]
+        else:
+            needed, refs = plan.bytes, [plan.target.torrent]
+        resumable = sum(self.store.partial_bytes(r.v1 or r.v2 or "") for r in refs if r)
         self.store.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.store.root).free
-        if free + self.store.partial_downloads()["bytes"] < needed:
+        if free + resumable < needed:
             raise StoreError(
                 f"{plan.target.name}@{plan.target.version} needs {needed:,} bytes in "
                 f"{self.store.root} and {free:,} are free; free space or fetch into another "
@@ -325,23 +334,33 @@ class Fetcher:
         trusted while its identity (inode, size, times) is unchanged (the verify-once records
         that loading uses): a later write or truncation is caught, at the cost of a stat."""
         ref = f"{manifest.name}@{manifest.version}"
-        folder = self.store.snapshot(manifest.name, manifest.version)
+        vdir = self.store.version_dir(manifest.name, manifest.version)
         records = VerifiedRecords(self.store.root / RECORDS_DIR)
-        for entry in manifest.files:
-            try:
-                check_file_once(folder / entry.path, entry, records)
-            except IntegrityError as e:
-                if e.actual is not None:
-                    reason = f"blake3 {e.actual} differs from the manifest's {entry.blake3}"
-                else:
-                    reason = "missing" if "missing" in str(e) else "not the size the manifest says"
-                raise IntegrityError(
-                    f"{ref} in the store is damaged ({entry.path}: {reason}); "
-                    f"remove it with `p2pdist rm {ref}` and fetch it again",
-                    path=entry.path,
-                    expected=entry.blake3,
-                    actual=e.actual,
-                ) from None
+        parts = [(vdir / SNAPSHOT, manifest.files)]
+        if self.store.has_delta(manifest.name, manifest.version):  # it seeds them too
+            parts.append((vdir / DELTA, manifest.delta_files))
+        for folder, entries in parts:
+            for entry in entries:
+                self._check_stored_file(ref, folder / entry.path, entry, records)
+
+    @staticmethod
+    def _check_stored_file(
+        ref: str, path: Path, entry: FileEntry, records: VerifiedRecords
+    ) -> None:
+        try:
+            check_file_once(path, entry, records)
+        except IntegrityError as e:
+            if e.actual is not None:
+                reason = f"blake3 {e.actual} differs from the manifest's {entry.blake3}"
+            else:
+                reason = "missing" if not path.exists() else "not the size the manifest says"
+            raise IntegrityError(
+                f"{ref} in the store is damaged ({entry.path}: {reason}); "
+                f"remove it with `p2pdist rm {ref}` and fetch it again",
+                path=entry.path,
+                expected=entry.blake3,
+                actual=e.actual,
+            ) from None
 
     def _blame_damaged_parent(self, manifest: Manifest, parent: str, failure: Exception) -> None:
         """A delta that does not rebuild from a stored parent whose files no longer match that

@@ -138,6 +138,29 @@ class Store:
         return FileLock(str(self.locks_dir / label), is_singleton=True)
 
     @contextlib.contextmanager
+    def downloading(self, info_hash: str) -> Iterator[None]:
+        """Held while a process downloads into ``partial_dir(info_hash)``: gc leaves the
+        partial of a running download alone, however long it has been idle."""
+        with open(self.locks_dir / f"partial-{info_hash}.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _download_running(self, info_hash: str) -> bool:
+        path = self.locks_dir / f"partial-{info_hash}.lock"
+        if not path.exists():
+            return False
+        with open(path, "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+    @contextlib.contextmanager
     def _gc_lock(self, *, exclusive: bool) -> Iterator[None]:
         """A readers-writer lock between adds (shared) and gc (exclusive), across processes.
 
@@ -418,9 +441,11 @@ class Store:
                 freed += size
             partial_root = self.root / "partial"
             for folder in partial_root.iterdir() if partial_root.is_dir() else ():
+                if self._download_running(folder.name):
+                    continue
                 newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=0.0)
                 if time.time() - max(newest, folder.stat().st_mtime) < partial_max_age:
-                    continue  # possibly a download in progress, or one to resume soon
+                    continue  # one to resume soon (or a download by an older p2pdist)
                 freed += sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
                 shutil.rmtree(folder, ignore_errors=True)
                 self.resume_path(folder.name).unlink(missing_ok=True)
@@ -447,11 +472,19 @@ class Store:
         """How many downloads are in progress or abandoned, and the bytes they hold."""
         root = self.root / "partial"
         folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
-        held = sum(p.stat().st_blocks * 512 for f in folders for p in f.rglob("*") if p.is_file())
-        return {"count": len(folders), "bytes": held}
+        return {"count": len(folders), "bytes": sum(_bytes_under(f) for f in folders)}
+
+    def partial_bytes(self, info_hash: str) -> int:
+        """The bytes a partial download of ``info_hash`` holds (0 when there is none)."""
+        folder = self.partial_dir(info_hash)
+        return _bytes_under(folder) if folder.is_dir() else 0
 
     def disk_usage(self) -> int:
         return sum(b.stat().st_size for b in self.blobs_dir.iterdir() if b.is_file())
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
 def _recent(path: Path, seconds: float = 3600) -> bool:

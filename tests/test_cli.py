@@ -115,7 +115,10 @@ def test_gc_reports_freed_blobs(p2p_home: Path, stored_version: Manifest) -> Non
     (store.blobs_dir / ("e" * 64)).write_bytes(b"x" * 2048)
     result = run("gc")
     assert result.returncode == 0
-    assert "Removed 1 unreferenced blobs (2.0 KiB)" in result.stdout
+    assert (
+        "Removed 1 unreferenced blobs and 0 stale" in result.stdout
+        and "2.0 KiB freed" in result.stdout
+    )
     assert run("verify", "org/model@v1").returncode == 0
 
 

@@ -3,13 +3,14 @@ out to a user folder."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from p2pdist.errors import IntegrityError
 from p2pdist.fetcher import _copy_out
-from p2pdist.manifest import Manifest
+from p2pdist.manifest import Manifest, TorrentRef
 from p2pdist.store import Store
 
 
@@ -60,12 +61,18 @@ def test_a_fetch_that_cannot_fit_is_refused_before_it_fills_the_disk(
 
     fetcher = Fetcher(home=p2p_home, tracker="http://127.0.0.1:9")
     size = stored_version.total_size
-    plan = FetchPlan("full", stored_version, size, size)
+    target = dataclasses.replace(stored_version, torrent=TorrentRef("c" * 40, None))
+    plan = FetchPlan("full", target, size, size)
     usage = shutil.disk_usage(p2p_home)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=size - 1))
     with pytest.raises(StoreError, match=f"needs {size:,} bytes .* and {size - 1:,} are free"):
         fetcher._check_space(plan)
-    partial = fetcher.store.partial_dir("b" * 40)
-    partial.mkdir(parents=True)
-    (partial / "piece").write_bytes(b"x" * 4096)  # a resumable download holds the rest
+    other = fetcher.store.partial_dir("b" * 40)  # another download's partial: not this one's
+    other.mkdir(parents=True)
+    (other / "piece").write_bytes(b"x" * 4096)
+    with pytest.raises(StoreError, match="are free"):
+        fetcher._check_space(plan)
+    own = fetcher.store.partial_dir("c" * 40)
+    own.mkdir(parents=True)
+    (own / "piece").write_bytes(b"x" * 4096)  # this fetch resumes: the rest is already here
     fetcher._check_space(plan)

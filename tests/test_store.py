@@ -278,3 +278,20 @@ def test_a_damaged_blob_is_replaced_when_its_bytes_are_added_again(
     store.add_version(stored_version, folder)
     store.verify("org/model", "v1")
     store.verify("org/model", "v2")
+
+
+def test_gc_never_removes_the_partial_of_a_running_download(p2p_home: Path) -> None:
+    """A download can be idle for longer than any age (a slow swarm, a long check of a big
+    resumed file): while a process holds it, gc leaves its partial alone."""
+    store = Store(p2p_home)
+    partial = store.partial_dir("d" * 40)
+    partial.mkdir(parents=True)
+    (partial / "piece").write_bytes(b"x" * 4096)
+    idle = time.time() - 7200
+    for path in (partial / "piece", partial):
+        os.utime(path, (idle, idle))
+    with store.downloading("d" * 40):
+        store.gc(partial_max_age=60)
+        assert partial.exists()
+    store.gc(partial_max_age=60)
+    assert not partial.exists()
