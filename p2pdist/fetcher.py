@@ -41,7 +41,7 @@ from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
 from p2pdist.plan import FetchPlan, make_plan
 from p2pdist.records import RECORDS_DIR, VerifiedRecords, check_file_once
 from p2pdist.ref import ModelRef, parse_ref
-from p2pdist.store import DELTA, SNAPSHOT, Store
+from p2pdist.store import DELTA, SNAPSHOT, Store, damaged
 from p2pdist.torrent import TorrentMeta, read_torrent
 
 log = logging.getLogger(__name__)
@@ -354,13 +354,8 @@ class Fetcher:
                 reason = f"blake3 {e.actual} differs from the manifest's {entry.blake3}"
             else:
                 reason = "missing" if not path.exists() else "not the size the manifest says"
-            raise IntegrityError(
-                f"{ref} in the store is damaged ({entry.path}: {reason}); "
-                f"remove it with `p2pdist rm {ref}` and fetch it again",
-                path=entry.path,
-                expected=entry.blake3,
-                actual=e.actual,
-            ) from None
+            e.path, e.expected = entry.path, entry.blake3
+            raise damaged(ref, f"{entry.path}: {reason}", e) from None
 
     def _blame_damaged_parent(self, manifest: Manifest, parent: str, failure: Exception) -> None:
         """A delta that does not rebuild from a stored parent whose files no longer match that

@@ -391,13 +391,7 @@ class Store:
             if manifest.delta_files and (vdir / DELTA).is_dir():
                 verify_entries(manifest.delta_files, vdir / DELTA)
         except IntegrityError as e:
-            raise IntegrityError(
-                f"{name}@{version} in the store is damaged ({e}); remove it with "
-                f"`p2pdist rm {name}@{version}` and fetch it again",
-                path=e.path,
-                expected=e.expected,
-                actual=e.actual,
-            ) from None
+            raise damaged(f"{name}@{version}", str(e), e) from None
         return manifest
 
     def remove(self, name: str, version: str) -> None:
@@ -481,6 +475,18 @@ class Store:
 
     def disk_usage(self) -> int:
         return sum(b.stat().st_size for b in self.blobs_dir.iterdir() if b.is_file())
+
+
+def damaged(ref: str, detail: str, cause: IntegrityError) -> IntegrityError:
+    """The error for a stored version whose files are not what it stored: what is wrong and
+    how to repair it (``cause`` says which file, expected and found)."""
+    return IntegrityError(
+        f"{ref} in the store is damaged ({detail}); remove it with `p2pdist rm {ref}` and "
+        "fetch it again",
+        path=cause.path,
+        expected=cause.expected,
+        actual=cause.actual,
+    )
 
 
 def _bytes_under(folder: Path) -> int:
