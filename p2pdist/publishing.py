@@ -7,8 +7,9 @@ the folder's safetensors headers, the parent's presence, the delta's byte-exact 
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -224,11 +225,12 @@ def publish(
     folder = Path(folder)
     wanted = _Options(parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version)
     registered = _registered(client, name, needed=version is None)
+    described = functools.cache(lambda: describe_files(folder, check_folder(folder)))
     if version is None:
-        version = _choose_version(store, folder, name, wanted, registered)
+        version = _choose_version(store, described, name, wanted, registered)
     if store.has(name, version):
         published = _already_built(
-            store, folder, name, version, wanted, None if registered is None else version in registered
+            store, described, name, version, wanted, None if registered is None else version in registered
         )  # fmt: skip
     else:
         published = _build_new(
@@ -267,7 +269,11 @@ def _number(version: str) -> int | None:
 
 
 def _choose_version(
-    store: Store, folder: Path, name: str, wanted: _Options, registered: list[str] | None
+    store: Store,
+    described: Callable[[], tuple[FileEntry, ...]],
+    name: str,
+    wanted: _Options,
+    registered: list[str] | None,
 ) -> str:
     """The version a publish without ``--version`` gets: the newest stored version the
     registry never accepted, when it is newer than every registered one and holds exactly
@@ -282,7 +288,7 @@ def _choose_version(
     if retry:
         candidate = max(retry, key=lambda v: _number(v) or 0)
         manifest = store.manifest(name, candidate)
-        same_files = describe_files(folder, check_folder(folder)) == manifest.files
+        same_files = described() == manifest.files
         if same_files and not _differences(store, name, candidate, wanted):
             return candidate
     return next_version(registered + stored)
@@ -326,7 +332,12 @@ def _differences(store: Store, name: str, version: str, wanted: _Options) -> lis
 
 
 def _already_built(
-    store: Store, folder: Path, name: str, version: str, wanted: _Options, registered: bool | None
+    store: Store,
+    described: Callable[[], tuple[FileEntry, ...]],
+    name: str,
+    version: str,
+    wanted: _Options,
+    registered: bool | None,
 ) -> PublishedVersion:
     """A version this host stored earlier (a publish whose registration failed, or an identical
     re-publish): reuse it, if it is what this publish asks for. ``registered``: whether the
@@ -334,7 +345,7 @@ def _already_built(
     from p2pdist.torrent import read_torrent
 
     manifest = store.manifest(name, version)
-    if describe_files(folder, check_folder(folder)) != manifest.files:
+    if described() != manifest.files:
         raise ConflictError(
             f"{name}@{version} is already in the local store with other files; "
             "versions are immutable: publish a new version"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import blake3
 
-from p2pdist.digest import is_digest
+from p2pdist.digest import hash_file, is_digest
 from p2pdist.errors import IntegrityError
 from p2pdist.manifest import FileEntry
 
@@ -134,9 +134,7 @@ def check_file_once(path: Path, entry: FileEntry, records: VerifiedRecords) -> N
     check_size(entry, before.size)
     if records.matches(entry.blake3, before):
         return
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update_mmap(os.fspath(path))
-    check_digest(entry, hasher.hexdigest())
+    check_digest(entry, hash_file(path))
     if FileIdentity.from_stat(os.stat(path)) == before:
         records.record(entry.blake3, before)
 
