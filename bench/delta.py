@@ -42,13 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2pdist import _delta_ans, delta
-from p2pdist.delta import CHUNK_BYTES, _row_words
-from p2pdist.delta_codec import decode_ans, encode_segment, float_key
-from p2pdist.digest import hash_file
-from p2pdist.header import DTYPE_SIZES, read_header
-from p2pdist.manifest import describe_files, list_files
-from p2pdist.shards import save_state_dict
+from p2pdist import delta
+from p2pdist.delta import CHUNK_BYTES, _ans, _row_words
+from p2pdist.delta.codec import decode_ans, encode_segment, float_key
+from p2pdist.formats.digest import hash_file
+from p2pdist.formats.header import DTYPE_SIZES, read_header
+from p2pdist.formats.manifest import describe_files, list_files
+from p2pdist.formats.shards import save_state_dict
 from p2pdist.trainer import lm
 
 SINGLE_SHARD = 1 << 40
@@ -233,7 +233,7 @@ def main() -> None:
         root = Path(tmp)
         pairs = checkpoints(root, args.k, args.batch_size, args.seed)
         results = {}
-        level = ("portable C", "AVX2", "AVX-512")[_delta_ans.set_simd(9)]
+        level = ("portable C", "AVX2", "AVX-512")[_ans.set_simd(9)]
         print(f"vector code: {level}; encode as publish runs it (standalone in brackets)")
         header = (
             f"{'pair':<24} {'full MB':>8} {'delta':>7} {'patch-from':>10} {'zstd-3':>7} "
@@ -260,7 +260,7 @@ def main() -> None:
     if args.json:
         meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "k": args.k,
                 "batch_size": args.batch_size, "lr": 1e-4,
-                "vector_code": _delta_ans.set_simd(9)}  # fmt: skip
+                "vector_code": _ans.set_simd(9)}  # fmt: skip
         args.json.write_text(json.dumps({"meta": meta, "pairs": results}, indent=2) + "\n")
 
 

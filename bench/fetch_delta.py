@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pdist.manifest import list_files
-from p2pdist.shards import save_state_dict
+from p2pdist.formats.manifest import list_files
+from p2pdist.formats.shards import save_state_dict
 from p2pdist.trainer import lm
 from tests.integration.harness import Node, Tracker
 

@@ -42,10 +42,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
-from p2pdist import loader
-from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.shards import save_state_dict, shard_files
-from p2pdist.store import Store
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.formats.shards import save_state_dict, shard_files
+from p2pdist.loading import loader
+from p2pdist.store.cache import Store
 
 REF = "bench/load@v1"
 

@@ -29,11 +29,11 @@ import libtorrent as lt
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.manifest import describe_files, list_files
+from p2pdist.formats.manifest import describe_files, list_files
+from p2pdist.formats.shards import save_state_dict
+from p2pdist.formats.torrent import choose_piece_size, make_torrent
 from p2pdist.publishing import build_version
-from p2pdist.shards import save_state_dict
-from p2pdist.store import Store
-from p2pdist.torrent import choose_piece_size, make_torrent
+from p2pdist.store.cache import Store
 
 
 def state_dict(size_mb: int) -> dict[str, torch.Tensor]:

@@ -48,8 +48,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from p2pdist.swarm import Swarm
-from p2pdist.torrent import choose_piece_size, make_torrent
+from p2pdist.formats.torrent import choose_piece_size, make_torrent
+from p2pdist.swarm.session import Swarm
 
 MiB = 1024 * 1024
 LOCAL = "127.0.0.1"

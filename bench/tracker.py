@@ -208,9 +208,9 @@ def _peers_gauge(url: str) -> int:
 
 def _publish(url: str, token: str, count: int) -> list[bytes]:
     """Publish ``count`` single-file signed versions; return their 20-byte v1 infohashes."""
-    from p2pdist.bencode import bencode, infohashes
     from p2pdist.client import RegistryClient
-    from p2pdist.manifest import FileEntry, Manifest, TorrentRef
+    from p2pdist.formats.bencode import bencode, infohashes
+    from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef
 
     client = RegistryClient(url, token=token, timeout=30)
     key = Ed25519PrivateKey.generate()

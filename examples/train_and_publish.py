@@ -44,7 +44,7 @@ def say(as_json: bool, event: str, text: str, **fields: Any) -> None:
 
 def complete_count(tracker: str, info_hash_hex: str, timeout: float = 10.0) -> int:
     """How many peers the tracker counts as complete (seeding) for one v1 infohash (BEP 48)."""
-    from p2pdist.bencode import bdecode
+    from p2pdist.formats.bencode import bdecode
 
     info_hash = bytes.fromhex(info_hash_hex)
     query = "info_hash=" + urllib.parse.quote_from_bytes(info_hash, safe="")

@@ -32,13 +32,15 @@ from p2pdist.errors import (
     TrackerError,
     UnsafePathError,
 )
-from p2pdist.manifest import FileEntry, Manifest
+from p2pdist.formats.manifest import FileEntry, Manifest
 from p2pdist.ref import ModelRef, parse_ref
 
 if TYPE_CHECKING:
     from p2pdist.fetcher import fetch
     from p2pdist.follower import Update, follow
-    from p2pdist.loader import load, load_into, open
+    from p2pdist.loading.fit import load_into
+    from p2pdist.loading.lazy import open
+    from p2pdist.loading.loader import load
     from p2pdist.publishing import publish
 
 __version__ = "0.1.0"
@@ -47,9 +49,9 @@ _LAZY = {
     "fetch": "p2pdist.fetcher",
     "follow": "p2pdist.follower",
     "Update": "p2pdist.follower",
-    "load": "p2pdist.loader",
-    "load_into": "p2pdist.loader",
-    "open": "p2pdist.loader",
+    "load": "p2pdist.loading.loader",
+    "load_into": "p2pdist.loading.fit",
+    "open": "p2pdist.loading.lazy",
     "publish": "p2pdist.publishing",
 }
 

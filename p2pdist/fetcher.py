@@ -36,13 +36,13 @@ from p2pdist.errors import (
     SwarmError,
     TrackerError,
 )
-from p2pdist.keys import TrustStore
-from p2pdist.manifest import FileEntry, Manifest, TorrentRef, verify_entries
-from p2pdist.plan import FetchPlan, make_plan
-from p2pdist.records import RECORDS_DIR, VerifiedRecords, check_file_once
+from p2pdist.formats.keys import TrustStore
+from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef, verify_entries
+from p2pdist.formats.torrent import TorrentMeta, read_torrent
 from p2pdist.ref import ModelRef, parse_ref
-from p2pdist.store import DELTA, SNAPSHOT, Store, damaged
-from p2pdist.torrent import TorrentMeta, read_torrent
+from p2pdist.store.cache import DELTA, SNAPSHOT, Store, damaged
+from p2pdist.store.records import RECORDS_DIR, VerifiedRecords, check_file_once
+from p2pdist.swarm.plan import FetchPlan, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Fetcher:
     @property
     def swarm(self) -> Any:
         if self._swarm is None:
-            from p2pdist.seeder import process_swarm
+            from p2pdist.swarm.seeder import process_swarm
 
             self._swarm = process_swarm()
         return self._swarm
@@ -218,7 +218,7 @@ class Fetcher:
                 peers, web, failures = self._fetch_full(target, on_progress)
         snapshot = self.store.snapshot(ref.name, ref.version)
         if seed:
-            from p2pdist.seeder import seed_version
+            from p2pdist.swarm.seeder import seed_version
 
             seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
         path = snapshot if out is None else _copy_out(snapshot, target, Path(out))
@@ -379,7 +379,7 @@ class Fetcher:
 
 def _with_announce(torrent: bytes, announce: str) -> bytes:
     """The same torrent (same info dict, same infohash) announcing to ``announce`` only."""
-    from p2pdist.bencode import bdecode, bencode, info_bytes
+    from p2pdist.formats.bencode import bdecode, bencode, info_bytes
 
     top = bdecode(torrent)
     parts = [b"d", bencode(b"announce"), bencode(announce.encode()), bencode(b"info")]

@@ -36,7 +36,7 @@ from p2pdist.errors import (
 )
 from p2pdist.fetcher import Fetcher, FetchResult
 from p2pdist.ref import parse_ref
-from p2pdist.store import Store
+from p2pdist.store.cache import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Update:
 
     def load(self, **kwargs: Any) -> dict[str, Any]:
         """The version's tensors (``p2pdist.load`` options: device, dtype, verify)."""
-        from p2pdist.loader import load_folder
+        from p2pdist.loading.loader import load_folder
 
         return load_folder(self.path, self.result.manifest, **{"store": self.store, **kwargs})
 
@@ -211,7 +211,7 @@ class Follower:
         version stay valid while they are mapped."""
         if self.keep is None:
             return
-        from p2pdist.seeder import unseed_version
+        from p2pdist.swarm.seeder import unseed_version
 
         store = self.fetcher.store
         try:

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import ConflictError, FormatError, NotFoundError, TrackerError
-from p2pdist.header import read_header
-from p2pdist.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
+from p2pdist.formats.header import read_header
+from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
+from p2pdist.formats.torrent import TorrentMeta, make_torrent
 from p2pdist.ref import ModelRef, validate_name, validate_version
-from p2pdist.store import Store
-from p2pdist.torrent import TorrentMeta, make_torrent
+from p2pdist.store.cache import Store
 
 TorrentVersion = Literal["1", "hybrid", "2"]
 
@@ -244,7 +244,7 @@ def publish(
         private=private,
     )
     if seed:
-        from p2pdist.seeder import seed_version
+        from p2pdist.swarm.seeder import seed_version
 
         seed_version(store, name, version, swarm=swarm)
     return published
@@ -308,7 +308,7 @@ class _Options:
 
 def _differences(store: Store, name: str, version: str, wanted: _Options) -> list[str]:
     """How a stored version differs from what a publish asks for, in words ([] if it does not)."""
-    from p2pdist.torrent import read_torrent
+    from p2pdist.formats.torrent import read_torrent
 
     manifest = store.manifest(name, version)
     data = store.torrent(name, version, "full")
@@ -342,7 +342,7 @@ def _already_built(
     """A version this host stored earlier (a publish whose registration failed, or an identical
     re-publish): reuse it, if it is what this publish asks for. ``registered``: whether the
     registry lists it (None: unknown)."""
-    from p2pdist.torrent import read_torrent
+    from p2pdist.formats.torrent import read_torrent
 
     manifest = store.manifest(name, version)
     if described() != manifest.files:
@@ -386,7 +386,7 @@ def _build_new(
     torrent_version: TorrentVersion,
     metadata: dict[str, str] | None,
 ) -> PublishedVersion:
-    from p2pdist.keys import load_signing_key
+    from p2pdist.formats.keys import load_signing_key
 
     return build_version(
         folder,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.shards import save_state_dict
-from p2pdist.store import Store
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.formats.shards import save_state_dict
+from p2pdist.store.cache import Store
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pdist.bencode import bdecode, bencode, info_bytes, infohashes
 from p2pdist.errors import FormatError
+from p2pdist.formats.bencode import bdecode, bencode, info_bytes, infohashes
 
 values = st.recursive(
     st.integers() | st.binary(max_size=40),

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.keys import public_key_of
-from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.store import Store
+from p2pdist.formats.keys import public_key_of
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.store.cache import Store
 
 from .conftest import make_version_folder, small_state_dict
 

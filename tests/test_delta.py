@@ -16,12 +16,18 @@ import pytest
 import torch
 import zstandard
 
-from p2pdist import delta, delta_rebuild
-from p2pdist.delta_codec import META_KEY, Segment
-from p2pdist.delta_file import DeltaFileWriter
+from p2pdist import delta
+from p2pdist.delta import rebuild as delta_rebuild
+from p2pdist.delta.codec import (
+    META_KEY,
+)
+from p2pdist.delta.file import DeltaFileWriter
+from p2pdist.delta.table import (
+    Segment,
+)
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError, StoreError
-from p2pdist.manifest import FileEntry, describe_files, list_files
-from p2pdist.shards import read_header, save_state_dict
+from p2pdist.formats.manifest import FileEntry, describe_files, list_files
+from p2pdist.formats.shards import read_header, save_state_dict
 
 ALL_DTYPES = [
     torch.bool, torch.uint8, torch.int8, torch.float8_e4m3fn, torch.float8_e5m2,

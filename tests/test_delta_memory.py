@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from p2pdist import delta
-from p2pdist.manifest import describe_files, list_files
-from p2pdist.shards import save_state_dict
+from p2pdist.formats.manifest import describe_files, list_files
+from p2pdist.formats.shards import save_state_dict
 
 TENSORS = 64
 ROWS = COLS = 1024  # fp32: 4 MiB a tensor, 256 MiB the model
@@ -28,7 +28,7 @@ MEASURE = """
 import json, sys, threading, time
 from pathlib import Path
 from p2pdist import delta
-from p2pdist.manifest import describe_files, list_files
+from p2pdist.formats.manifest import describe_files, list_files
 
 def anon():
     with open("/proc/self/status") as status:
@@ -99,9 +99,10 @@ def test_encode_and_decode_hold_segments_not_the_model(
 def test_spare_scratch_buffers_are_kept_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Buffers go back for the next segment or encode, but never more bytes than the bound
     (one large segment's buffer would otherwise stay for the life of the process)."""
-    from p2pdist import _delta_ans, delta_codec
+    from p2pdist.delta import _ans
+    from p2pdist.delta import codec as delta_codec
 
-    small = _delta_ans.scratch_size(4096, 2)
+    small = _ans.scratch_size(4096, 2)
     monkeypatch.setattr(delta_codec, "MAX_SPARE_BYTES", 3 * small)
     monkeypatch.setattr(delta_codec, "_spare", [])
     with (
@@ -115,5 +116,5 @@ def test_spare_scratch_buffers_are_kept_up_to_a_bound(monkeypatch: pytest.Monkey
     with delta_codec._scratch(4096, 2) as again:
         assert any(again is x for x in (a, b, c, d))  # reused, not allocated
     with delta_codec._scratch(1 << 20, 2) as large:
-        assert large.size >= _delta_ans.scratch_size(1 << 20, 2) > small
+        assert large.size >= _ans.scratch_size(1 << 20, 2) > small
     assert all(buf.size == small for buf in delta_codec._spare)  # the large one was let go

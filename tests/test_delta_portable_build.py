@@ -14,10 +14,12 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from p2pdist import _delta_ans
-from p2pdist.delta_codec import float_key
+from p2pdist.delta import _ans
+from p2pdist.delta.codec import float_key
 
-SOURCES = sorted((Path(__file__).resolve().parent.parent / "p2pdist").glob("_delta_ans*.c"))
+SOURCES = sorted(
+    (Path(__file__).resolve().parent.parent / "p2pdist" / "delta" / "_ans").glob("*.c")
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +27,13 @@ def portable(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     compiler = shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0])
     if compiler is None:
         pytest.skip("no C compiler")
-    out = (
-        tmp_path_factory.mktemp("portable") / f"_delta_ans{sysconfig.get_config_var('EXT_SUFFIX')}"
-    )
+    out = tmp_path_factory.mktemp("portable") / f"_ans{sysconfig.get_config_var('EXT_SUFFIX')}"
     cmd = [compiler, "-O1", "-shared", "-fPIC", "-Wall",
            "-DP2PDIST_NO_VECTOR", f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES), "-o",
            str(out)]  # fmt: skip
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
-    spec = importlib.util.spec_from_file_location("_delta_ans", out)
+    spec = importlib.util.spec_from_file_location("_ans", out)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,8 +57,8 @@ def test_the_portable_build_codes_the_same_bytes(
     words = old.view({2: np.uint16, 4: np.uint32}[word])
     new = (words + moves.astype(words.dtype)).view(np.uint8)
     key = float_key(dtype)
-    scratch = np.empty(_delta_ans.scratch_size(new.size, word), np.uint8)
-    ours = _delta_ans.encode(new, old, word, key, scratch, row)
+    scratch = np.empty(_ans.scratch_size(new.size, word), np.uint8)
+    ours = _ans.encode(new, old, word, key, scratch, row)
     theirs = portable.encode(new, old, word, key, scratch, row)
     assert ours and ours == theirs
     out = np.zeros_like(new)

@@ -12,8 +12,9 @@ import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from p2pdist import _delta_ans, delta
-from p2pdist.delta_codec import (
+from p2pdist import delta
+from p2pdist.delta import _ans
+from p2pdist.delta.codec import (
     WORD_TYPES,
     decode_ans,
     decode_plane,
@@ -22,10 +23,10 @@ from p2pdist.delta_codec import (
     join_planes,
 )
 from p2pdist.errors import FormatError
-from p2pdist.header import DTYPE_SIZES
-from p2pdist.manifest import describe_files, list_files
-from p2pdist.shards import save_state_dict
-from p2pdist.verified import TORCH_DTYPES
+from p2pdist.formats.header import DTYPE_SIZES
+from p2pdist.formats.manifest import describe_files, list_files
+from p2pdist.formats.shards import save_state_dict
+from p2pdist.store.verified import TORCH_DTYPES
 
 
 @st.composite
@@ -99,7 +100,7 @@ def _ans_both_ways(
     or the error, checked to be the same: production runs only the best one."""
     results = []
     for level in (2, 1, 0):
-        was = _delta_ans.set_simd(level)
+        was = _ans.set_simd(level)
         try:
             out = np.zeros(size, np.uint8)
             decode_ans(payload, base, out, word, context)
@@ -107,7 +108,7 @@ def _ans_both_ways(
         except FormatError as e:
             results.append(str(e))
         finally:
-            _delta_ans.set_simd(was)
+            _ans.set_simd(was)
     assert results[0] == results[1] == results[2]
     return results[0]
 
@@ -117,12 +118,12 @@ def test_the_best_decoder_the_cpu_has_is_used() -> None:
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     avx2 = {"avx2", "bmi2"} <= flags
     avx512 = avx2 and {"avx512f", "avx512bw", "avx512cd", "avx512vl", "avx512vbmi"} <= flags
-    best = _delta_ans.set_simd(9)
+    best = _ans.set_simd(9)
     try:
         assert best == (2 if avx512 else 1 if avx2 else 0)
-        assert _delta_ans.set_simd(0) == 0
+        assert _ans.set_simd(0) == 0
     finally:
-        _delta_ans.set_simd(best)
+        _ans.set_simd(best)
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,11 +150,11 @@ def test_vector_and_portable_coders_agree(dtype: str, n: int, scale: int, seed: 
         new = new_a.tobytes()
     payloads = []
     for level in (2, 1, 0):
-        was = _delta_ans.set_simd(level)
+        was = _ans.set_simd(level)
         try:
             coded = encode_segment(np.frombuffer(new, np.uint8), old, word, float_key(dtype))
         finally:
-            _delta_ans.set_simd(was)
+            _ans.set_simd(was)
         payloads.append((coded.op, coded.context, [p.payload for p in coded.payloads]))
     assert payloads[0] == payloads[1] == payloads[2]
     assume(coded.op == "ans")
@@ -180,11 +181,11 @@ def test_coders_agree_with_row_classes(
     new = np.frombuffer(_moved(old.view(WORD_TYPES[word]), scale, seed), np.uint8)
     payloads = []
     for level in (2, 1, 0):
-        was = _delta_ans.set_simd(level)
+        was = _ans.set_simd(level)
         try:
             coded = encode_segment(new, old, word, float_key(dtype), row=row)
         finally:
-            _delta_ans.set_simd(was)
+            _ans.set_simd(was)
         payloads.append([p.payload for p in coded.payloads])
     assert payloads[0] == payloads[1] == payloads[2]
     assume(coded.op == "ans")
@@ -211,11 +212,11 @@ def test_coders_agree_on_any_context_key_of_16_bit_words(
     new = np.frombuffer(_moved(old.view(np.uint16), scale, seed), np.uint8)
     payloads = []
     for level in (2, 1, 0):
-        was = _delta_ans.set_simd(level)
+        was = _ans.set_simd(level)
         try:
             coded = encode_segment(new, old, 2, (shift, bits))
         finally:
-            _delta_ans.set_simd(was)
+            _ans.set_simd(was)
         payloads.append((coded.op, coded.context, [p.payload for p in coded.payloads]))
     assert payloads[0] == payloads[1] == payloads[2]
     assume(coded.op == "ans")

@@ -10,8 +10,8 @@ import pytest
 
 from p2pdist.errors import IntegrityError
 from p2pdist.fetcher import _copy_out
-from p2pdist.manifest import Manifest, TorrentRef
-from p2pdist.store import Store
+from p2pdist.formats.manifest import Manifest, TorrentRef
+from p2pdist.store.cache import Store
 
 
 def test_copy_out_leaves_the_folders_other_files_alone(
@@ -57,7 +57,7 @@ def test_a_fetch_that_cannot_fit_is_refused_before_it_fills_the_disk(
 
     from p2pdist.errors import StoreError
     from p2pdist.fetcher import Fetcher
-    from p2pdist.plan import FetchPlan
+    from p2pdist.swarm.plan import FetchPlan
 
     fetcher = Fetcher(home=p2p_home, tracker="http://127.0.0.1:9")
     size = stored_version.total_size

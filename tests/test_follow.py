@@ -13,8 +13,8 @@ from p2pdist.client import RegistryClient
 from p2pdist.errors import IntegrityError
 from p2pdist.fetcher import Fetcher
 from p2pdist.follower import Follower
-from p2pdist.keys import TrustStore
-from p2pdist.manifest import Manifest, describe_files, list_files
+from p2pdist.formats.keys import TrustStore
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
 
 from .conftest import make_version_folder, small_state_dict
 

@@ -9,9 +9,9 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
-from p2pdist import loader
-from p2pdist.shards import shard_files
-from p2pdist.store import Store
+from p2pdist.formats.shards import shard_files
+from p2pdist.loading import fit, loader
+from p2pdist.store.cache import Store
 
 from .conftest import sign_folder
 
@@ -49,6 +49,6 @@ def test_gpt2_folder_round_trips_through_the_store(
         reloaded = transformers.GPT2LMHeadModel.from_pretrained(snap).eval()
         assert torch.equal(reloaded(ids).logits, expected)
         fresh = transformers.GPT2LMHeadModel(config).eval()
-        report = loader.load_into(fresh, "org/model@v1", fetch=False)
+        report = fit.load_into(fresh, "org/model@v1", fetch=False)
         assert report.ok, str(report)
         assert torch.equal(fresh(ids).logits, expected)

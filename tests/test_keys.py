@@ -7,14 +7,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import ConfigError, SignatureError
-from p2pdist.keys import (
+from p2pdist.formats.keys import (
     TrustStore,
     generate_signing_key,
     load_signing_key,
     public_key_of,
     signing_key_path,
 )
-from p2pdist.manifest import FileEntry, Manifest
+from p2pdist.formats.manifest import FileEntry, Manifest
 
 
 def test_keygen_writes_private_key_mode_600(p2p_home: Path) -> None:

@@ -15,7 +15,6 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
-from p2pdist import loader, records, verified
 from p2pdist.errors import (
     ConfigError,
     FormatError,
@@ -24,11 +23,13 @@ from p2pdist.errors import (
     P2PDistError,
     SignatureError,
 )
-from p2pdist.keys import TrustStore, public_key_of
-from p2pdist.manifest import Manifest, canonical_json
-from p2pdist.shards import read_header, shard_files
-from p2pdist.staging import StagedCopier
-from p2pdist.store import Store
+from p2pdist.formats.keys import TrustStore, public_key_of
+from p2pdist.formats.manifest import Manifest, canonical_json
+from p2pdist.formats.shards import read_header, shard_files
+from p2pdist.loading import fit, lazy, loader
+from p2pdist.loading.staging import StagedCopier
+from p2pdist.store import records, verified
+from p2pdist.store.cache import Store
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
 
@@ -207,7 +208,7 @@ def test_header_with_offsets_past_the_end_is_a_format_error(
     with pytest.raises(FormatError, match="outside the 8-byte data section"):
         loader.load(REF, fetch=False)
     with pytest.raises(FormatError, match="outside the 8-byte data section"):
-        loader.open(REF, fetch=False)
+        lazy.open(REF, fetch=False)
 
 
 def test_bad_header_that_also_fails_its_hash_is_an_integrity_error(
@@ -251,7 +252,7 @@ def test_dtype_by_name_and_a_wrong_one(p2p_home: Path, stored_version: Manifest)
     for name, tensor in by_dtype.items():
         assert by_name[name].dtype == tensor.dtype and torch.equal(by_name[name], tensor)
     assert any(t.dtype == torch.float16 for t in by_name.values())
-    with loader.open(REF, fetch=False, dtype="torch.bfloat16") as reader:
+    with lazy.open(REF, fetch=False, dtype="torch.bfloat16") as reader:
         assert reader.dtype == torch.bfloat16
     for wrong in ("float17", "cuda", 3):
         with pytest.raises(ConfigError, match="is not a torch dtype"):
@@ -315,7 +316,7 @@ def test_a_lazy_once_reader_sees_a_write_made_after_it_opened(
     monkeypatch.setattr(records, "RACY_WINDOW_NS", 0)
     loader.load(REF, fetch=False, verify="once")  # recorded
     blob = blob_of(Store(p2p_home).snapshot("org/model", "v1"), "model.safetensors")
-    with loader.open(REF, fetch=False, verify="once") as reader:
+    with lazy.open(REF, fetch=False, verify="once") as reader:
         flip_last_tensor_byte(blob)
         with pytest.raises(IntegrityError, match=r"model\.safetensors: blake3"):
             reader.load()
@@ -327,7 +328,7 @@ def test_a_file_cut_short_under_a_lazy_reader_is_an_integrity_error(
 ) -> None:
     """Hashing a mapping past the end of a truncated file would kill the process (SIGBUS)."""
     first = shard_files(sharded_version)[0]
-    with loader.open(REF, fetch=False, verify=verify) as reader:  # type: ignore[arg-type]
+    with lazy.open(REF, fetch=False, verify=verify) as reader:  # type: ignore[arg-type]
         os.truncate(blob_of(sharded_version, first), 100)
         with pytest.raises(IntegrityError, match=f"{first}: 100 bytes on disk"):
             reader.load()
@@ -375,7 +376,7 @@ def test_a_copy_is_of_the_bytes_that_were_hashed(
                     manifest = Store(p2p_home).manifest("org/model", "v1")
                     shards = verified.open_shards(folder, manifest)
                     copier = StagedCopier(torch.device("cpu"), chunk_bytes=1 << 18)
-                    got = loader._load_copied(shards, torch.device("cpu"), None, "always",
+                    got = loader.load_copied(shards, torch.device("cpu"), None, "always",
                                               None, None, copier)  # fmt: skip
                 else:
                     got = loader.load(REF, fetch=False, copy=True)
@@ -403,7 +404,7 @@ def test_a_lazy_copying_reader_hashes_each_file_once(
             super().__init__(shard, pool)
 
     monkeypatch.setattr(loader, "CopyHasher", Counting)
-    with loader.open(REF, fetch=False, copy=True) as reader:
+    with lazy.open(REF, fetch=False, copy=True) as reader:
         for name in reader.keys():
             assert reader[name].is_contiguous()
     assert sorted(made) == sorted(shard_files(sharded_version))
@@ -449,7 +450,7 @@ def test_load_into_fills_module_with_tied_weights(
     sd = tiny_state_dict(0)
     add(p2p_home, make_version_folder(tmp_path / "m", sd), signing_key)
     module = Tiny()
-    report = loader.load_into(module, REF, fetch=False)
+    report = fit.load_into(module, REF, fetch=False)
     assert report.ok and not report.missing
     assert set(report.loaded) == set(sd)
     for name, tensor in sd.items():
@@ -471,8 +472,8 @@ def test_load_into_strict_mismatch_reports_and_touches_nothing(
         raise AssertionError("strict mismatch must be found from the headers alone")
 
     monkeypatch.setattr(verified, "hash_buffer", no_bytes)
-    with pytest.raises(loader.StateDictMismatchError) as info:
-        loader.load_into(module, REF, fetch=False)
+    with pytest.raises(fit.StateDictMismatchError) as info:
+        fit.load_into(module, REF, fetch=False)
     report = info.value.report
     assert report.missing == ("steps",)
     assert report.unexpected == ("extra.weight",)
@@ -492,7 +493,7 @@ def test_load_into_non_strict_loads_what_fits(
     sd["proj.weight"] = torch.ones(3, 3)
     add(p2p_home, make_version_folder(tmp_path / "m", sd), signing_key)
     module = Tiny()
-    report = loader.load_into(module, REF, fetch=False, strict=False)
+    report = fit.load_into(module, REF, fetch=False, strict=False)
     assert [m.name for m in report.mismatched] == ["proj.weight"]
     assert torch.equal(module.proj.bias, sd["proj.bias"])
     assert not torch.equal(module.proj.weight[:3, :3], torch.ones(3, 3))
@@ -505,7 +506,7 @@ def test_open_verifies_each_file_before_its_first_tensor(sharded_version: Path) 
     first = headers[files[0]].tensors[0].name
     last_file_tensor = headers[files[2]].tensors[0].name
     flip_last_tensor_byte(blob_of(sharded_version, files[2]))
-    with loader.open(REF, fetch=False) as reader:
+    with lazy.open(REF, fetch=False) as reader:
         assert len(reader) == 7 and "head.bias" in reader
         assert reader.spec(first).shape == (64, 64)
         assert reader.metadata["format"] == "pt"
@@ -529,7 +530,7 @@ def test_staged_copier_on_cpu_reproduces_bytes(
     cpu = torch.device("cpu")
     wanted = {"block.0.weight", "block.2.weight", "block.3.weight", "head.bias"}  # gaps
     for names in (None, wanted):
-        out = loader._load_copied(shards, cpu, None, "always", None, names, copier=copier)
+        out = loader.load_copied(shards, cpu, None, "always", None, names, copier=copier)
         expected = loader.load_folder(sharded_version, manifest)
         assert set(out) == (set(expected) if names is None else wanted)
         assert all(same(out[n], expected[n]) for n in out)
@@ -541,7 +542,7 @@ def test_staged_copier_path_refuses_a_changed_file(sharded_version: Path, p2p_ho
     shards = verified.open_shards(sharded_version, manifest)
     copier = StagedCopier(torch.device("cpu"), chunk_bytes=4096)
     with pytest.raises(IntegrityError):
-        loader._load_copied(shards, torch.device("cpu"), None, "always", None, None, copier=copier)
+        loader.load_copied(shards, torch.device("cpu"), None, "always", None, None, copier=copier)
 
 
 # -- seeding ----------------------------------------------------------------------------------
@@ -549,9 +550,9 @@ def test_load_without_seed_never_imports_libtorrent(
     p2p_home: Path, stored_version: Manifest
 ) -> None:
     code = (
-        "import sys; from p2pdist import loader; "
+        "import sys; from p2pdist.loading import loader; "
         f"t = loader.load({REF!r}, fetch=False); "
-        "assert t and 'libtorrent' not in sys.modules and 'p2pdist.swarm' not in sys.modules, "
+        "assert t and 'libtorrent' not in sys.modules and 'p2pdist.swarm.session' not in sys.modules, "
         "sorted(m for m in sys.modules if 'torrent' in m or 'swarm' in m)"
     )
     result = subprocess.run(

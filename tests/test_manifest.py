@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.digest import hash_bytes, hash_file
 from p2pdist.errors import FormatError, IntegrityError, SignatureError, UnsafePathError
-from p2pdist.manifest import (
+from p2pdist.formats.digest import hash_bytes, hash_file
+from p2pdist.formats.manifest import (
     FileEntry,
     Manifest,
     TorrentRef,

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import NotFoundError
-from p2pdist.manifest import Manifest, list_files
-from p2pdist.origin import _OneLine, create_origin_app
-from p2pdist.store import Store
-from p2pdist.torrent import make_torrent
+from p2pdist.formats.manifest import Manifest, list_files
+from p2pdist.formats.torrent import make_torrent
+from p2pdist.store.cache import Store
+from p2pdist.swarm.origin import _OneLine, create_origin_app
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
 

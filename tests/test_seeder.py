@@ -8,11 +8,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import ConfigError, P2PDistError, StoreError
-from p2pdist.manifest import list_files
-from p2pdist.seeder import seed_all
-from p2pdist.store import Store
-from p2pdist.swarm import Swarm
-from p2pdist.torrent import make_torrent
+from p2pdist.formats.manifest import list_files
+from p2pdist.formats.torrent import make_torrent
+from p2pdist.store.cache import Store
+from p2pdist.swarm.seeder import seed_all
+from p2pdist.swarm.session import Swarm
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
 

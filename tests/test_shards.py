@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from p2pdist.errors import FormatError
-from p2pdist.shards import (
+from p2pdist.formats.shards import (
     INDEX_FILE,
     SINGLE_FILE,
     ShardedReader,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pdist.staging import plan_chunks
+from p2pdist.loading.staging import plan_chunks
 
 
 @settings(max_examples=200, deadline=None)

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
 from p2pdist.errors import ConflictError, IntegrityError, NotFoundError
-from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.store import Store
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.store.cache import Store
 
 from .conftest import make_version_folder, sign_folder, small_state_dict
 
@@ -89,8 +89,8 @@ def test_gc_removes_only_unreferenced_blobs(p2p_home: Path, stored_version: Mani
 _KILLED_ADD = r"""
 import os, sys
 from pathlib import Path
-from p2pdist import store as store_mod
-from p2pdist.manifest import Manifest, describe_files, list_files
+from p2pdist.store import cache as store_mod
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
 real_rename = os.rename
 def dying_rename(src, dst):
     if Path(dst).name == "v2":
@@ -125,8 +125,8 @@ def test_interrupted_add_leaves_old_snapshot_and_is_cleaned(
 
 _CONCURRENT_ADD = r"""
 import sys
-from p2pdist.store import Store
-from p2pdist.manifest import Manifest, describe_files, list_files
+from p2pdist.store.cache import Store
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
 Store(sys.argv[1]).add_version(Manifest.read(sys.argv[2]), sys.argv[3])
 """
 
@@ -153,8 +153,8 @@ def test_two_processes_adding_same_version(
 _FULL_DISK_ADD = r"""
 import resource, signal, sys
 from p2pdist.errors import StoreError
-from p2pdist.manifest import Manifest, describe_files, list_files
-from p2pdist.store import Store
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.store.cache import Store
 store = Store(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))

@@ -1,4 +1,4 @@
-"""p2pdist.torrent: deterministic torrents that libtorrent agrees with, and safe reading."""
+"""p2pdist.formats.torrent: deterministic torrents that libtorrent agrees with, and safe reading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import libtorrent as lt
 import pytest
 
 from p2pdist.errors import FormatError, UnsafePathError
-from p2pdist.torrent import (
+from p2pdist.formats.torrent import (
     MAX_PIECE_SIZE,
     MIN_PIECE_SIZE,
     choose_piece_size,
@@ -231,7 +231,7 @@ def test_bad_piece_size_and_version_rejected(model: tuple[Path, list[str]]) -> N
 
 def test_messages_name_a_torrent_by_the_version_it_holds(tmp_path: Path) -> None:
     from p2pdist.publishing import torrent_name
-    from p2pdist.swarm import label
+    from p2pdist.swarm.transfer import label
 
     folder = tmp_path / "v"
     folder.mkdir()

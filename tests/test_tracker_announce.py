@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pdist.bencode import bdecode, bencode
 from p2pdist.client import passkey_for
+from p2pdist.formats.bencode import bdecode, bencode
 from p2pdist.tracker import STATE, TrackerSettings, create_app
 from p2pdist.tracker.announce import (
     Refusal,

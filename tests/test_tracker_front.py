@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from p2pdist.bencode import bdecode
 from p2pdist.client import passkey_for
+from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import STATE, TrackerSettings, TrackerState, create_app
 from p2pdist.tracker import front as front_module
 from p2pdist.tracker.front import MAX_BUFFER, MAX_HEAD, FrontConnection, FrontSite

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.manifest import FileEntry
+from p2pdist.formats.manifest import FileEntry
 from p2pdist.tracker import STATE, TrackerSettings, create_app
 from tests.tracker_world import make_token, make_torrent, make_version
 

@@ -24,8 +24,8 @@ from urllib.parse import quote_from_bytes
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.bencode import bencode, infohashes
-from p2pdist.manifest import FileEntry, Manifest, TorrentRef
+from p2pdist.formats.bencode import bencode, infohashes
+from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef
 from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.db import DB_FILENAME, Database
 from p2pdist.tracker.registry import check_publish

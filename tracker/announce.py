@@ -30,7 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from p2pdist.bencode import bencode
+from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
 from p2pdist.tracker.peers import Peer

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from p2pdist.bencode import infohashes
 from p2pdist.errors import FormatError, P2PDistError
-from p2pdist.manifest import Manifest, TorrentRef
+from p2pdist.formats.bencode import infohashes
+from p2pdist.formats.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
 from p2pdist.tracker.db import Database, Grant, ModelInfo, NewVersion, TrackedHash
 from p2pdist.tracker.peers import SwarmCounts

@@ -38,10 +38,10 @@ import torch
 from p2pdist import config
 from p2pdist.client import RegistryClient
 from p2pdist.errors import NotFoundError, P2PDistError, StoreError
+from p2pdist.formats.shards import DEFAULT_MAX_SHARD_SIZE, save_state_dict
 from p2pdist.publishing import PublishedVersion, next_version, publish
 from p2pdist.ref import validate_version
-from p2pdist.shards import DEFAULT_MAX_SHARD_SIZE, save_state_dict
-from p2pdist.store import Store
+from p2pdist.store.cache import Store
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class CheckpointPublisher:
             if version in listed:
                 return
             if self.seed:
-                from p2pdist.seeder import unseed_version
+                from p2pdist.swarm.seeder import unseed_version
 
                 unseed_version(self.store, self.name, version, swarm=self.swarm)
             self.store.remove(self.name, version)
@@ -284,7 +284,7 @@ class CheckpointPublisher:
         excess = len(self._earlier) + len(self.published) - self.keep
         if excess <= 0:
             return
-        from p2pdist.seeder import unseed_version
+        from p2pdist.swarm.seeder import unseed_version
 
         earlier_stale, self._earlier = self._earlier[:excess], self._earlier[excess:]
         excess -= len(earlier_stale)

@@ -23,7 +23,7 @@ of their moves, anything else is stored as zstd byte planes of its raw bits.
 
 Both sides map their files (mmap) and hold a few segments at a time; segments run on a
 thread pool (the C kernel, numpy and zstd release the GIL). Delta files are written in one
-pass (delta_file.py). Decoding (delta_rebuild.py) allocates only what the manifest's sizes
+pass (delta/file.py). Decoding (delta/rebuild.py) allocates only what the manifest's sizes
 allow, writes to hidden temporary names, and renames only once every file verified.
 """
 
@@ -39,23 +39,25 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pdist.delta_codec import (
+from p2pdist.delta.codec import (
     INDEX_FILE,
     MAX_SEGMENT,
-    BaseRef,
     Coded,
-    DeltaIndex,
-    DeltaTarget,
-    Segment,
     encode_segment,
     float_key,
 )
-from p2pdist.delta_file import DeltaFileWriter, header_bound
-from p2pdist.delta_io import default_workers, map_file, ordered, read_index, store_error, view
-from p2pdist.delta_rebuild import decode
+from p2pdist.delta.file import DeltaFileWriter, header_bound
+from p2pdist.delta.io import default_workers, map_file, ordered, read_index, store_error, view
+from p2pdist.delta.rebuild import decode
+from p2pdist.delta.table import (
+    BaseRef,
+    DeltaIndex,
+    DeltaTarget,
+    Segment,
+)
 from p2pdist.errors import FormatError, P2PDistError
-from p2pdist.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
-from p2pdist.manifest import FileEntry, describe_files, list_files, safe_relpath
+from p2pdist.formats.header import DTYPE_SIZES, SafetensorsHeader, TensorSpec, read_header
+from p2pdist.formats.manifest import FileEntry, describe_files, list_files, safe_relpath
 
 CHUNK_BYTES = 4 << 20
 """Tensors larger than this are cut into chunks: memory per worker stays a few chunks, and

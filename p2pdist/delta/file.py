@@ -19,10 +19,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from p2pdist.delta_codec import FORMAT_VERSION, META_KEY, Segment, version_problem
+from p2pdist.delta.codec import (
+    FORMAT_VERSION,
+    META_KEY,
+    version_problem,
+)
+from p2pdist.delta.table import (
+    Segment,
+)
 from p2pdist.errors import FormatError
-from p2pdist.header import SafetensorsHeader, read_header
-from p2pdist.manifest import canonical_json
+from p2pdist.formats.header import SafetensorsHeader, read_header
+from p2pdist.formats.manifest import canonical_json
 
 MARGIN = 2048
 """Header room beyond the bound, for a few segments that fall back from ans to raw planes."""

@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from p2pdist.delta_codec import INDEX_FILE, DeltaIndex
+from p2pdist.delta.codec import (
+    INDEX_FILE,
+)
+from p2pdist.delta.table import (
+    DeltaIndex,
+)
 from p2pdist.errors import FormatError, NotFoundError, StoreError
 
 MAX_INDEX_BYTES = 64 << 20

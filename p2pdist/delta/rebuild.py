@@ -21,21 +21,23 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pdist.delta_codec import (
+from p2pdist.delta.codec import (
     INDEX_FILE,
-    DeltaIndex,
-    DeltaTarget,
-    Segment,
     decode_ans,
     decode_plane,
     join_planes,
 )
-from p2pdist.delta_file import read_table
-from p2pdist.delta_io import default_workers, map_file, ordered, read_index, store_error, view
-from p2pdist.digest import hash_file, hash_files
+from p2pdist.delta.file import read_table
+from p2pdist.delta.io import default_workers, map_file, ordered, read_index, store_error, view
+from p2pdist.delta.table import (
+    DeltaIndex,
+    DeltaTarget,
+    Segment,
+)
 from p2pdist.errors import FormatError, IntegrityError, P2PDistError
-from p2pdist.header import TensorSpec, read_header
-from p2pdist.manifest import FileEntry, safe_relpath
+from p2pdist.formats.digest import hash_file, hash_files
+from p2pdist.formats.header import TensorSpec, read_header
+from p2pdist.formats.manifest import FileEntry, safe_relpath
 
 
 def _check_expected(index: DeltaIndex, expected: Sequence[FileEntry], source: str) -> None:

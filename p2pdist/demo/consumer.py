@@ -1,6 +1,6 @@
 """One inference host of ``p2pdist demo``: follow ``@latest``, load each version, evaluate it.
 
-Run as ``python -m p2pdist.demo_consumer NAME`` with P2PDIST_HOME, P2PDIST_CONFIG_DIR,
+Run as ``python -m p2pdist.demo.consumer NAME`` with P2PDIST_HOME, P2PDIST_CONFIG_DIR,
 P2PDIST_TRACKER and P2PDIST_LISTEN set by the demo. It prints one JSON object per line on
 stdout (``ready``, then one ``version`` event per version) and stops when stdin says ``quit``
 (or closes), seeding what it has until then.

@@ -165,7 +165,7 @@ class Demo:
     def start_consumer(self, index: int) -> Process:
         label = f"consumer{index}"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "p2pdist.demo_consumer", MODEL],
+            [sys.executable, "-m", "p2pdist.demo.consumer", MODEL],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=self._env(label),
         )  # fmt: skip
@@ -175,7 +175,7 @@ class Demo:
 
     # -- the story ------------------------------------------------------------------------
     def run(self) -> list[VersionRow]:
-        from p2pdist.seeder import process_swarm
+        from p2pdist.swarm.seeder import process_swarm
         from p2pdist.trainer import lm
         from p2pdist.trainer.publisher import CheckpointPublisher
 
@@ -233,7 +233,7 @@ class Demo:
                     self._arrival(c, row)
             row.origin_uploaded = _uploaded(swarm, m)
         self.say("publisher", "the origin goes offline: it stops seeding every version")
-        from p2pdist.seeder import unseed_version
+        from p2pdist.swarm.seeder import unseed_version
 
         for published in publisher.published:
             unseed_version(publisher.store, MODEL, published.manifest.version)

@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from p2pdist import config
 from p2pdist.errors import ConfigError, FormatError, SignatureError
-from p2pdist.manifest import Manifest, public_key_hex
+from p2pdist.formats.manifest import Manifest, public_key_hex
 from p2pdist.ref import validate_name
 
 SIGNING_KEY_FILE = "signing_key.pem"

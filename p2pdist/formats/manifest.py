@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2pdist.digest import hash_files, is_digest
 from p2pdist.errors import FormatError, IntegrityError, SignatureError, UnsafePathError
+from p2pdist.formats.digest import hash_files, is_digest
 from p2pdist.ref import validate_name, validate_version
 
 FORMAT_VERSION = 1

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from p2pdist.errors import FormatError, NotFoundError
-from p2pdist.header import (  # re-exported: the header format is part of this module's surface
+from p2pdist.formats.header import (  # re-exported: the header format is part of this module's surface
     SafetensorsHeader,
     TensorSpec,
     read_header,

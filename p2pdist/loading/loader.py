@@ -13,8 +13,8 @@ memory), and hands out tensors only after their file hashed to the signed blake3
   the DMA of chunk k runs on a side stream), while another thread hashes the same mapping.
   The device tensors are returned after the stream finished and every hash matched.
 
-``load_into(module, ref)`` checks names and shapes from the headers alone (no bytes read)
-and, in strict mode, refuses before touching the module. ``open(ref)`` is the lazy form:
+``load_into(module, ref)`` (fit.py) checks names and shapes from the headers alone and, in
+strict mode, refuses before touching the module. ``open(ref)`` (lazy.py) is the lazy form:
 one file is verified the first time one of its tensors is asked for.
 """
 
@@ -22,22 +22,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from p2pdist.errors import FormatError, NotFoundError, P2PDistError, TrackerError
-from p2pdist.header import TensorSpec
-from p2pdist.manifest import MANIFEST_FILENAME, Manifest
-from p2pdist.records import RECORDS_DIR
+from p2pdist.errors import NotFoundError, TrackerError
+from p2pdist.formats.header import TensorSpec
+from p2pdist.formats.manifest import MANIFEST_FILENAME, Manifest
+from p2pdist.loading.staging import (
+    StagedCopier,
+    parse_device,
+    parse_dtype,
+    plan_chunks,
+    shared_copier,
+)
 from p2pdist.ref import parse_ref
-from p2pdist.staging import StagedCopier, parse_device, parse_dtype, plan_chunks, shared_copier
-from p2pdist.store import Store
-from p2pdist.verified import (
+from p2pdist.store.cache import Store
+from p2pdist.store.records import RECORDS_DIR
+from p2pdist.store.verified import (
     TORCH_DTYPES,
     CopyHasher,
     MappedShard,
@@ -60,7 +64,7 @@ def _empty_like_spec(spec: TensorSpec, device: torch.device) -> tuple[torch.Tens
     return raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape), raw
 
 
-def _convert(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+def convert_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is None or tensor.dtype == dtype or tensor.dtype not in _CONVERTIBLE:
         return tensor
     return tensor.to(dtype)
@@ -98,15 +102,15 @@ def load_folder(
         for shard in shards:
             shard.verify(policy, records)
         return {
-            spec.name: _convert(shard.tensor(spec), dtype)
+            spec.name: convert_dtype(shard.tensor(spec), dtype)
             for shard in shards
             for spec in shard.header.tensors
             if wanted is None or spec.name in wanted
         }
-    return _load_copied(shards, dev, dtype, policy, records, wanted)
+    return load_copied(shards, dev, dtype, policy, records, wanted)
 
 
-def _load_copied(
+def load_copied(
     shards: Sequence[MappedShard],
     dev: torch.device,
     dtype: torch.dtype | None,
@@ -144,7 +148,7 @@ def _load_copied(
                 hasher.finish(policy, records)  # IntegrityError: nothing is handed out
             else:
                 shard.verified = True
-    return {name: _convert(t, dtype) for name, t in out.items()}
+    return {name: convert_dtype(t, dtype) for name, t in out.items()}
 
 
 def _stage_shard(
@@ -228,7 +232,7 @@ def resolve(
     raise NotFoundError(f"{path}: fetched, but no {MANIFEST_FILENAME} beside it")
 
 
-def _seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threading.Thread:
+def seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threading.Thread:
     """Start seeding the version from this process, off the caller's path."""
 
     def run() -> None:
@@ -241,7 +245,7 @@ def _seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threa
                     manifest.version,
                 )
                 return
-            from p2pdist.seeder import seed_version
+            from p2pdist.swarm.seeder import seed_version
 
             seed_version(store, manifest.name, manifest.version)
         except Exception as e:  # seeding is a courtesy: never fail the load for it
@@ -276,242 +280,15 @@ def load(
         folder, manifest, device=dev, dtype=dtype, verify=verify, store=store, copy=copy
     )
     if seed:
-        _seed_in_background(store, manifest, folder)
+        seed_in_background(store, manifest, folder)
     return tensors
 
 
 # -- into a module --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShapeMismatch:
-    """A tensor whose stored shape differs from the module's."""
-
-    name: str
-    expected: tuple[int, ...]
-    found: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """How a stored state dict fits a module: what loaded, what is missing or left over."""
-
-    loaded: tuple[str, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    mismatched: tuple[ShapeMismatch, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def __str__(self) -> str:
-        lines = [f"{len(self.loaded)} tensors fit"]
-        if self.missing:
-            lines.append(
-                f"missing from the version ({len(self.missing)}): {', '.join(self.missing)}"
-            )
-        if self.unexpected:
-            lines.append(
-                f"not in the module ({len(self.unexpected)}): {', '.join(self.unexpected)}"
-            )
-        for m in self.mismatched:
-            lines.append(f"shape of {m.name}: module {list(m.expected)}, version {list(m.found)}")
-        return "; ".join(lines)
-
-
-class StateDictMismatchError(FormatError):
-    """A version whose tensors do not fit the module (strict ``load_into``); ``.report`` says how."""
-
-    def __init__(self, message: str, report: LoadReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def _module_device(module: torch.nn.Module) -> str:
-    devices = {t.device for t in module.state_dict().values()}
-    return str(devices.pop()) if len(devices) == 1 else "cpu"
-
-
-def fit_report(targets: Mapping[str, torch.Tensor], specs: Mapping[str, TensorSpec]) -> LoadReport:
-    """Compare a module's state dict with stored tensor specs (names and shapes only).
-
-    A name the version lacks is not missing when it shares its tensor with one the version
-    has (tied weights such as GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``).
-    """
-    provided = {id(targets[n]) for n in targets if n in specs}
-    loaded, missing, mismatched = [], [], []
-    for name, target in targets.items():
-        spec = specs.get(name)
-        if spec is None:
-            if id(target) not in provided:
-                missing.append(name)
-        elif tuple(target.shape) != spec.shape:
-            mismatched.append(ShapeMismatch(name, tuple(target.shape), spec.shape))
-        else:
-            loaded.append(name)
-    unexpected = sorted(set(specs) - set(targets))
-    return LoadReport(tuple(loaded), tuple(sorted(missing)), tuple(unexpected), tuple(mismatched))
-
-
-def load_into(
-    module: torch.nn.Module, ref: str, *, strict: bool = True, **load_kwargs: Any
-) -> LoadReport:
-    """Load ``ref`` into ``module``'s parameters and buffers (in place); return the report.
-
-    Names and shapes are checked from the headers before any tensor bytes are read. Strict
-    mode raises StateDictMismatchError on any missing, unexpected or mismatched tensor and
-    leaves the module untouched; otherwise the tensors that fit are copied and the rest is
-    in the report. Values are cast to the module's dtypes; ``device`` defaults to the
-    module's device. Other keywords go to ``load``.
-    """
-    load_kwargs.setdefault("device", _module_device(module))
-    targets = module.state_dict(keep_vars=True)
-    with open(ref, **load_kwargs) as reader:
-        report = fit_report(targets, {n: reader.spec(n) for n in reader.keys()})
-        if strict and not report.ok:
-            raise StateDictMismatchError(
-                f"{ref} does not fit {type(module).__name__}: {report}; nothing was loaded "
-                "(pass strict=False to load what fits)",
-                report,
-            )
-        tensors = reader.load(report.loaded)
-    with torch.no_grad():
-        for name in report.loaded:
-            targets[name].copy_(tensors[name])
-    return report
-
-
-# -- lazy -----------------------------------------------------------------------------------
-class VerifiedReader:
-    """Lazy, per-tensor access to a version; each file is verified before its first tensor.
-
-    A context manager; ``keys()``, ``spec(name)``, ``metadata``, ``reader[name]``, and
-    ``load(names)`` for many tensors at once through the same path as ``load``.
-    """
-
-    def __init__(
-        self,
-        folder: str | Path,
-        manifest: Manifest,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | str | None = None,
-        verify: VerifyPolicy = "always",
-        store: Store | None = None,
-        copy: bool = False,
-    ) -> None:
-        self.device = parse_device(device)
-        self.dtype = parse_dtype(dtype)
-        self.policy = check_policy(verify)
-        self.copy = copy
-        self.folder = Path(folder)
-        self.manifest = manifest
-        check_signature(manifest)
-        self.records = VerifiedRecords(store.root / RECORDS_DIR) if store is not None else None
-        self._closed = False
-        self._shards = open_shards(self.folder, manifest)
-        raise_header_errors(self._shards, self.policy, self.records)
-        self._where: dict[str, tuple[MappedShard, TensorSpec]] = {
-            spec.name: (shard, spec) for shard in self._shards for spec in shard.header.tensors
-        }
-
-    def keys(self) -> list[str]:
-        return list(self._where)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._where
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The ``__metadata__`` of the shards, merged (unverified until a tensor is read)."""
-        merged: dict[str, str] = {}
-        for shard in self._shards:
-            merged.update(shard.header.metadata)
-        return merged
-
-    def spec(self, name: str) -> TensorSpec:
-        return self._lookup(name)[1]
-
-    def _lookup(self, name: str) -> tuple[MappedShard, TensorSpec]:
-        try:
-            return self._where[name]
-        except KeyError:
-            if self._closed:
-                raise P2PDistError(
-                    f"the reader of {self.manifest.name}@{self.manifest.version} is closed; "
-                    "open the version again"
-                ) from None
-            raise NotFoundError(
-                f"{self.manifest.name}@{self.manifest.version}: no tensor {name!r}"
-            ) from None
-
-    def get_tensor(self, name: str) -> torch.Tensor:
-        return self.load([name])[name]
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.get_tensor(name)
-
-    def load(self, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
-        """The named tensors (all by default), each file verified first."""
-        wanted = set(self._where) if names is None else set(names)
-        for name in wanted:
-            self._lookup(name)
-        shards = [s for s in self._shards if any(t.name in wanted for t in s.header.tensors)]
-        if self.device.type == "cpu" and not self.copy:
-            for shard in shards:
-                shard.verify(self.policy, self.records)
-            return {
-                spec.name: _convert(shard.tensor(spec), self.dtype)
-                for shard in shards
-                for spec in shard.header.tensors
-                if spec.name in wanted
-            }
-        return _load_copied(shards, self.device, self.dtype, self.policy, self.records, wanted)
-
-    def close(self) -> None:
-        """Drop the mappings (tensors already handed out keep theirs alive)."""
-        self._shards = []
-        self._where = {}
-        self._closed = True
-
-    def __enter__(self) -> VerifiedReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open(
-    ref: str, *, home: str | Path | None = None, fetch: bool = True, **kwargs: Any
-) -> VerifiedReader:
-    """A lazy reader of ``ref`` (see VerifiedReader); keywords as for ``load``."""
-    seed = kwargs.pop("seed", False)
-    if "device" in kwargs:
-        kwargs["device"] = parse_device(kwargs["device"])
-    if "dtype" in kwargs:
-        kwargs["dtype"] = parse_dtype(kwargs["dtype"])
-    check_policy(kwargs.get("verify", "always"))
-    folder, manifest, store = resolve(ref, home=home, fetch=fetch)
-    reader = VerifiedReader(folder, manifest, store=store, **kwargs)
-    if seed:
-        _seed_in_background(store, manifest, folder)
-    return reader
 
 
 __all__ = [
-    "LoadReport",
-    "ShapeMismatch",
-    "StateDictMismatchError",
-    "VerifiedReader",
-    "fit_report",
     "load",
     "load_folder",
-    "load_into",
-    "open",
     "resolve",
 ]

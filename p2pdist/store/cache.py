@@ -36,14 +36,20 @@ from pathlib import Path
 from filelock import FileLock
 
 from p2pdist import config
-from p2pdist.digest import hash_file
 from p2pdist.errors import (
     ConflictError,
     IntegrityError,
     NotFoundError,
     StoreError,
 )
-from p2pdist.manifest import MANIFEST_FILENAME, FileEntry, Manifest, safe_relpath, verify_entries
+from p2pdist.formats.digest import hash_file
+from p2pdist.formats.manifest import (
+    MANIFEST_FILENAME,
+    FileEntry,
+    Manifest,
+    safe_relpath,
+    verify_entries,
+)
 from p2pdist.ref import ModelRef, validate_name, validate_version
 
 SNAPSHOT = "snapshot"

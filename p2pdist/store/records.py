@@ -3,7 +3,7 @@ manifest entry (torch-free, so that ``p2pdist fetch`` can use them without impor
 
 After a file hashed to its manifest's blake3, its identity (device, inode, size, mtime,
 ctime) is recorded under ``<store>/verified/<blake3>``; a later check of a file with the same
-identity skips the hash. See p2pdist/verified.py and docs/LOADING.md for what that catches.
+identity skips the hash. See p2pdist/store/verified.py and docs/LOADING.md for what that catches.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import blake3
 
-from p2pdist.digest import hash_file, is_digest
 from p2pdist.errors import IntegrityError
-from p2pdist.manifest import FileEntry
+from p2pdist.formats.digest import hash_file, is_digest
+from p2pdist.formats.manifest import FileEntry
 
 RECORDS_DIR = "verified"
 RACY_WINDOW_NS = 50_000_000

@@ -33,17 +33,17 @@ import blake3
 import torch
 
 from p2pdist.errors import ConfigError, FormatError, NotFoundError
-from p2pdist.header import MAX_HEADER_SIZE, SafetensorsHeader, TensorSpec, parse_header
-from p2pdist.keys import TrustStore
-from p2pdist.manifest import FileEntry, Manifest
-from p2pdist.records import (
+from p2pdist.formats.header import MAX_HEADER_SIZE, SafetensorsHeader, TensorSpec, parse_header
+from p2pdist.formats.keys import TrustStore
+from p2pdist.formats.manifest import FileEntry, Manifest
+from p2pdist.formats.shards import INDEX_FILE, SINGLE_FILE, index_shard_names
+from p2pdist.store.records import (
     FileIdentity,
     VerifiedRecords,
     check_digest,
     check_size,
     hash_buffer,
 )
-from p2pdist.shards import INDEX_FILE, SINGLE_FILE, index_shard_names
 
 VerifyPolicy = Literal["always", "once"]
 POLICIES: tuple[str, ...] = ("always", "once")

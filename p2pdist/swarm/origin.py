@@ -15,10 +15,10 @@ from pathlib import Path
 from aiohttp import web
 
 from p2pdist.errors import P2PDistError
-from p2pdist.manifest import safe_relpath
+from p2pdist.formats.manifest import safe_relpath
+from p2pdist.formats.torrent import read_torrent
 from p2pdist.ref import validate_name, validate_version
-from p2pdist.store import DELTA, SNAPSHOT, Store
-from p2pdist.torrent import read_torrent
+from p2pdist.store.cache import DELTA, SNAPSHOT, Store
 
 STORE = web.AppKey("store", Store)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from p2pdist.manifest import Manifest
+from p2pdist.formats.manifest import Manifest
 
 MAX_CHAIN = 64
 """Longest delta chain considered; beyond it a full download is cheaper to reason about."""

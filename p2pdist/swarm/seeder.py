@@ -13,7 +13,7 @@ from typing import Any
 
 from p2pdist import config
 from p2pdist.errors import FormatError, IntegrityError, NotFoundError, P2PDistError, StoreError
-from p2pdist.store import DELTA, SNAPSHOT, Store
+from p2pdist.store.cache import DELTA, SNAPSHOT, Store
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ ANNOUNCE_INTERVAL_HINT = 5
 
 def process_swarm() -> Any:
     """The process's swarm, created on first use with the configured interface and limits."""
-    from p2pdist.swarm import get_swarm
+    from p2pdist.swarm.session import get_swarm
 
     return get_swarm(
         listen_interface=config.listen_interface(),
@@ -48,7 +48,7 @@ def seed_version(store: Store, name: str, version: str, *, swarm: Any = None) ->
 
 
 def _seed_once(swarm: Any, torrent: bytes, root: Any) -> Any:
-    from p2pdist.torrent import read_torrent
+    from p2pdist.formats.torrent import read_torrent
 
     existing = swarm.transfer(read_torrent(torrent).info_hash)
     return existing if existing is not None else swarm.seed(torrent, root)
@@ -87,8 +87,8 @@ def seed_all(
 
 def unseed_version(store: Store, name: str, version: str, *, swarm: Any = None) -> None:
     """Stop seeding a version's torrents in this process (if they are seeded)."""
-    from p2pdist.swarm import existing_swarm
-    from p2pdist.torrent import read_torrent
+    from p2pdist.formats.torrent import read_torrent
+    from p2pdist.swarm.session import existing_swarm
 
     swarm = swarm or existing_swarm()
     if swarm is None:  # nothing is seeded in this process: do not start a session to say so

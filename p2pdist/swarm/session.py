@@ -1,8 +1,9 @@
 """The one libtorrent session of the process: seed folders, download torrents, report progress.
 
-The only libtorrent session lives here (torrent.py uses libtorrent to make and read .torrent
-files, swarm_config.py to describe the session). Callers hand in .torrent bytes and folders
-and get back plain values (`Progress`, `TransferResult`) or a small `Transfer` handle;
+The only libtorrent session lives here (formats/torrent.py uses libtorrent to make and read .torrent
+files, swarm/settings.py to describe the session). Callers hand in .torrent bytes and folders
+and get back plain values (`Progress`, `TransferResult`) or a small `Transfer` handle
+(swarm/transfer.py);
 libtorrent's objects never leave this module.
 
 One background thread pops alerts (libtorrent 2.x style, bindings/python/examples/client.py),
@@ -11,7 +12,7 @@ updates twice a second, and writes resume data of running downloads every few se
 a process killed with SIGKILL gets no chance to write it at shutdown. `download()` blocks its
 caller on a condition variable fed by that thread.
 
-The settings (swarm_config.py) follow the pitfalls measured in DESIGN.md ("The swarm"): many
+The settings (swarm/settings.py) follow the pitfalls measured in DESIGN.md ("The swarm"): many
 peers per IP (every test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off on
 loopback, rate limits applied to local peers when set, `min_announce_interval` from the
 tracker's interval, and the add flags cleared of both `paused` and `auto_managed`.
@@ -26,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,14 +34,14 @@ from urllib.parse import urlsplit
 import libtorrent as lt
 
 from p2pdist.errors import StoreError, SwarmError
-from p2pdist.swarm_config import (
-    BLOCK_SIZE,
+from p2pdist.formats.torrent import TorrentMeta, read_torrent
+from p2pdist.swarm.settings import (
     read_resume,
     session_settings,
     torrent_params,
     write_atomic,
 )
-from p2pdist.torrent import TorrentMeta, read_torrent
+from p2pdist.swarm.transfer import Progress, TorrentState, Transfer, TransferResult, label
 
 UPDATE_INTERVAL = 0.5
 """Seconds between state updates (progress) asked of libtorrent."""
@@ -57,122 +57,6 @@ SHUTDOWN_WAIT = 5.0
 
 _CHECKING = {"checking_files", "checking_resume_data", "queued_for_checking", "allocating"}
 _WEB = (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
-
-
-def label(meta: TorrentMeta) -> str:
-    """How messages name a torrent: p2pdist's own by the version they hold (the folder
-    ``org--gpt@v3`` is org/gpt@v3, ``….delta`` its delta; "--" never occurs in a name), any
-    other by its name."""
-    base = meta.name.removesuffix(".delta")
-    name, at, version = base.partition("@")
-    if not at:
-        return meta.name
-    ref = f"{name.replace('--', '/', 1)}@{version}"
-    return f"{ref} (delta)" if base != meta.name else ref
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot of one transfer; rates in bytes/s, `eta_seconds` None when unknown."""
-
-    done: int
-    total: int
-    download_rate: int
-    upload_rate: int
-    peers: int
-    seeds: int
-    state: str
-    eta_seconds: float | None
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    """What a finished download cost: payload bytes by source, hash failures, upload.
-
-    `bytes_from_peers + bytes_from_web_seeds` is the payload received in this call, pieces
-    that failed their hash check and redundant blocks included; after a resume it counts
-    only what was fetched again.
-    """
-
-    seconds: float
-    total_bytes: int
-    bytes_from_peers: int
-    bytes_from_web_seeds: int
-    hash_failures: int
-    bytes_uploaded: int
-    info_hash: str = ""
-
-
-class _Torrent:
-    """Mutable state of one torrent in the session, written by the alert thread.
-
-    Guarded by the owning Swarm's condition; readers copy what they need under it.
-    """
-
-    def __init__(self, handle: Any, meta: TorrentMeta, resume_file: Path | None) -> None:
-        self.handle = handle
-        self.meta = meta
-        self.resume_file = resume_file
-        self.progress: Progress | None = None
-        self.list_peers = 0
-        self.payload_up = 0
-        self.hash_failures = 0
-        self.error: Exception | None = None
-        self.finished = False
-        self.resume_writes = 0
-        self.removed = False
-        self.web_endpoints: set[tuple[str, int]] | None = None  # None: no web seeds
-        self.peer_bytes = 0
-        self.storage_size = meta.total_size
-
-    def block_length(self, piece: int, block: int) -> int:
-        """Bytes in one 16 KiB block (the torrent's last block may be short)."""
-        start = piece * self.meta.piece_size + block * BLOCK_SIZE
-        return max(0, min(BLOCK_SIZE, self.storage_size - start))
-
-
-class Transfer:
-    """A torrent the session keeps serving (a seed, or a download kept seeding)."""
-
-    def __init__(self, swarm: Swarm, state: _Torrent) -> None:
-        self._swarm = swarm
-        self._state = state
-
-    @property
-    def info_hash(self) -> str:
-        """The swarm's infohash (v1 hex, or v2 hex for a v2-only torrent)."""
-        return self._state.meta.info_hash
-
-    def progress(self) -> Progress | None:
-        """The latest snapshot, or None before the first state update."""
-        with self._swarm._cond:
-            return self._state.progress
-
-    def uploaded_bytes(self) -> int:
-        """Payload bytes sent to peers since this transfer started."""
-        if self._state.removed:
-            return self._state.payload_up
-        try:
-            return int(self._state.handle.status().total_payload_upload)
-        except RuntimeError:
-            return self._state.payload_up
-
-    def peers(self) -> tuple[tuple[str, int], ...]:
-        """Endpoints (ip, port) of the peers connected now."""
-        if self._state.removed:
-            return ()
-        try:
-            infos = self._state.handle.get_peer_info()
-        except RuntimeError:
-            return ()
-        return tuple((str(p.ip[0]), int(p.ip[1])) for p in infos if int(p.connection_type) == 1)
-
-    def stop(self) -> None:
-        """Stop serving; the files stay where they are."""
-        self._swarm._remove(self._state)
-
-    def __repr__(self) -> str:
-        return f"Transfer({self._state.meta.name!r}, info_hash={self.info_hash})"
 
 
 class Swarm:
@@ -212,7 +96,7 @@ class Swarm:
             where = settings["listen_interfaces"]
             raise SwarmError(f"cannot start a session on {where}: {exc}") from exc
         self._cond = threading.Condition()
-        self._torrents: dict[Any, _Torrent] = {}
+        self._torrents: dict[Any, TorrentState] = {}
         self._closed = False
         self._cycles = 0
         self._thread = threading.Thread(target=self._alert_loop, name="p2pdist-swarm", daemon=True)
@@ -412,7 +296,7 @@ class Swarm:
         *,
         resume_file: Path | None,
         web_endpoints: set[tuple[str, int]] | None = None,
-    ) -> _Torrent:
+    ) -> TorrentState:
         with self._cond:
             if self._closed:
                 raise SwarmError(f"{label(meta)}: the swarm is closed; start a new one")
@@ -420,13 +304,13 @@ class Swarm:
                 handle = self._session.add_torrent(atp)
             except RuntimeError as exc:
                 raise SwarmError(f"cannot add {label(meta)} ({meta.info_hash}): {exc}") from exc
-            state = _Torrent(handle, meta, resume_file)
+            state = TorrentState(handle, meta, resume_file)
             state.web_endpoints = web_endpoints
             state.storage_size = int(atp.ti.layout().total_size())
             self._torrents[handle] = state
         return state
 
-    def _remove(self, state: _Torrent) -> None:
+    def _remove(self, state: TorrentState) -> None:
         with self._cond:
             if state.removed or self._torrents.get(state.handle) is not state:
                 return
@@ -439,12 +323,12 @@ class Swarm:
             state.removed = True
             self._torrents.pop(state.handle, None)
 
-    def _save_and_remove(self, state: _Torrent) -> None:
+    def _save_and_remove(self, state: TorrentState) -> None:
         if state.resume_file is not None and not self._closed:
             self._save_resume(state)
         self._remove(state)
 
-    def _save_resume(self, state: _Torrent) -> None:
+    def _save_resume(self, state: TorrentState) -> None:
         with self._cond:
             before = state.resume_writes
             try:

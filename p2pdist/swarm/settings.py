@@ -1,7 +1,7 @@
 """What p2pdist asks of libtorrent: session settings, add-torrent parameters, resume data.
 
 The settings carry the pitfalls measured on loopback swarms (DESIGN.md, "The swarm", and
-BENCHMARKS.md): each one says what it fixed and by how much. Only swarm.py uses this module.
+BENCHMARKS.md): each one says what it fixed and by how much. Only the swarm package (session.py, transfer.py) uses this module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import libtorrent as lt
 
-from p2pdist.torrent import TorrentMeta
+from p2pdist.formats.torrent import TorrentMeta
 
 BLOCK_SIZE = 16 * 1024
 """libtorrent's request size: the unit of block progress and of request queues."""

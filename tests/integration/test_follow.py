@@ -20,16 +20,16 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist import records
 from p2pdist.client import RegistryClient
 from p2pdist.errors import P2PDistError, SignatureError, TrackerError
 from p2pdist.fetcher import Fetcher
 from p2pdist.follower import Follower, Update, follow
-from p2pdist.keys import TrustStore, public_key_of
+from p2pdist.formats.keys import TrustStore, public_key_of
+from p2pdist.formats.torrent import read_torrent
 from p2pdist.publishing import PublishedVersion
-from p2pdist.store import Store
-from p2pdist.swarm import Swarm
-from p2pdist.torrent import read_torrent
+from p2pdist.store import records
+from p2pdist.store.cache import Store
+from p2pdist.swarm.session import Swarm
 from p2pdist.trainer.publisher import CheckpointPublisher
 from tests.integration.harness import Tracker
 

@@ -15,7 +15,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
-from p2pdist.manifest import Manifest
+from p2pdist.formats.manifest import Manifest
 from tests.conftest import make_version_folder
 from tests.integration.harness import Node, Tracker
 

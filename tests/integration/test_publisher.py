@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.client import RegistryClient
 from p2pdist.errors import NotFoundError, P2PDistError, TrackerError
-from p2pdist.manifest import Manifest, describe_files, list_files
+from p2pdist.formats.manifest import Manifest, describe_files, list_files
+from p2pdist.formats.shards import load_state_dict, save_state_dict
 from p2pdist.publishing import PublishedVersion
-from p2pdist.shards import load_state_dict, save_state_dict
-from p2pdist.swarm import Swarm
+from p2pdist.swarm.session import Swarm
 from p2pdist.trainer import publisher as publisher_module
 from p2pdist.trainer.publisher import CheckpointPublisher
 from tests.conftest import free_port

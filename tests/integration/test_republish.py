@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pdist.torrent import read_torrent
+from p2pdist.formats.torrent import read_torrent
 from tests.conftest import make_version_folder, small_state_dict
 from tests.integration.harness import Node, Tracker
 

@@ -1,4 +1,4 @@
-"""p2pdist.swarm: real libtorrent sessions trading real bytes on 127.0.0.1.
+"""p2pdist.swarm.session: real libtorrent sessions trading real bytes on 127.0.0.1.
 
 Peers find each other by direct connections (`peers=`), so these tests need no tracker.
 Every session, server and child process a test starts is stopped by it.
@@ -26,8 +26,9 @@ import pytest
 from aiohttp import web
 
 from p2pdist.errors import StoreError, SwarmError
-from p2pdist.swarm import Progress, Swarm, TransferResult, get_swarm
-from p2pdist.torrent import TorrentMeta, make_torrent
+from p2pdist.formats.torrent import TorrentMeta, make_torrent
+from p2pdist.swarm.session import Swarm, get_swarm
+from p2pdist.swarm.transfer import Progress, TransferResult
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ LOCAL = "127.0.0.1"
 CHILD = r"""
 import dataclasses, json, sys
 from pathlib import Path
-from p2pdist.swarm import Swarm
+from p2pdist.swarm.session import Swarm
 cfg = json.loads(sys.argv[1])
 with Swarm() as swarm:
     print(json.dumps({"port": swarm.listen_port}), flush=True)

@@ -22,9 +22,9 @@ import libtorrent as lt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.bencode import bdecode, infohashes
 from p2pdist.client import RegistryClient
-from p2pdist.manifest import Manifest, TorrentRef, describe_files, list_files
+from p2pdist.formats.bencode import bdecode, infohashes
+from p2pdist.formats.manifest import Manifest, TorrentRef, describe_files, list_files
 from tests.integration.harness import Tracker, run_aria2
 from tests.tracker_world import announce_query, make_version, peer_id
 

@@ -30,7 +30,7 @@
  * then refuses.
  */
 
-/* What the codec's C files share (_delta_ans_encode.c, _delta_ans_decode.c, and _delta_ans.c,
+/* What the codec's C files share (encode.c, decode.c, and module.c,
  * the Python module): the constants of the format, scratch arenas, words, varints, and the
  * entry points of the encoder and the decoder. */
 
@@ -71,7 +71,7 @@
 #define HIST_STRIDE (MAX_TABLES * ALPHABET_MAX + 16)
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "p2pdist._delta_ans reads little-endian words with memcpy: little-endian hosts only"
+#error "p2pdist.delta._ans reads little-endian words with memcpy: little-endian hosts only"
 #endif
 
 /* ------------------------------------------------------------------------ scratch */
@@ -194,7 +194,7 @@ typedef struct {
  * CPU has is chosen when the module loads; the tests switch between them and check that all
  * code the same bytes. */
 enum { SIMD_NONE = 0, SIMD_AVX2 = 1, SIMD_AVX512 = 2 };
-extern INTERNAL int simd_level; /* defined in _delta_ans.c */
+extern INTERNAL int simd_level; /* defined in module.c */
 
 /* P2PDIST_NO_VECTOR builds the portable C alone, as on hosts other than x86-64 (the tests
  * compile it so, to keep that build working). */
@@ -226,7 +226,7 @@ extern INTERNAL int simd_level; /* defined in _delta_ans.c */
     }
 
 /* The entry points (one clone per CPU generation, see CLONES): the encoder's in
- * _delta_ans_encode.c, the decoder's in _delta_ans_decode.c. */
+ * encode.c, the decoder's in decode.c. */
 INTERNAL int64_t choose_lo(const uint8_t *base, size_t n, int w, unsigned shift, unsigned bits,
                            Arena a);
 INTERNAL EncResult ans_encode(const uint8_t *nw, const uint8_t *bs, size_t n, int w, int use_ctx,

@@ -1,8 +1,8 @@
-/* The decoder of the delta codec's "ans" segments (the format: _delta_ans.h and
+/* The decoder of the delta codec's "ans" segments (the format: ans.h and
  * docs/FORMAT_DELTA.md): it trusts nothing in the payload; portable C, with AVX-512 and AVX2
- * decoders (_delta_ans_x86_decode.h) for whole groups of 16- and 32-bit words. */
+ * decoders (x86_decode.h) for whole groups of 16- and 32-bit words. */
 
-#include "_delta_ans.h"
+#include "ans.h"
 
 /* ------------------------------------------------------------------------ decoder */
 
@@ -106,7 +106,7 @@ static const char *read_tables(In *in, int ntables, int alphabet, Slot (*lut)[SC
 }
 
 #ifdef HAVE_VECTOR_CODERS
-#include "_delta_ans_x86_decode.h" /* the AVX2 and AVX-512 decoders */
+#include "x86_decode.h" /* the AVX2 and AVX-512 decoders */
 #endif
 
 INLINE const char *ans_decode_w(const uint8_t *payload, size_t plen, const uint8_t *bs, uint8_t *out,

@@ -1,8 +1,8 @@
-/* The encoder of the delta codec's "ans" segments (the format: _delta_ans.h and
+/* The encoder of the delta codec's "ans" segments (the format: ans.h and
  * docs/FORMAT_DELTA.md): tokens and extra bits, contexts and classes, frequency tables, and
- * the rANS pass, portable C with AVX-512 and AVX2 passes (_delta_ans_x86_encode.h). */
+ * the rANS pass, portable C with AVX-512 and AVX2 passes (x86_encode.h). */
 
-#include "_delta_ans.h"
+#include "ans.h"
 
 /* Reorder a[0, n) so that a[k] is the value a sort would put there, nothing larger before
  * it and nothing smaller after it (Hoare's selection: a sort cost ~3 % of encoding). */
@@ -157,7 +157,7 @@ INLINE int64_t choose_lo_w(const uint8_t *base, size_t n, int w, unsigned shift,
 }
 
 #ifdef HAVE_VECTOR_CODERS
-#include "_delta_ans_x86_encode.h" /* the encoder's AVX-512 and AVX2 passes */
+#include "x86_encode.h" /* the encoder's AVX-512 and AVX2 passes */
 #endif
 
 /* Classes of n/L values (row or column activity) by quantile: class = how many of the k - 1

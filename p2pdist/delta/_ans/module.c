@@ -1,11 +1,11 @@
-/* The Python module p2pdist._delta_ans: argument checks, scratch sizes, the choice of vector
- * code, and the GIL released around the encoder (_delta_ans_encode.c) and the decoder
- * (_delta_ans_decode.c). The format: _delta_ans.h and docs/FORMAT_DELTA.md. */
+/* The Python module p2pdist.delta._ans: argument checks, scratch sizes, the choice of vector
+ * code, and the GIL released around the encoder (encode.c) and the decoder
+ * (decode.c). The format: ans.h and docs/FORMAT_DELTA.md. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "_delta_ans.h"
+#include "ans.h"
 
 /* The vector code in use (see SIMD_NONE); set when the module loads, and by set_simd(). */
 INTERNAL int simd_level = SIMD_NONE;
@@ -230,13 +230,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_delta_ans",
+    .m_name = "_ans",
     .m_doc = "rANS coding of weight moves against a base, by exponent context (see delta_codec).",
     .m_size = -1,
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__delta_ans(void) {
+PyMODINIT_FUNC PyInit__ans(void) {
     init_short_tokens();
 #ifdef HAVE_VECTOR_CODERS
     init_renorm_shuffle();

@@ -1,7 +1,7 @@
 /* The x86-64 vector decoders of the delta codec (AVX2 and AVX-512), included by
- * _delta_ans_decode.c after the decoder's types (Slot, Classes, ClassCursor) where the compiler
+ * decode.c after the decoder's types (Slot, Classes, ClassCursor) where the compiler
  * has the x86 intrinsics. Each decodes whole groups while both streams surely hold a group's
- * reads, and must produce the same bytes as the portable DEC of _delta_ans_decode.c: the tests
+ * reads, and must produce the same bytes as the portable DEC of decode.c: the tests
  * compare every level, valid and tampered payloads alike. Not a standalone header. */
 
 /* For each 8-bit mask of lanes that renormalise, the stream word each lane takes: lane k

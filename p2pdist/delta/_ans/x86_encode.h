@@ -1,6 +1,6 @@
 /* The x86-64 vector passes of the delta encoder (AVX-512 and AVX2), included by
- * _delta_ans_encode.c after the encoder's types (EncSym, BitWriter) where the compiler has the
- * x86 intrinsics. Each function does what the portable C of _delta_ans_encode.c does, on 16 or
+ * encode.c after the encoder's types (EncSym, BitWriter) where the compiler has the
+ * x86 intrinsics. Each function does what the portable C of encode.c does, on 16 or
  * 8 words at once, and
  * must produce the same bytes: the tests compare every level. Not a standalone header. */
 
