@@ -1,6 +1,6 @@
 # Set-up and checks for p2pdist. Two commands do everything on a fresh machine:
 #   make demo   - install into .venv and run `p2pdist demo`
-#   make test   - install into .venv (plus aria2/zstd from Debian when possible) and run lint + tests
+#   make test   - install into .venv (plus Debian test packages when root) and run lint + tests
 #
 # The torch pin lives here and only here: a GPU user swaps it, e.g.
 #   make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
@@ -21,15 +21,22 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# aria2c (a standard BitTorrent client, for the interoperability test) and the zstd CLI (the
-# delta benchmark's baseline). Best effort: without root or apt the dependent tests skip
-# with a visible reason.
+# Debian packages the tests and benchmarks use: aria2c (a standard BitTorrent client, for the
+# interoperability test), the zstd CLI (the delta benchmark's baseline), iproute2, nftables and
+# iperf3 (the multi-host test bed: network namespaces, tbf-shaped links, NAT), nginx (a
+# TLS-terminating proxy in front of the tracker), PostgreSQL and Redis (tracker replicas).
+# Installed when missing and root; elsewhere the dependent tests skip with a visible reason.
+DEBIAN_PACKAGES := aria2 zstd iproute2 nftables iperf3 nginx-light postgresql redis-server
+
 system-deps:
-	@if ! command -v aria2c >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1; then \
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq aria2 zstd >/dev/null \
-			|| echo "warning: could not install aria2/zstd; their tests will be skipped"; \
-		else echo "warning: aria2c/zstd missing and no root apt-get; their tests will be skipped"; fi; \
+			echo "installing from Debian:" $$missing; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				-o DPkg::Lock::Timeout=300 $$missing >/dev/null \
+			|| echo "warning: could not install" $$missing "; their tests will be skipped"; \
+		else echo "warning:" $$missing "missing and no root apt-get; their tests will be skipped"; fi; \
 	fi
 
 demo: install
@@ -38,9 +45,10 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/typecheck.py
 
 test: install system-deps lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -392,11 +392,11 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
             return self._client._connection(_CancellableHTTPSConnection(host, **kwargs))
 
         extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
-        return self.do_open(connect, req, context=self._context, **extra)
+        return self.do_open(connect, req, context=self._context, **extra)  # type: ignore[attr-defined]
 
 
 def _read(response: Any) -> bytes:
-    data = response.read(MAX_ANSWER_BYTES + 1)
+    data: bytes = response.read(MAX_ANSWER_BYTES + 1)
     if len(data) > MAX_ANSWER_BYTES:
         raise TrackerError(f"registry answer larger than {MAX_ANSWER_BYTES} bytes")
     return data

@@ -232,8 +232,9 @@ class Follower:
         allowed ``CLOCK_SLACK``."""
         if self.current is None or self._delivered_created is None:
             return
-        store, ancestor = self.fetcher.store, self.current
-        seen = set()
+        store = self.fetcher.store
+        ancestor: str | None = self.current
+        seen: set[str] = set()
         while ancestor is not None and ancestor not in seen and store.has(self.name, ancestor):
             if ancestor == version:
                 raise IntegrityError(

@@ -372,7 +372,7 @@ class FrontConnection(asyncio.Protocol):
             handler.pause_writing()
         if pos < len(data):
             handler.data_received(data[pos:])
-        if self._eof and not handler.eof_received():
+        if self._eof and not handler.eof_received():  # type: ignore[func-returns-value]
             transport.close()  # what the transport would have done at the end of stream
 
 

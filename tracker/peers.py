@@ -210,10 +210,10 @@ class MemoryPeerStore:
             if len(expires) >= self.max_peers_per_swarm:
                 return False
             address = key[:-2]  # the compact form ends in the port
-            held = swarm.per_address.get(address, 0)
-            if held >= self.max_peers_per_ip:
+            from_address = swarm.per_address.get(address, 0)
+            if from_address >= self.max_peers_per_ip:
                 return False
-            swarm.per_address[address] = held + 1
+            swarm.per_address[address] = from_address + 1
         if peer.seeder:
             seeders = swarm.seeders
             if key in seeders.index:

@@ -21,6 +21,7 @@ import math
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from p2pdist.errors import FormatError, P2PDistError
 from p2pdist.formats.bencode import infohashes
@@ -313,7 +314,7 @@ async def torrent(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn refusals and unexpected failures under /v1/ into ``{"error": ...}`` answers."""
     state = request.app[STATE]
     route = request.match_info.route.name or "unmatched"

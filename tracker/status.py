@@ -7,6 +7,7 @@ counted, not named); everything is escaped, since model names come from publishe
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -37,7 +38,7 @@ def render_metrics(
     m = state.metrics
     out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    def family(name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]) -> None:
         out.append(f"# HELP p2pdist_tracker_{name} {help_text}")
         out.append(f"# TYPE p2pdist_tracker_{name} {kind}")
         out.extend(f"p2pdist_tracker_{name}{labels} {value:g}" for labels, value in samples)

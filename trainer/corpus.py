@@ -70,7 +70,7 @@ def _empty() -> torch.Tensor:
 
 def default_corpus_path() -> Path:
     """The corpus shipped in the package (trainer/data/corpus.txt.xz; see ORIGIN.md there)."""
-    return Path(str(resources.files("p2pdist.trainer").joinpath("data", CORPUS_FILE)))
+    return Path(str(resources.files("p2pdist.trainer").joinpath("data").joinpath(CORPUS_FILE)))
 
 
 def load_corpus(path: str | Path | None = None) -> Corpus:

@@ -204,7 +204,7 @@ class CheckpointPublisher:
                     f"free space or check the store at {self.store.root}"
                 ) from e
         except P2PDistError as e:
-            e.add_note(f"while publishing {self.name}@{version or '<next version>'}")
+            _add_note(e, f"while publishing {self.name}@{version or '<next version>'}")
             if isinstance(e, NotFoundError) and "parent version" in str(e):
                 # The registry lost the parent (a tracker restored without its database):
                 # the next publish is a full version rather than failing the same way.
@@ -381,3 +381,10 @@ threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 os.register_at_fork(after_in_child=_open_publishers.clear)
 
 __all__ = ["CheckpointPublisher", "cpu_snapshot"]
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` where Python has it (3.11+); on 3.10 the note is dropped."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(note)

@@ -22,7 +22,7 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
     from p2pdist.store.cache import Store
 
     store = Store(config.home(home))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in store.models():
         for m in store.versions(name):
             rows.append(

@@ -225,9 +225,9 @@ def encode(
             pool = stack.enter_context(ThreadPoolExecutor(workers))
             stack.callback(pool.shutdown, cancel_futures=True)
             for ti, entry, header in plans:
-                name = targets[ti].delta
-                assert name is not None
-                partial = out_dir / f".{name}.{tag}.incomplete"
+                delta_name = targets[ti].delta
+                assert delta_name is not None
+                partial = out_dir / f".{delta_name}.{tag}.incomplete"
                 written.append(partial)
                 jobs = list(_plan(header, entry.size, parent_tensors, chunk_bytes))
                 payloads = sum(1 if job.base else job.word for job in jobs)
@@ -245,10 +245,10 @@ def encode(
         written.append(index_tmp)
         index_tmp.write_bytes(index.to_bytes())
         for ti, _, _ in plans:
-            name = targets[ti].delta
-            assert name is not None
-            os.replace(out_dir / f".{name}.{tag}.incomplete", out_dir / name)
-            written.append(out_dir / name)
+            delta_name = targets[ti].delta
+            assert delta_name is not None
+            os.replace(out_dir / f".{delta_name}.{tag}.incomplete", out_dir / delta_name)
+            written.append(out_dir / delta_name)
         os.replace(index_tmp, out_dir / INDEX_FILE)
     except BaseException as e:
         for p in written:

@@ -287,7 +287,7 @@ def encode_plane(plane: np.ndarray | None) -> Plane:
     """Choose the cheapest codec for one plane: zero, zstd, or raw when zstd does not pay."""
     if plane is None:
         return Plane("zero")
-    data = memoryview(plane).cast("B")
+    data = plane.data.cast("B")
     if plane.size >= _SAMPLE and _sample_entropy(plane) > RAW_ENTROPY_BITS:
         return Plane("raw", bytes(data))
     packed = _compressor().compress(data)

@@ -258,7 +258,7 @@ def _rebuild(
                 assert base is not None
                 _pwrite(fd, base, offset)
                 return
-            data = []
+            data: list[np.ndarray | None] = []
             for _codec, name in seg.payloads:
                 spec = None if name is None else payloads[name]
                 data.append(None if spec is None else view(delta_map, spec.start, spec.nbytes))
@@ -266,7 +266,8 @@ def _rebuild(
             if seg.op == "raw":
                 n = seg.size // seg.word
                 planes = [
-                    decode_plane(c, d, n) for (c, _), d in zip(seg.payloads, data, strict=True)
+                    decode_plane(c, None if d is None else d.data, n)
+                    for (c, _), d in zip(seg.payloads, data, strict=True)
                 ]
                 join_planes(planes, out)
             else:
@@ -281,7 +282,7 @@ def _rebuild(
 
 
 def _pwrite(fd: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(data).cast("B")
+    view = data.data.cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n

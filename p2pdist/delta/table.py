@@ -110,7 +110,7 @@ class Segment:
         planes = obj["planes"]
         if not isinstance(planes, list) or len(planes) != word:
             raise FormatError(f"{where}: need {word} planes")
-        parsed = []
+        parsed: list[tuple[str, str | None]] = []
         for p in planes:
             codec = p.get("codec") if isinstance(p, dict) else None
             if codec not in PLANE_CODECS:

@@ -235,8 +235,8 @@ class Demo:
         self.say("publisher", "the origin goes offline: it stops seeding every version")
         from p2pdist.swarm.seeder import unseed_version
 
-        for published in publisher.published:
-            unseed_version(publisher.store, MODEL, published.manifest.version)
+        for done in publisher.published:
+            unseed_version(publisher.store, MODEL, done.manifest.version)
         busy.proc.send_signal(signal.SIGCONT)
         self.say(busy.label, f"resumes; {MODEL}@{versions[-1]} is now only on the other consumers")
         self._arrival(busy, self.rows[-1])

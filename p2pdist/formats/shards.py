@@ -58,7 +58,7 @@ def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise FormatError(f"state dict entry {name!r} is not a str -> torch.Tensor pair")
         t = tensor.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        key = (t.untyped_storage().data_ptr(), int(t.storage_offset())) if t.numel() else None
         if key is not None and key in seen:
             t = t.clone()
         elif key is not None:
@@ -183,7 +183,8 @@ class ShardedReader:
         if handle is None:
             handle = safe_open(str(self.folder / filename), framework="pt", device=self.device)
             self._handles[filename] = handle
-        return handle.get_tensor(name)
+        tensor: torch.Tensor = handle.get_tensor(name)
+        return tensor
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.get_tensor(name)

@@ -219,7 +219,7 @@ def read_torrent(data: bytes) -> TorrentMeta:
         raise TypeError(f"read_torrent takes bytes, got {type(data).__name__}")
     data = bytes(data)
     try:
-        decoded = lt.bdecode(data)
+        decoded: Any = lt.bdecode(data)
     except RuntimeError as exc:
         raise FormatError(f"torrent: not bencoded ({exc}); check the .torrent file") from exc
     if not isinstance(decoded, dict) or not isinstance(decoded.get(b"info"), dict):

@@ -186,9 +186,9 @@ class CopyHasher:
         self._feed(shard.header_bytes)
 
     def _feed(self, data: bytes | memoryview | torch.Tensor) -> Future[None]:
-        view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else memoryview(data)
+        view = data.numpy().data if isinstance(data, torch.Tensor) else memoryview(data)
         self.at += len(view)
-        self._last = self.pool.submit(self.hasher.update, view)
+        self._last = self.pool.submit(_update, self.hasher, view)
         return self._last
 
     def gap_to(self, offset: int) -> None:
@@ -283,3 +283,7 @@ __all__ = [
     "raise_header_errors",
     "tensor_view",
 ]
+
+
+def _update(hasher: blake3.blake3, data: memoryview) -> None:
+    hasher.update(data)

@@ -46,8 +46,8 @@ def _resolve(store: Store, root: str, path: str) -> Path:
         entries = manifest.delta_files if delta else manifest.files
         if path not in {e.path for e in entries}:
             raise web.HTTPNotFound()
-        folder = store.version_dir(name, version) / (DELTA if delta else SNAPSHOT)
-        resolved = (folder / path).resolve(strict=True)
+        served = store.version_dir(name, version) / (DELTA if delta else SNAPSHOT)
+        resolved: Path = (served / path).resolve(strict=True)
     except (P2PDistError, OSError):
         raise web.HTTPNotFound() from None
     if not resolved.is_relative_to(store.blobs_dir.resolve()):  # a link made to point elsewhere

@@ -91,7 +91,8 @@ class Swarm:
             extra_settings=extra_settings,
         )
         try:
-            self._session = lt.session(settings)
+            # the bindings take a dict of settings (their examples do); the stubs know only packs
+            self._session = lt.session(settings)  # type: ignore[call-overload]
         except RuntimeError as exc:
             where = settings["listen_interfaces"]
             raise SwarmError(f"cannot start a session on {where}: {exc}") from exc

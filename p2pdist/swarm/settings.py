@@ -95,7 +95,7 @@ def torrent_params(meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resu
     """add_torrent_params that put file i at folder/<its path without the root name>."""
     data = meta.data
     if not use_web_seeds and meta.web_seeds:
-        decoded = lt.bdecode(data)
+        decoded: Any = lt.bdecode(data)
         decoded.pop(b"url-list", None)
         decoded.pop(b"httpseeds", None)
         data = lt.bencode(decoded)

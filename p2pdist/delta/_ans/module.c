@@ -231,7 +231,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_ans",
-    .m_doc = "rANS coding of weight moves against a base, by exponent context (see delta_codec).",
+    .m_doc = "rANS coding of weight moves against a base, by exponent context (see p2pdist.delta.codec).",
     .m_size = -1,
     .m_methods = methods,
 };
