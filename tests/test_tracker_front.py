@@ -233,7 +233,9 @@ def test_a_client_that_does_not_read_is_held_back_not_dropped(
     with tracker.connect() as c:
         sender = threading.Thread(target=c.send, args=(b"".join(requests),))
         sender.start()
-        time.sleep(0.5)  # let both sides' buffers fill
+        deadline = time.monotonic() + 30  # let both sides' buffers fill: poll, a loaded
+        while not writing_paused and time.monotonic() < deadline:  # machine is slow to
+            time.sleep(0.01)
         counts = [c.bencoded()[0][b"incomplete"] for _ in range(len(requests))]
         sender.join(10)
     assert writing_paused, "the server never had to stop writing: send more"
