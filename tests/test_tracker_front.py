@@ -233,8 +233,9 @@ def test_a_client_that_does_not_read_is_held_back_not_dropped(
     with tracker.connect() as c:
         sender = threading.Thread(target=c.send, args=(b"".join(requests),))
         sender.start()
-        deadline = time.monotonic() + 30  # let both sides' buffers fill: poll, a loaded
-        while not writing_paused and time.monotonic() < deadline:  # machine is slow to
+        # let both sides' buffers fill (polled: a loaded machine takes longer than any sleep)
+        deadline = time.monotonic() + 30
+        while not writing_paused and time.monotonic() < deadline:
             time.sleep(0.01)
         counts = [c.bencoded()[0][b"incomplete"] for _ in range(len(requests))]
         sender.join(10)
