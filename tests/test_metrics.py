@@ -136,3 +136,13 @@ def test_family_format() -> None:
         'p2pdist_x_total{k="v"} 3',
         "p2pdist_x_total 1.5",
     ]
+
+
+def test_fetch_takes_a_metrics_port_only_when_it_keeps_running(p2p_home: object) -> None:
+    from click.testing import CliRunner
+
+    from p2pdist.cli.app import cli
+
+    result = CliRunner().invoke(cli, ["fetch", "org/m@v1", "--metrics-port", "0"])
+    assert result.exit_code == 2
+    assert "--metrics-port is for processes that keep running" in result.output
