@@ -2,6 +2,8 @@
 #   make demo   - install into .venv and run `p2pdist demo`
 #   make test   - install into .venv (plus Debian test packages when root) and run lint + tests
 #
+# torch is the extra `p2pdist[torch]` (loading, trainer, demo); `make install` installs it with
+# everything else. A tracker-only host needs none: `pip install -e .` (see README).
 # The torch pin lives here and only here: a GPU user swaps it, e.g.
 #   make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH_SPEC ?= torch==2.13.0
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[torch,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

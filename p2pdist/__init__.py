@@ -10,6 +10,8 @@ The public surface::
     p2pdist.trainer.CheckpointPublisher("org/gpt").publish(model)
 
 Heavy modules (torch, libtorrent) load on first use, so ``import p2pdist`` and the CLI stay fast.
+torch is an extra (``pip install p2pdist[torch]``): only loading (``load``, ``load_into``,
+``open``, ``Update.load``), the trainer and the demo need it; the rest runs without it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from p2pdist.errors import (
     ConflictError,
     FormatError,
     IntegrityError,
+    MissingDependencyError,
     NotFoundError,
     P2PDistError,
     RefError,
@@ -73,6 +76,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "Manifest",
+    "MissingDependencyError",
     "ModelRef",
     "NotFoundError",
     "P2PDistError",

@@ -16,7 +16,8 @@ program can catch exactly what it expects::
     ├── AuthError(PermissionError)      a missing or insufficient token
     ├── TrackerError(ConnectionError)   the tracker is down or answered nonsense
     ├── SwarmError                      a download that cannot complete (no peers, no origin, stalled)
-    └── StoreError(OSError)             the local store cannot be written (disk full, permissions)
+    ├── StoreError(OSError)             the local store cannot be written (disk full, permissions)
+    └── MissingDependencyError(ImportError)  an optional extra (torch) that this install lacks
 
 Each message names the thing concerned and, where there is one, the next step.
 """
@@ -97,12 +98,18 @@ class StoreError(P2PDistError, OSError):
     """The local store cannot be read or written (disk full, permissions, a held lock)."""
 
 
+class MissingDependencyError(P2PDistError, ImportError):
+    """A feature whose optional dependency is not installed (torch for loading: the extra
+    ``p2pdist[torch]``); the message names the package and the install command."""
+
+
 __all__ = [
     "AuthError",
     "ConfigError",
     "ConflictError",
     "FormatError",
     "IntegrityError",
+    "MissingDependencyError",
     "NotFoundError",
     "P2PDistError",
     "RefError",

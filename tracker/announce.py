@@ -22,9 +22,10 @@ them, so the two paths cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -296,6 +297,25 @@ def _intervals(settings: TrackerSettings) -> bytes:
     )
 
 
+def _timed(route: str) -> Callable[[Callable[..., Answer]], Callable[..., Answer]]:
+    """Observe the time of an answer in the ``route`` latency histogram (/metrics); for an
+    answer that needs a passkey lookup, the time until the lookup is handed to the loop."""
+
+    def wrap(fn: Callable[..., Answer]) -> Callable[..., Answer]:
+        @functools.wraps(fn)
+        def timed(state: TrackerState, *args: Any) -> Answer:
+            started = time.perf_counter()
+            try:
+                return fn(state, *args)
+            finally:
+                state.metrics.latency[route].observe(time.perf_counter() - started)
+
+        return timed
+
+    return wrap
+
+
+@_timed("announce")
 def answer_announce(
     state: TrackerState, raw_query: str, passkey: str | None, host: str | None
 ) -> Answer:
@@ -368,6 +388,7 @@ def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
     )
 
 
+@_timed("scrape")
 def answer_scrape(state: TrackerState, raw_query: str, passkey: str | None) -> Answer:
     """The answer to ``GET /scrape[/<passkey>]?<raw_query>`` (BEP 48).
 

@@ -1,4 +1,4 @@
-"""``p2pdist tracker serve`` and ``p2pdist tracker token`` (also ``python -m p2pdist.tracker``).
+"""``p2pdist tracker serve``, ``token``, ``backup`` and ``restore`` (also ``python -m p2pdist.tracker``).
 
 The group is ``tracker_group``; the main CLI mounts it as ``p2pdist tracker``. ``serve``
 prints the URL it listens on and where its database is, then runs until SIGINT or SIGTERM,
@@ -140,6 +140,41 @@ def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None
     rights = "read" if read_only else "read and publish"
     click.echo(f"{rights} on {namespace or 'every namespace'}", err=True)
     click.echo(value)
+
+
+@tracker_group.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def backup(dest: Path, data_dir: Path | None, force: bool) -> None:
+    """Copy the registry database to DEST (a file, or a folder for a time-stamped file) while
+    the tracker runs: one consistent snapshot, checked, written atomically. See docs/DEPLOY.md."""
+    from p2pdist.tracker.backup import backup_database
+
+    try:
+        result = backup_database(data_dir or default_data_dir(), dest, overwrite=force)
+    except P2PDistError as e:
+        raise _fail(e) from None
+    click.echo(result.describe())
+
+
+@tracker_group.command("restore")
+@click.argument("backup_file", metavar="BACKUP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+def restore(backup_file: Path, data_dir: Path | None) -> None:
+    """Make BACKUP the registry database (stop the tracker first); the database it replaces
+    is kept beside it as tracker.sqlite3.before-restore-<time>."""
+    from p2pdist.tracker.backup import restore_database
+
+    try:
+        result = restore_database(backup_file, data_dir or default_data_dir())
+    except P2PDistError as e:
+        raise _fail(e) from None
+    click.echo(f"restored {result.describe()}")
+    if result.previous is not None:
+        click.echo(f"the database it replaced is kept as {result.previous}")
 
 
 def _is_name(text: str) -> bool:

@@ -10,7 +10,7 @@ grants found once are cached.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from p2pdist.errors import (
     P2PDistError,
     RefError,
 )
+from p2pdist.metrics import Histogram
 from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
 from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
 
@@ -97,9 +98,11 @@ def api_error(error: P2PDistError) -> ApiError:
 
 
 class Metrics:
-    """Counters for /metrics; gauges are computed when scraped."""
+    """Counters for /metrics; gauges are computed when scraped. ``latency`` holds one
+    histogram per route name (a fixed set: the code's routes, never a request's value)."""
 
     def __init__(self) -> None:
+        self.latency: defaultdict[str, Histogram] = defaultdict(Histogram)
         self.announces: Counter[str] = Counter()
         self.announce_failures = 0
         self.scrapes = 0

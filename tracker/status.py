@@ -2,16 +2,27 @@
 
 The HTML page and the per-version metrics list public models only (private models are
 counted, not named); everything is escaped, since model names come from publishers.
+
+Cardinality is bounded: a series labelled by version exists only while that version's swarm
+has peers, and for at most ``MAX_VERSION_SERIES`` of them (the busiest); totals by torrent
+kind cover the rest. So a registry of thousands of versions, most of them idle, exports a few
+dozen series, and an old version's series goes away when its last peer does. Request latency
+is one histogram per route name (announce and scrape timed where they are answered, the rest
+by a middleware), and the process families (memory, descriptors, CPU) come from
+p2pdist/metrics.py, like the node exporter's.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 from aiohttp import web
 
+from p2pdist.metrics import family as _family
+from p2pdist.metrics import histogram_family, label_value, process_metrics
 from p2pdist.tracker.db import Database, ModelInfo, VersionInfo
 from p2pdist.tracker.peers import SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerState
@@ -27,8 +38,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "swarms": len(state.tracked)})
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+MAX_VERSION_SERIES = 50
+"""At most this many (model, version, kind) label sets in the seeders/leechers families."""
+_TIMED_ELSEWHERE = frozenset({"announce", "announce_passkey", "scrape", "scrape_passkey"})
 
 
 def render_metrics(
@@ -38,14 +50,12 @@ def render_metrics(
     m = state.metrics
     out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]) -> None:
-        out.append(f"# HELP p2pdist_tracker_{name} {help_text}")
-        out.append(f"# TYPE p2pdist_tracker_{name} {kind}")
-        out.extend(f"p2pdist_tracker_{name}{labels} {value:g}" for labels, value in samples)
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        _family(out, f"p2pdist_tracker_{name}", kind, help_text, samples)
 
     family(
         "announces_total", "counter", "Announces answered, by event.",
-        [(f'{{event="{_label(e)}"}}', n) for e, n in sorted(m.announces.items())],
+        [(f'{{event="{label_value(e)}"}}', n) for e, n in sorted(m.announces.items())],
     )  # fmt: skip
     family(
         "announce_failures_total", "counter", "Announces and scrapes refused with a failure reason.",
@@ -55,26 +65,71 @@ def render_metrics(
     family(
         "registry_requests_total", "counter", "Registry (/v1/) requests, by route and status.",
         [
-            (f'{{route="{_label(r)}",status="{s}"}}', n)
+            (f'{{route="{label_value(r)}",status="{s}"}}', n)
             for (r, s), n in sorted(m.registry_requests.items())
         ],
     )  # fmt: skip
     family("errors_total", "counter", "Requests that failed inside the tracker (HTTP 500).",
            [("", m.errors)])  # fmt: skip
+    histogram_family(
+        out, "p2pdist_tracker_request_seconds",
+        "Time to answer a request inside the tracker, by route (announce and scrape: until "
+        "the answer is ready; the rest: the aiohttp handler and its middlewares).",
+        [(f'route="{label_value(r)}"', h) for r, h in sorted(m.latency.items())],
+    )  # fmt: skip
     family("peers", "gauge", "Peers held, over all swarms.", [("", state.peers.total_peers())])
     family("models", "gauge", "Published models.", [("", len(models))])
     family("versions", "gauge", "Published versions.", [("", sum(x.versions for x in models))])
+    totals: dict[str, list[int]] = {"full": [0, 0, 0], "delta": [0, 0, 0]}
+    for (_, _, kind), c in counts.items():
+        row = totals.setdefault(kind, [0, 0, 0])
+        row[0] += c.complete
+        row[1] += c.incomplete
+        row[2] += 1 if c.complete + c.incomplete else 0
+    family("seeders_total", "gauge", "Seeders over all versions, by torrent kind.",
+           [(f'{{kind="{k}"}}', v[0]) for k, v in sorted(totals.items())])  # fmt: skip
+    family("leechers_total", "gauge", "Leechers over all versions, by torrent kind.",
+           [(f'{{kind="{k}"}}', v[1]) for k, v in sorted(totals.items())])  # fmt: skip
+    family("active_swarms", "gauge", "Versions whose swarm has peers now, by torrent kind.",
+           [(f'{{kind="{k}"}}', v[2]) for k, v in sorted(totals.items())])  # fmt: skip
     public = {x.name for x in models if not x.private}
+    live = [
+        (key, c) for key, c in counts.items() if key[0] in public and c.complete + c.incomplete > 0
+    ]
+    live.sort(key=lambda item: (-(item[1].complete + item[1].incomplete), item[0]))
+    shown = sorted(live[:MAX_VERSION_SERIES])
     seeders, leechers = [], []
-    for (model, version, kind), c in sorted(counts.items()):
-        if model not in public:
-            continue
-        labels = f'{{model="{_label(model)}",version="{_label(version)}",kind="{kind}"}}'
+    for (model, version, kind), c in shown:
+        labels = f'{{model="{label_value(model)}",version="{label_value(version)}",kind="{kind}"}}'
         seeders.append((labels, c.complete))
         leechers.append((labels, c.incomplete))
-    family("seeders", "gauge", "Seeders per public version and torrent kind.", seeders)
-    family("leechers", "gauge", "Leechers per public version and torrent kind.", leechers)
+    family("seeders", "gauge",
+           f"Seeders per public version with peers (the {MAX_VERSION_SERIES} busiest) "
+           "and torrent kind.", seeders)  # fmt: skip
+    family("leechers", "gauge",
+           f"Leechers per public version with peers (the {MAX_VERSION_SERIES} busiest) "
+           "and torrent kind.", leechers)  # fmt: skip
+    family("version_series_omitted", "gauge",
+           f"Public versions with peers left out of seeders/leechers (over {MAX_VERSION_SERIES}).",
+           [("", len(live) - len(shown))])  # fmt: skip
+    process_metrics(out)
     return "\n".join(out) + "\n"
+
+
+@web.middleware
+async def timed(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Observe every aiohttp-served request in its route's latency histogram (announces and
+    scrapes are timed where they are answered, whichever path they take)."""
+    route = request.match_info.route.name or "unmatched"
+    if route in _TIMED_ELSEWHERE:
+        return await handler(request)
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        request.app[STATE].metrics.latency[route].observe(time.perf_counter() - started)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -132,18 +187,27 @@ def render_page(
     for model in public:
         parts.append(f"<h2>{e(model.name)}</h2><table><tr><th>version</th><th>parent</th>"
                      "<th>published</th><th>size</th><th>delta</th><th>seeders</th>"
-                     "<th>leechers</th></tr>")  # fmt: skip
+                     "<th>leechers</th><th>delta seeders</th><th>delta leechers</th>"
+                     "</tr>")  # fmt: skip
         for v in reversed(versions.get(model.name, [])):
             full = counts.get((model.name, v.version, "full"), SwarmCounts())
             delta = counts.get((model.name, v.version, "delta"), SwarmCounts())
-            seeders = full.complete + delta.complete
-            leechers = full.incomplete + delta.incomplete
+            # Full and delta swarms are counted apart, as /v1/.../versions does: a host that
+            # serves both is one seeder of each, not two of the version.
+            nodelta = "<td class=n>—</td>" * 2
             parts.append(
                 f"<tr><td>{e(v.version)}</td><td>{e(v.parent or '—')}</td>"
                 f"<td>{e(v.published)}</td><td class=n>{_size(v.size)}</td>"
                 f"<td class=n>{_size(v.delta_size) if v.parent else '—'}</td>"
-                f"<td class='n{' live' if seeders else ''}'>{seeders}</td>"
-                f"<td class=n>{leechers}</td></tr>"
+                f"<td class='n{' live' if full.complete else ''}'>{full.complete}</td>"
+                f"<td class=n>{full.incomplete}</td>"
+                + (
+                    f"<td class='n{' live' if delta.complete else ''}'>{delta.complete}</td>"
+                    f"<td class=n>{delta.incomplete}</td>"
+                    if v.parent
+                    else nodelta
+                )
+                + "</tr>"
             )
         parts.append("</table>")
     parts.append("</body></html>")
@@ -162,9 +226,10 @@ async def page(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.middlewares.insert(0, timed)  # outermost: the time includes the other middlewares
     app.router.add_get("/", page, name="status")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics, name="metrics")
 
 
-__all__ = ["add_routes", "render_metrics", "render_page"]
+__all__ = ["MAX_VERSION_SERIES", "add_routes", "render_metrics", "render_page", "timed"]

@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from p2pdist import config
-from p2pdist.cli.options import home_option, wait_forever
+from p2pdist.cli.options import home_option, metrics_options, start_metrics, wait_forever
 from p2pdist.errors import P2PDistError
 
 
 @click.command()
 @home_option
-def seed(home: Path | None) -> None:
+@metrics_options  # issue 16 (ops): the optional node exporter; see p2pdist/metrics.py
+def seed(home: Path | None, metrics_port: int | None, metrics_host: str) -> None:
     """Seed every version in the local store until stopped."""
     from p2pdist.store.cache import Store
     from p2pdist.swarm.seeder import seed_all
@@ -27,6 +28,7 @@ def seed(home: Path | None) -> None:
     if not transfers:
         click.echo(f"Nothing to seed in {store.root}.")
         return
+    start_metrics(metrics_host, metrics_port)  # issue 16 (ops)
     wait_forever(f"Seeding {len(transfers)} torrents from {store.root}; press Ctrl-C to stop.")
 
 

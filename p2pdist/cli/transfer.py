@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from p2pdist.cli.options import home_option, human, token_option, tracker_option, wait_forever
+from p2pdist.cli.options import (
+    home_option,
+    human,
+    metrics_options,
+    start_metrics,
+    token_option,
+    tracker_option,
+    wait_forever,
+)
 from p2pdist.errors import P2PDistError
 from p2pdist.ref import parse_ref
+
+if TYPE_CHECKING:
+    from p2pdist.metrics import NodeMetrics
 
 
 @click.command()
@@ -130,6 +141,7 @@ def publish(
 @home_option
 @tracker_option
 @token_option
+@metrics_options
 def fetch(
     ref: str,
     out: Path | None,
@@ -143,6 +155,8 @@ def fetch(
     home: Path | None,
     tracker: str | None,
     token: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Fetch REF (name@v3, name@latest) from the swarm, verified, into the store."""
     from p2pdist.fetcher import Fetcher
@@ -163,12 +177,19 @@ def fetch(
                                    "(which seeds what it fetches)")  # fmt: skip
         if not parse_ref(ref).is_latest:
             raise click.UsageError(f"--follow follows name@latest, not {ref}")
-        _follow(fetcher, ref, as_json, keep)
+        _follow(fetcher, ref, as_json, keep, start_metrics(metrics_host, metrics_port))
         return
     if keep is not None:
         raise click.UsageError("--keep applies to --follow")
+    if metrics_port is not None and not seed:
+        raise click.UsageError(
+            "--metrics-port is for processes that keep running: --seed or --follow"
+        )
+    node_metrics = start_metrics(metrics_host, metrics_port)
     with progress_bar(enabled=not as_json) as update:
         result = fetcher.fetch(ref, out=out, seed=seed, full=full, on_progress=update)
+    if node_metrics is not None:
+        node_metrics.record_fetch(result)
     _print_fetch(result, as_json, indent=2)
     if seed:
         wait_forever(
@@ -193,13 +214,18 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
     click.echo(str(result.path))
 
 
-def _follow(fetcher: Any, ref: str, as_json: bool, keep: int | None) -> None:
+def _follow(
+    fetcher: Any, ref: str, as_json: bool, keep: int | None, metrics: NodeMetrics | None
+) -> None:
     """``fetch --follow``: every new version, in order, until Ctrl-C; seeds what it has."""
     from p2pdist.follower import Follower
 
-    follower = Follower(
-        ref, lambda update: _print_fetch(update.result, as_json), fetcher=fetcher, keep=keep
-    )
+    def on_update(update: Any) -> None:
+        if metrics is not None:
+            metrics.record_fetch(update.result)
+        _print_fetch(update.result, as_json)
+
+    follower = Follower(ref, on_update, fetcher=fetcher, keep=keep)
     click.echo(f"Following {parse_ref(ref).name}@latest; press Ctrl-C to stop.", err=True)
     try:
         follower.run_forever()

@@ -5,6 +5,9 @@ A version folder is exactly what ``save_pretrained`` writes: ``model.safetensors
 dict is larger than the maximum shard size. So ``safetensors.safe_open`` and
 ``transformers`` read a fetched version with no p2pdist code.
 
+Writing and reading tensors needs torch (``p2pdist[torch]``), imported when called; the
+names, the index and the headers do not, so the fetch and publish paths use them without it.
+
 The header reader distrusts every length (as safetensors itself does): the header size, each
 dtype and shape, and each offset are checked against the file before anything is allocated.
 """
@@ -14,18 +17,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Any
 
 from p2pdist.errors import FormatError, NotFoundError
+from p2pdist.extras import require_torch
 from p2pdist.formats.header import (  # re-exported: the header format is part of this module's surface
     SafetensorsHeader,
     TensorSpec,
     read_header,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -52,6 +55,7 @@ def _plan_shards(tensors: Mapping[str, torch.Tensor], max_shard_size: int) -> li
 
 def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detach, move to CPU, make contiguous, and un-share storages (safetensors refuses sharing)."""
+    torch = require_torch("writing a state dict")
     prepared: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for name, tensor in state_dict.items():
@@ -82,6 +86,8 @@ def save_state_dict(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _prepare(state_dict)
+    from safetensors.torch import save_file
+
     meta = {"format": "pt", **(metadata or {})}
     groups = _plan_shards(tensors, max_shard_size)
     if len(groups) == 1:
@@ -181,6 +187,9 @@ class ShardedReader:
         filename = self._file_of(name)
         handle = self._handles.get(filename)
         if handle is None:
+            require_torch("reading tensors")
+            from safetensors import safe_open
+
             handle = safe_open(str(self.folder / filename), framework="pt", device=self.device)
             self._handles[filename] = handle
         tensor: torch.Tensor = handle.get_tensor(name)

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +99,7 @@ class Swarm:
             raise SwarmError(f"cannot start a session on {where}: {exc}") from exc
         self._cond = threading.Condition()
         self._torrents: dict[Any, TorrentState] = {}
+        self._retired = (0, 0, 0)  # uploaded, downloaded, hash failures of removed torrents
         self._closed = False
         self._cycles = 0
         self._thread = threading.Thread(target=self._alert_loop, name="p2pdist-swarm", daemon=True)
@@ -153,6 +155,26 @@ class Swarm:
                 if info_hash in (state.meta.info_hash_v1, state.meta.info_hash_v2):
                     return Transfer(self, state)
         return None
+
+    def totals(self) -> SwarmTotals:
+        """This session's transfer counters, torrents that left it included (they never go
+        down while the session lives), and its torrents and peers now. Read by the node
+        metrics exporter (p2pdist/metrics.py)."""
+        with self._cond:
+            states = [s for s in self._torrents.values() if not s.removed]
+            up, down, failed = self._retired
+        peers = seeding = 0
+        for state in states:
+            try:
+                st = state.handle.status()
+            except RuntimeError:  # removed meanwhile: counted in _retired by now
+                continue
+            up += int(st.total_payload_upload)
+            down += int(st.total_payload_download)
+            failed += state.hash_failures
+            peers += int(st.num_peers)
+            seeding += bool(st.is_seeding)
+        return SwarmTotals(up, down, failed, peers, len(states), seeding)
 
     # ------------------------------------------------------------- downloading
 
@@ -316,6 +338,7 @@ class Swarm:
             if state.removed or self._torrents.get(state.handle) is not state:
                 return
             state.payload_up = _safe_upload(state.handle, state.payload_up)
+            self._retire(state)
             state.resume_file = None
             self._session.remove_torrent(state.handle)
             deadline = time.monotonic() + SHUTDOWN_WAIT
@@ -323,6 +346,15 @@ class Swarm:
                 self._cond.wait(0.1)
             state.removed = True
             self._torrents.pop(state.handle, None)
+
+    def _retire(self, state: TorrentState) -> None:
+        """Keep a leaving torrent's counters in the session's totals (under the condition)."""
+        try:
+            down = int(state.handle.status().total_payload_download)
+        except RuntimeError:
+            down = 0
+        up, was_down, failed = self._retired
+        self._retired = (up + state.payload_up, was_down + down, failed + state.hash_failures)
 
     def _save_and_remove(self, state: TorrentState) -> None:
         if state.resume_file is not None and not self._closed:
@@ -461,6 +493,19 @@ def _safe_upload(handle: Any, fallback: int) -> int:
         return fallback
 
 
+@dataclass(frozen=True)
+class SwarmTotals:
+    """A session's counters (see ``Swarm.totals``): payload bytes each way and pieces that
+    failed their hash check, since it started; torrents, those served whole, and peers now."""
+
+    uploaded: int
+    downloaded: int
+    hash_failures: int
+    peers: int
+    torrents: int
+    seeding: int
+
+
 _SWARM: Swarm | None = None
 _SWARM_LOCK = threading.Lock()
 
@@ -484,4 +529,12 @@ def existing_swarm() -> Swarm | None:
         return _SWARM if _SWARM is not None and not _SWARM._closed else None
 
 
-__all__ = ["Progress", "Swarm", "Transfer", "TransferResult", "existing_swarm", "get_swarm"]
+__all__ = [
+    "Progress",
+    "Swarm",
+    "SwarmTotals",
+    "Transfer",
+    "TransferResult",
+    "existing_swarm",
+    "get_swarm",
+]
