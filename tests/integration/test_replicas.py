@@ -32,9 +32,7 @@ NAME = "org/model"
 @pytest.fixture
 def replicas(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[list[Tracker]]:
     """Two running trackers with the same --db and --peers (and data folders of their own)."""
-    made = [
-        Tracker(tmp_path / f"replica{i}", db=postgres_url, peers=redis_url) for i in range(2)
-    ]
+    made = [Tracker(tmp_path / f"replica{i}", db=postgres_url, peers=redis_url) for i in range(2)]
     try:
         starts = [threading.Thread(target=t.start) for t in made]  # in parallel: imports are slow
         for s in starts:
@@ -149,7 +147,7 @@ def test_postgres_briefly_unreachable(
     client.publish(v1.manifest_bytes, v1.torrent, v1.delta_torrent)
     postgres_server.stop()
     try:
-        with pytest.raises(TrackerError, match="registry database .* is unreachable") as refused:
+        with pytest.raises(TrackerError, match=r"registry database .* is unreachable") as refused:
             client.publish(v2.manifest_bytes, v2.torrent, v2.delta_torrent)
         assert "\n" not in str(refused.value) and "OperationalError" not in str(refused.value)
         with pytest.raises(TrackerError, match="unreachable"):
