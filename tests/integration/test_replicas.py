@@ -7,6 +7,7 @@ trackers as subprocesses, libtorrent hosts as CLI processes on 127.0.0.1).
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.request
@@ -22,6 +23,7 @@ from p2pdist.errors import TrackerError
 from tests.backends import PostgresServer, RedisServer
 from tests.conftest import make_version_folder, small_state_dict
 from tests.integration.harness import Node, Tracker
+from tests.integration.test_publish_fetch import model_state
 from tests.tracker_world import make_version
 
 pytestmark = pytest.mark.integration
@@ -158,3 +160,28 @@ def test_postgres_briefly_unreachable(
     assert client.publish(v2.manifest_bytes, v2.torrent, v2.delta_torrent)["created"] is True
     assert RegistryClient(b.url).latest(NAME) == "v2"
     assert set(versions(b.url)) == {"v1", "v2"}  # the publish answered before the outage kept
+
+
+def test_a_replica_killed_mid_fetch_the_fetch_completes_through_the_other(
+    replicas: list[Tracker], host: Callable[..., Node], tmp_path: Path
+) -> None:
+    a, b = replicas
+    both = f"{a.url},{b.url}"  # every host lists both replicas
+    token = a.token("org")
+    src = make_version_folder(tmp_path / "src", model_state(rows=2048))
+    publisher = host("publisher", a, token, P2PDIST_TRACKER=both, P2PDIST_UPLOAD_LIMIT="1000000")
+    publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
+    poll(lambda: versions(b.url).get("v1", {}).get("seeders") == 1, "the seeder")
+    first = host("first", a, P2PDIST_TRACKER=both)
+    fetch = first.start("fetch", f"{NAME}@v1", "--out", str(tmp_path / "out1"), "--json")
+    poll(lambda: versions(b.url)["v1"]["leechers"] == 1, "the fetch to join the swarm")
+    a.stop(signal.SIGKILL)
+    out, err = fetch.communicate(timeout=180)
+    assert fetch.returncode == 0, err
+    assert json.loads(out)["ref"] == f"{NAME}@v1"
+    # with A dead from the start: the registry client and the announces go to B
+    second = host("second", a, P2PDIST_TRACKER=both)
+    assert second.fetch_json(f"{NAME}@v1", "--out", str(tmp_path / "out2"))["ref"] == f"{NAME}@v1"
+    for f in src.iterdir():
+        for out_dir in ("out1", "out2"):
+            assert (tmp_path / out_dir / f.name).read_bytes() == f.read_bytes()
