@@ -183,6 +183,26 @@ class RegistryClient:
             if connection.cancel is not None and connection.cancel.is_set():
                 connection.abort()
 
+    def resolve(self, name: str, ref: str) -> str:
+        """The version ``name@ref`` names: a version (NotFoundError saying why when it was
+        withdrawn), a movable tag's version, or the latest for ``latest``."""
+        return self._version_of(self._json("GET", f"/v1/models/{_q(name)}/resolve/{_q(ref)}"))
+
+    def tags(self, name: str) -> dict[str, str]:
+        """The movable tags of a model: tag -> version."""
+        answer = self._json("GET", f"/v1/models/{_q(name)}/tags")
+        tags = answer.get("tags") if isinstance(answer, dict) else None
+        if not isinstance(tags, dict):
+            raise self._nonsense("answer without a tags object")
+        return tags
+
+    def post_statement(self, name: str, statement: bytes) -> dict[str, Any]:
+        """Send a publisher's signed statement (yank, tag, rotate-key) about ``name``."""
+        answer = self._json("POST", f"/v1/models/{_q(name)}/statements", body=statement)
+        if not isinstance(answer, dict) or "applied" not in answer:
+            raise self._nonsense("statement answer without 'applied'")
+        return answer
+
     def manifest_bytes(self, name: str, version: str) -> bytes:
         """The manifest of a version, exactly as published (verify its signature yourself)."""
         _, data = self._request("GET", f"/v1/models/{_q(name)}/versions/{_q(version)}/manifest")
@@ -339,7 +359,7 @@ class RegistryClient:
         if not isinstance(detail, str):
             detail = f"HTTP {e.code} {e.reason}"
         message = f"{method} {path}: {detail}"
-        if e.code == 404:
+        if e.code in (404, 410):  # 410: a version its publisher withdrew
             return NotFoundError(message)
         if e.code in (401, 403):
             return AuthError(message)

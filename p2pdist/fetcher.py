@@ -118,9 +118,15 @@ class Fetcher:
 
     # -- resolution and trust -----------------------------------------------------------------
     def resolve(self, ref: ModelRef) -> ModelRef:
+        """``latest`` or a movable tag to the version it names now; a withdrawn version is
+        refused (NotFoundError with the publisher's reason). With the tracker out of reach an
+        exact version stays as asked (it may be stored)."""
         if ref.is_latest:
             return ref.with_version(self.client.latest(ref.name))
-        return ref
+        try:
+            return ref.with_version(self.client.resolve(ref.name, ref.version))
+        except TrackerError:
+            return ref
 
     def trusted_manifest(self, name: str, version: str) -> Manifest:
         """The registry's manifest of name@version, signature and publisher key checked."""

@@ -213,6 +213,48 @@ def token(
     click.echo(value)
 
 
+@tracker_group.command("reset-pin")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (kept in the audit record).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@_db_option
+def reset_pin(name: str, reason: str, data_dir: Path | None, db: str | None) -> None:
+    """Unpin model NAME's publisher key (a lost key): its next publish pins the key that
+    signs it. Leaves an audit record (`tracker audit`). Consumers still see the new key and
+    accept it deliberately (`p2pdist trust`)."""
+    where: str | Path = db if db is not None else (data_dir or default_data_dir()) / DB_FILENAME
+    try:
+        store = open_registry(where, create=False)
+        try:
+            old = store.reset_pin(validate_name(name), reason)
+        finally:
+            store.close()
+    except P2PDistError as e:
+        raise _fail(e) from None
+    click.echo(f"{name}: key {old[:16]}… unpinned; its next publish pins a new key")
+
+
+@tracker_group.command("audit")
+@click.argument("name", required=False)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@_db_option
+def audit(name: str | None, data_dir: Path | None, db: str | None) -> None:
+    """Print the audit trail (yanks, tags, key rotations, pin resets), oldest first."""
+    where: str | Path = db if db is not None else (data_dir or default_data_dir()) / DB_FILENAME
+    try:
+        store = open_registry(where, create=False)
+        try:
+            rows = store.audit(name)
+        finally:
+            store.close()
+    except P2PDistError as e:
+        raise _fail(e) from None
+    for at, model, action, detail in rows:
+        click.echo(f"{at}  {model}  {action}  {detail}")
+
+
 def _scope(info: TokenInfo) -> str:
     rights = "read and publish" if info.publish else "read"
     return f"{rights} on {info.namespace or 'every namespace'}"

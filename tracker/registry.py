@@ -216,6 +216,7 @@ async def list_versions(request: web.Request) -> web.Response:
     await _readable_model(request, name)
     listed = []
     counts = await state.swarm_counts()  # one scrape of the swarms, not two per version
+    yanked = await state.db_call(lambda db: db.yanked(name))
     for v in await state.db_call(lambda db: db.versions(name)):
         full = counts.get((name, v.version, "full"), SwarmCounts())
         delta = counts.get((name, v.version, "delta"), SwarmCounts())
@@ -231,6 +232,7 @@ async def list_versions(request: web.Request) -> web.Response:
                 "leechers": full.incomplete,
                 "delta_seeders": delta.complete,
                 "delta_leechers": delta.incomplete,
+                **({"yanked": yanked[v.version] or ""} if v.version in yanked else {}),
             }
         )
     return web.json_response({"versions": listed})
@@ -248,15 +250,18 @@ def _wait_seconds(request: web.Request) -> float:
 
 
 def _newer_than(db: RegistryStore, name: str, after: str | None) -> str | None:
-    """The latest version if it is newer than ``after`` (any, when None); None otherwise."""
-    versions = db.versions(name)
+    """The latest version if it is newer than ``after`` (any, when None); None otherwise.
+    Withdrawn (yanked) versions are never the latest, so followers do not move to them."""
+    every = db.versions(name)
+    yanked = db.yanked(name)
+    versions = [v for v in every if v.version not in yanked]
+    if after is not None and after not in {v.version for v in every}:
+        raise api_error(FormatError(f"{name}@{after} is not published; cannot wait after it"))
     if not versions:
         return None
     if after is None:
         return versions[-1].version
-    seqs = {v.version: v.seq for v in versions}
-    if after not in seqs:
-        raise api_error(FormatError(f"{name}@{after} is not published; cannot wait after it"))
+    seqs = {v.version: v.seq for v in every}
     return versions[-1].version if versions[-1].seq > seqs[after] else None
 
 
@@ -365,6 +370,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{base}/versions/{{version}}", publish, name="publish")
     app.router.add_get(f"{base}/versions/{{version}}/manifest", manifest, name="manifest")
     app.router.add_get(f"{base}/versions/{{version}}/torrent", torrent, name="torrent")
+    from p2pdist.tracker import lifecycle  # it builds on this module's checks
+
+    lifecycle.add_routes(app, base)
 
 
-__all__ = ["add_routes", "check_publish", "json_errors"]
+__all__ = ["add_routes", "check_publish", "grant_of", "json_errors", "readable_model"]
+
+grant_of = _grant
+readable_model = _readable_model

@@ -56,6 +56,28 @@ CREATE TABLE IF NOT EXISTS tokens (
     publish INTEGER NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS yanks (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    reason TEXT,
+    signed_at TEXT NOT NULL,
+    statement BYTEA NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS tags (
+    model TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    version TEXT NOT NULL,
+    signed_at TEXT NOT NULL,
+    statement BYTEA NOT NULL,
+    PRIMARY KEY (model, tag)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 """
 
 _WRITE_LOCK = 0x70327064  # "p2pd": the advisory lock every registry write takes

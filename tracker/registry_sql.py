@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from p2pdist.client import passkey_for
 from p2pdist.errors import ConflictError, NotFoundError, SignatureError
+from p2pdist.formats.statement import Statement
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.registry_store import (
     Grant,
@@ -52,9 +53,11 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_NOT_YANKED = "NOT EXISTS (SELECT 1 FROM yanks y WHERE y.model = v.model AND y.version = v.version)"
 _MODEL_COLUMNS = (
     "SELECT m.name, m.private, m.public_key, "
-    "(SELECT version FROM versions v WHERE v.model = m.name ORDER BY seq DESC LIMIT 1), "
+    f"(SELECT version FROM versions v WHERE v.model = m.name AND {_NOT_YANKED} "
+    "ORDER BY seq DESC LIMIT 1), "
     "(SELECT COUNT(*) FROM versions v WHERE v.model = m.name) FROM models m"
 )
 _VERSION_COLUMNS = (
@@ -204,6 +207,11 @@ class SqlRegistry:
     def _publish(self, run: Run, new: NewVersion) -> Literal["created", "same"]:
         found = run("SELECT public_key, private FROM models WHERE name = ?", new.model)
         model = found[0] if found else None
+        if model is not None and model[0] == "":  # an operator reset the pin: this key pins
+            run("UPDATE models SET public_key = ? WHERE name = ?", new.public_key, new.model)
+            _audit(run, new.model, "pinned", f"key {new.public_key} pinned by the publish of "
+                   f"{new.version} after a pin reset")  # fmt: skip
+            model = (new.public_key, model[1])
         if model is not None and model[0] != new.public_key:
             raise SignatureError(
                 f"{new.model}@{new.version}: signed by key {new.public_key[:16]}…, but "
@@ -266,6 +274,107 @@ class SqlRegistry:
                 kind,
             )
         return "created"
+
+    # -- lifecycle: yanks, tags, key rotation, pin reset --------------------------------------
+    def yanked(self, model: str) -> dict[str, str | None]:
+        """Withdrawn versions of ``model`` and the reason each was given (None: none given)."""
+        return dict(self._read("SELECT version, reason FROM yanks WHERE model = ?", model))
+
+    def tags(self, model: str) -> dict[str, str]:
+        """The movable tags of ``model``: tag -> version."""
+        return dict(self._read("SELECT tag, version FROM tags WHERE model = ?", model))
+
+    def audit(self, model: str | None = None) -> list[tuple[str, str, str, str]]:
+        """The audit trail (time, model, action, detail), oldest first."""
+        if model is None:
+            return [tuple(r) for r in self._read("SELECT at, model, action, detail FROM audit")]  # type: ignore[misc]
+        rows = self._read("SELECT at, model, action, detail FROM audit WHERE model = ?", model)
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def apply_statement(self, statement: Statement) -> str:
+        """Check a publisher's signed statement against the model's pinned key and apply it;
+        return a one-line account of what changed (see ``formats.statement``)."""
+        name = statement.model
+        with self._transaction() as run:
+            found = run("SELECT public_key FROM models WHERE name = ?", name)
+            if not found:
+                raise NotFoundError(f"model {name} not found")
+            pinned = found[0][0]
+            if pinned == "":
+                raise SignatureError(
+                    f"{name}: its key pin was reset by the operator; the next publish pins "
+                    "a new key, and statements are accepted from that key"
+                )
+            statement.verify(pinned)
+            if statement.kind == "rotate-key":
+                new_key = statement.fields["new_key"]
+                run("UPDATE models SET public_key = ? WHERE name = ?", new_key, name)
+                _audit(run, name, "rotate-key", f"key {pinned} -> {new_key}, signed by the old key")
+                return f"{name}: publisher key rotated to {new_key[:16]}…"
+            version = statement.fields["version"]
+            if not run("SELECT 1 FROM versions WHERE model = ? AND version = ?", name, version):
+                raise NotFoundError(f"{name}@{version}: no such version")
+            blob = statement.to_bytes()
+            if statement.kind == "yank":
+                reason = statement.fields.get("reason")
+                _not_older(run, "yanks", "version", name, version, statement.signed_at)
+                run(
+                    "INSERT INTO yanks (model, version, reason, signed_at, statement) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, version) DO UPDATE SET "
+                    "reason = excluded.reason, signed_at = excluded.signed_at, "
+                    "statement = excluded.statement",
+                    name, version, reason, statement.signed_at, blob,
+                )  # fmt: skip
+                run("DELETE FROM tags WHERE model = ? AND version = ?", name, version)
+                _audit(
+                    run, name, "yank", f"{version} withdrawn" + (f": {reason}" if reason else "")
+                )
+                return f"{name}@{version} withdrawn"
+            tag = statement.fields["tag"]
+            if run("SELECT 1 FROM yanks WHERE model = ? AND version = ?", name, version):
+                raise ConflictError(f"{name}@{version} was withdrawn; a tag cannot point at it")
+            if run("SELECT 1 FROM versions WHERE model = ? AND version = ?", name, tag):
+                raise ConflictError(f"{name}@{tag} is a version; a tag cannot take its name")
+            _not_older(run, "tags", "tag", name, tag, statement.signed_at)
+            run(
+                "INSERT INTO tags (model, tag, version, signed_at, statement) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, tag) DO UPDATE SET "
+                "version = excluded.version, signed_at = excluded.signed_at, "
+                "statement = excluded.statement",
+                name, tag, version, statement.signed_at, blob,
+            )  # fmt: skip
+            _audit(run, name, "tag", f"{tag} -> {version}")
+            return f"{name}@{tag} now points at {version}"
+
+    def reset_pin(self, model: str, reason: str) -> str:
+        """The operator's way out of a lost publisher key: unpin ``model`` (its next publish
+        pins the key that signs it), with an audit record. Returns the key that was pinned."""
+        with self._transaction() as run:
+            found = run("SELECT public_key FROM models WHERE name = ?", model)
+            if not found:
+                raise NotFoundError(f"model {model} not found")
+            run("UPDATE models SET public_key = '' WHERE name = ?", model)
+            _audit(run, model, "reset-pin", f"operator unpinned key {found[0][0]}: {reason}")
+        return str(found[0][0])
+
+
+def _audit(run: Run, model: str, action: str, detail: str) -> None:
+    run(
+        "INSERT INTO audit (at, model, action, detail) VALUES (?, ?, ?, ?)",
+        now(),
+        model,
+        action,
+        detail,
+    )
+
+
+def _not_older(run: Run, table: str, column: str, model: str, key: str, signed_at: str) -> None:
+    """Refuse a statement older than the one already applied to the same subject (a replay)."""
+    rows = run(f"SELECT signed_at FROM {table} WHERE model = ? AND {column} = ?", model, key)
+    if rows and rows[0][0] > signed_at:
+        raise ConflictError(
+            f"{model}@{key}: a newer statement (signed {rows[0][0]}) is already applied"
+        )
 
 
 def rows_of(cursor: Any) -> list[Row]:

@@ -76,6 +76,8 @@ class TrackerSettings:
     max_numwant: int = 200
     max_body: int = 64 * 1024 * 1024
     max_query: int = 4096
+    grant_cache: float = GRANT_CACHE_SECONDS
+    """Seconds a token's grant is reused before the registry is asked again (revocation)."""
     track_unknown: bool = False
     """Also track infohashes the registry does not know (an open tracker). Off by default."""
 
@@ -187,13 +189,13 @@ class TrackerState:
         loop = asyncio.get_running_loop()
         grants_cleared = loop.time()
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
+            await asyncio.sleep(min(REFRESH_SECONDS, self.settings.grant_cache))
             if self.registry.shared:
                 try:
                     await self.refresh()
                 except StoreError as e:
                     log.warning("%s", e)  # the registry is down; the next poll tries again
-            if loop.time() - grants_cleared >= GRANT_CACHE_SECONDS:
+            if loop.time() - grants_cleared >= self.settings.grant_cache:
                 self._token_grants.clear()
                 self._passkey_grants.clear()
                 grants_cleared = loop.time()
