@@ -99,6 +99,11 @@ CREATE TABLE IF NOT EXISTS audit (
 
 def storage_failure(location: str, error: sqlite3.Error | OSError) -> StoreError:
     """A one-line StoreError that names what failed (disk full, read-only, locked, damaged)."""
+    return StoreError(f"tracker database {location}: {what_failed(error)}")
+
+
+def what_failed(error: sqlite3.Error | OSError) -> str:
+    """Disk full, read-only, locked, damaged, or the error's own words."""
     text = str(error).lower() if isinstance(error, sqlite3.Error) else ""
     errno = getattr(error, "errno", None)
     if "disk is full" in text or errno == 28:
@@ -113,7 +118,7 @@ def storage_failure(location: str, error: sqlite3.Error | OSError) -> StoreError
         what = error.strerror or str(error)
     else:
         what = str(error)
-    return StoreError(f"tracker database {location}: {what}")
+    return what
 
 
 class Database(SqlRegistry):
@@ -148,8 +153,10 @@ class Database(SqlRegistry):
                 (str(SCHEMA_VERSION),),
             )
             (schema,) = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        except (sqlite3.Error, OSError) as e:
-            raise storage_failure(self.location, e) from None
+        except (sqlite3.Error, OSError) as e:  # its folder cannot be made, read-only, ...
+            raise StoreError(
+                f"{self.path}: cannot open the tracker database ({what_failed(e)})"
+            ) from None
         if schema != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: database schema {schema} is not {SCHEMA_VERSION}; "
@@ -198,10 +205,8 @@ def _untrustworthy(path: Path) -> str | None:
     """Why the existing file at ``path`` must not be used as a registry; None if it may."""
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
+    except OSError:
+        return None  # missing, or its folder cannot be reached: the open says which
     if size == 0:
         return "the file is empty (0 bytes), not a database: its models and tokens are gone"
     try:
