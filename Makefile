@@ -40,6 +40,12 @@ system-deps:
 			|| echo "warning: could not install" $$missing "; their tests will be skipped"; \
 		else echo "warning:" $$missing "missing and no root apt-get; their tests will be skipped"; fi; \
 	fi
+	@if ! command -v redis-server >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null \
+			|| echo "warning: could not install postgresql/redis-server; the replica tests will be skipped"; \
+		else echo "warning: postgresql/redis-server missing and no root apt-get; the replica tests will be skipped"; fi; \
+	fi
 
 demo: install
 	$(BIN)/p2pdist demo

@@ -231,14 +231,22 @@ def _publish(url: str, token: str, count: int) -> list[bytes]:
     return hashes
 
 
+def _wrk_cmd(url: str, script: Path, hash_file: Path, mode: str, threads: int,
+             connections: int, duration: float) -> list[str]:  # fmt: skip
+    return [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
+        "-s", str(script), url, "--", mode, str(hash_file), str(threads),
+    ]  # fmt: skip
+
+
 def _wrk(
     url: str, script: Path, hash_file: Path, mode: str, args: argparse.Namespace, duration: float
 ) -> dict[str, Any]:
-    cmd = [
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--timeout", "10s",
-        "-s", str(script), url, "--", mode, str(hash_file), str(args.threads),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cmd = _wrk_cmd(url, script, hash_file, mode, args.threads, args.connections, duration)
+    return _wrk_result(mode, subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def _wrk_result(mode: str, out: str) -> dict[str, Any]:
     line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise SystemExit(f"wrk printed no result:\n{out}")
@@ -443,7 +451,15 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--paced-worker":
         _paced_worker(sys.argv[2:])
         return
+    parser.add_argument("--replicas", action="store_true",
+                        help="Only the replica set-up: 2 trackers on PostgreSQL + Redis vs 1 "
+                        "in-process (bench/tracker_replicas.py).")  # fmt: skip
     args = parser.parse_args()
+    if args.replicas:
+        from tracker_replicas import replica_bench  # bench/ is this script's folder
+
+        replica_bench(args)
+        return
     missing = [tool for tool in ("wrk", "opentracker") if shutil.which(tool) is None]
     if missing:
         print(f"skipped: {' and '.join(missing)} not installed "

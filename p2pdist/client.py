@@ -25,6 +25,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from p2pdist.errors import (
@@ -66,12 +67,25 @@ def passkey_for(token: str) -> str:
 
 
 class RegistryClient:
-    """A client of one tracker's registry, optionally authenticated with a bearer token."""
+    """A client of a tracker's registry, optionally authenticated with a bearer token.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"tracker URL {base_url!r} must start with http:// or https://")
-        self.base_url = base_url.rstrip("/")
+    ``base_url`` may name several replicas of one registry (a list, or comma-separated): a
+    request that cannot reach one (refused, timed out, or answered 502/503/504) is tried on
+    the next, and the client stays with the one that answered. Publishing is idempotent
+    (the same bytes again answer 200), so a publish retried on another replica is safe.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
+        from p2pdist.config import split_tracker_urls
+
+        text = base_url if isinstance(base_url, str) else ",".join(base_url)
+        self.base_urls: list[str] = split_tracker_urls(text)
+        self._current = 0
         self.token = token
         self.timeout = timeout
         self._waits: dict[int, _CancellableConnection] = {}  # by thread: long-polls in flight
@@ -79,7 +93,13 @@ class RegistryClient:
         self._opener = urllib.request.build_opener(_Handler(self), _HTTPSHandler(self))
 
     def __repr__(self) -> str:
-        return f"RegistryClient({self.base_url!r}, token={'set' if self.token else None})"
+        urls = ",".join(self.base_urls)
+        return f"RegistryClient({urls!r}, token={'set' if self.token else None})"
+
+    @property
+    def base_url(self) -> str:
+        """The URL requests go to first: the last one that answered."""
+        return self.base_urls[self._current]
 
     # -- the API ----------------------------------------------------------------------------
     def publish(
@@ -163,6 +183,26 @@ class RegistryClient:
             if connection.cancel is not None and connection.cancel.is_set():
                 connection.abort()
 
+    def resolve(self, name: str, ref: str) -> str:
+        """The version ``name@ref`` names: a version (NotFoundError saying why when it was
+        withdrawn), a movable tag's version, or the latest for ``latest``."""
+        return self._version_of(self._json("GET", f"/v1/models/{_q(name)}/resolve/{_q(ref)}"))
+
+    def tags(self, name: str) -> dict[str, str]:
+        """The movable tags of a model: tag -> version."""
+        answer = self._json("GET", f"/v1/models/{_q(name)}/tags")
+        tags = answer.get("tags") if isinstance(answer, dict) else None
+        if not isinstance(tags, dict):
+            raise self._nonsense("answer without a tags object")
+        return tags
+
+    def post_statement(self, name: str, statement: bytes) -> dict[str, Any]:
+        """Send a publisher's signed statement (yank, tag, rotate-key) about ``name``."""
+        answer = self._json("POST", f"/v1/models/{_q(name)}/statements", body=statement)
+        if not isinstance(answer, dict) or "applied" not in answer:
+            raise self._nonsense("statement answer without 'applied'")
+        return answer
+
     def manifest_bytes(self, name: str, version: str) -> bytes:
         """The manifest of a version, exactly as published (verify its signature yourself)."""
         _, data = self._request("GET", f"/v1/models/{_q(name)}/versions/{_q(version)}/manifest")
@@ -180,13 +220,17 @@ class RegistryClient:
 
     def announce_url(self, private: bool = False) -> str:
         """The announce URL to put in torrents; for private models it carries the passkey."""
+        return self.announce_urls(private)[0]
+
+    def announce_urls(self, private: bool = False) -> list[str]:
+        """One announce URL per tracker URL, in order (a torrent's BEP 12 tiers)."""
         if not private:
-            return f"{self.base_url}/announce"
+            return [f"{url}/announce" for url in self.base_urls]
         if not self.token:
             raise ConfigError(
                 "a private model's announce URL needs a token: pass --token or set P2PDIST_TOKEN"
             )
-        return f"{self.base_url}/announce/{passkey_for(self.token)}"
+        return [f"{url}/announce/{passkey_for(self.token)}" for url in self.base_urls]
 
     def health(self) -> bool:
         """True when the tracker answers /healthz with ok; False when it is down or unwell."""
@@ -234,7 +278,32 @@ class RegistryClient:
         timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> tuple[int, bytes]:
-        url = self.base_url + path
+        """One request, to the current URL and then, if that one is out of reach, to the
+        others in turn; the last failure is raised when none answers."""
+        first = self._current
+        count = len(self.base_urls)
+        for attempt in range(count):
+            at = (first + attempt) % count
+            try:
+                answer = self._request_once(self.base_urls[at], method, path, body, timeout, cancel)
+            except _Unreachable as e:
+                if attempt == count - 1 or (cancel is not None and cancel.is_set()):
+                    raise e.error from None
+                continue
+            self._current = at
+            return answer
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _request_once(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float | None,
+        cancel: threading.Event | None,
+    ) -> tuple[int, bytes]:
+        url = base_url + path
         headers = {"Accept": "application/json", "User-Agent": "p2pdist"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -246,12 +315,17 @@ class RegistryClient:
             with self._opener.open(request, timeout=timeout or self.timeout) as response:
                 return response.status, _read(response)
         except urllib.error.HTTPError as e:
-            raise self._http_error(method, path, e) from None
+            error = self._http_error(base_url, method, path, e)
+            if e.code in (502, 503, 504):
+                raise _Unreachable(error) from None
+            raise error from None
         except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise TrackerError(
-                f"tracker at {self.base_url} is not reachable ({reason}); start it with "
-                "`p2pdist tracker serve` or set P2PDIST_TRACKER"
+            raise _Unreachable(
+                TrackerError(
+                    f"tracker at {base_url} is not reachable ({reason}); start it with "
+                    "`p2pdist tracker serve` or set P2PDIST_TRACKER"
+                )
             ) from None
         finally:
             _cancel.event = None
@@ -272,7 +346,9 @@ class RegistryClient:
                 previous.release()
         return connection
 
-    def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> Exception:
+    def _http_error(
+        self, base_url: str, method: str, path: str, e: urllib.error.HTTPError
+    ) -> Exception:
         try:
             answer = json.loads(_read(e))
             detail, kind = answer.get("error"), answer.get("type")
@@ -283,7 +359,7 @@ class RegistryClient:
         if not isinstance(detail, str):
             detail = f"HTTP {e.code} {e.reason}"
         message = f"{method} {path}: {detail}"
-        if e.code == 404:
+        if e.code in (404, 410):  # 410: a version its publisher withdrew
             return NotFoundError(message)
         if e.code in (401, 403):
             return AuthError(message)
@@ -293,7 +369,15 @@ class RegistryClient:
             return _REFUSALS[kind](message)
         if 400 <= e.code < 500:
             return FormatError(message)
-        return TrackerError(f"tracker at {self.base_url} failed: {message}")
+        return TrackerError(f"tracker at {base_url} failed: {message}")
+
+
+class _Unreachable(Exception):
+    """A tracker URL that could not answer (the next one may): carries the error to raise."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _cancel = threading.local()

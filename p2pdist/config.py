@@ -95,12 +95,36 @@ def home(explicit: str | Path | None = None) -> Path:
 
 
 def tracker_url(explicit: str | None = None) -> str:
-    """The tracker/registry base URL: flag, ``$P2PDIST_TRACKER``, config ``tracker``, default."""
+    """The tracker/registry base URL: flag, ``$P2PDIST_TRACKER``, config ``tracker``, default.
+
+    Several comma-separated URLs name replicas of one registry (or trackers of one swarm):
+    the registry client fails over from one to the next, and torrents announce to each (one
+    BEP 12 tier per URL). The answer keeps them comma-separated; ``tracker_urls`` splits.
+    """
+    return ",".join(tracker_urls(explicit))
+
+
+def tracker_urls(explicit: str | None = None) -> list[str]:
+    """The tracker URLs of ``tracker_url``, in order, each checked and without a final '/'."""
     value = _resolve(explicit, "P2PDIST_TRACKER", "tracker", DEFAULT_TRACKER)
     assert value is not None
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"tracker URL {value!r} must start with http:// or https://")
-    return value.rstrip("/")
+    return split_tracker_urls(value)
+
+
+def split_tracker_urls(value: str) -> list[str]:
+    """``"http://a:1, http://b:2/"`` -> ``["http://a:1", "http://b:2"]`` (ConfigError if bad)."""
+    urls: list[str] = []
+    for part in value.split(","):
+        url = part.strip().rstrip("/")
+        if not url:
+            continue
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"tracker URL {url!r} must start with http:// or https://")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ConfigError(f"no tracker URL in {value!r}")
+    return urls
 
 
 def token(explicit: str | None = None) -> str | None:

@@ -118,9 +118,15 @@ class Fetcher:
 
     # -- resolution and trust -----------------------------------------------------------------
     def resolve(self, ref: ModelRef) -> ModelRef:
+        """``latest`` or a movable tag to the version it names now; a withdrawn version is
+        refused (NotFoundError with the publisher's reason). With the tracker out of reach an
+        exact version stays as asked (it may be stored)."""
         if ref.is_latest:
             return ref.with_version(self.client.latest(ref.name))
-        return ref
+        try:
+            return ref.with_version(self.client.resolve(ref.name, ref.version))
+        except TrackerError:
+            return ref
 
     def trusted_manifest(self, name: str, version: str) -> Manifest:
         """The registry's manifest of name@version, signature and publisher key checked."""
@@ -146,8 +152,8 @@ class Fetcher:
         _check_torrent(meta, ref, entries, where)
         # Announce to the tracker this host is configured with, under its own passkey for a
         # private model (not the publisher's); the infohash covers only the info dict.
-        announce = self.client.announce_url(private=meta.private)
-        if meta.announce != (announce,):
+        announce = self.client.announce_urls(private=meta.private)
+        if meta.announce != tuple(announce):
             meta = read_torrent(_with_announce(meta.data, announce))
         return meta
 
@@ -377,12 +383,17 @@ class Fetcher:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-def _with_announce(torrent: bytes, announce: str) -> bytes:
-    """The same torrent (same info dict, same infohash) announcing to ``announce`` only."""
+def _with_announce(torrent: bytes, announce: list[str]) -> bytes:
+    """The same torrent (same info dict, same infohash) announcing to ``announce`` only: the
+    first as ``announce``, and with several, all of them as one BEP 12 tier (announced to
+    all; see ``formats.torrent`` for why not a tier each)."""
     from p2pdist.formats.bencode import bdecode, bencode, info_bytes
 
     top = bdecode(torrent)
-    parts = [b"d", bencode(b"announce"), bencode(announce.encode()), bencode(b"info")]
+    parts = [b"d", bencode(b"announce"), bencode(announce[0].encode())]
+    if len(announce) > 1:
+        parts += [bencode(b"announce-list"), bencode([[url.encode() for url in announce]])]
+    parts.append(bencode(b"info"))
     parts.append(info_bytes(torrent))
     if b"url-list" in top:
         parts += [bencode(b"url-list"), bencode(top[b"url-list"])]

@@ -395,7 +395,7 @@ def _build_new(
         key=key or load_signing_key(create=True),
         store=store,
         parent=parent,
-        announce=[client.announce_url(private)],
+        announce=client.announce_urls(private),
         web_seeds=web_seeds,
         private=private,
         torrent_version=torrent_version,

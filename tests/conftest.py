@@ -99,3 +99,7 @@ def write_random_files(root: Path, sizes: dict[str, int], seed: int = 0) -> list
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.randbytes(size))
     return sorted(sizes)
+
+
+# Real PostgreSQL and Redis servers (session-scoped; skipped with a reason where unavailable).
+from tests.backends import postgres_server, postgres_url, redis_server, redis_url  # noqa: E402, F401

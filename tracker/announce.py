@@ -25,16 +25,17 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from p2pdist.errors import StoreError
 from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
-from p2pdist.tracker.peers import Peer
+from p2pdist.tracker.peers import Peer, Recorded, SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
 EVENTS = ("", "started", "completed", "stopped", "paused")
@@ -317,7 +318,11 @@ def _timed(route: str) -> Callable[[Callable[..., Answer]], Callable[..., Answer
 
 @_timed("announce")
 def answer_announce(
-    state: TrackerState, raw_query: str, passkey: str | None, host: str | None
+    state: TrackerState,
+    raw_query: str,
+    passkey: str | None,
+    host: str | None,
+    refreshed: bool = False,
 ) -> Answer:
     """The answer to ``GET /announce[/<passkey>]?<raw_query>`` from a peer at ``host``.
 
@@ -331,6 +336,8 @@ def answer_announce(
             raw_query, settings.max_query, settings.max_numwant, settings.default_numwant
         )
         passkey = _check_passkey(passkey)
+        if not refreshed and query.info_hash not in state.tracked and state.registry.shared:
+            return _announce_after_refresh(state, raw_query, passkey, host)
         tracked = _may_track_public(state, query.info_hash, passkey is None)
         if passkey is not None:
             grant = state.cached_passkey_grant(passkey)
@@ -342,6 +349,19 @@ def answer_announce(
         return _refused(state, e)
 
 
+async def _announce_after_refresh(
+    state: TrackerState, raw_query: str, passkey: str | None, host: str | None
+) -> bytes:
+    """An announce for a swarm id this replica does not know (yet): another replica may have
+    just published it, so look at the shared registry once before answering."""
+    try:
+        await state.refresh()
+    except StoreError as e:
+        return _refused(state, Refusal(str(e)))
+    answer = answer_announce(state, raw_query, passkey, host, refreshed=True)
+    return answer if isinstance(answer, bytes) else await answer
+
+
 async def _announce_after_lookup(
     state: TrackerState,
     query: Announce,
@@ -351,40 +371,52 @@ async def _announce_after_lookup(
 ) -> bytes:
     try:
         _check_grant(await state.grant_for_passkey(passkey), tracked)
-        return _record(state, query, host)
+        answer = _record(state, query, host)
+        return answer if isinstance(answer, bytes) else await answer
     except Refusal as e:
         return _refused(state, e)
 
 
-def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
-    """Put the announcing peer in its swarm (or take it out) and answer with peers to try."""
+def _record(state: TrackerState, query: Announce, host: str | None) -> Answer:
+    """Put the announcing peer in its swarm (or take it out) and answer with peers to try
+    (bytes from an in-process peer store, a coroutine from a networked one)."""
     if not host:
         raise Refusal("cannot tell the address this announce comes from")
     try:
         peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
     except ValueError:
         raise Refusal(f"cannot use the address {host[:64]!r}") from None
-    info_hash = query.info_hash
-    event = query.event
-    peers = state.peers
-    if not peers.announce(info_hash, peer, event, time.monotonic()):
+    recorded = state.peers.record(
+        query.info_hash, peer, query.event, query.numwant, time.monotonic()
+    )
+    if isinstance(recorded, Recorded):
+        return _recorded(state, query.event, recorded)
+    return _recorded_later(state, query.event, recorded)
+
+
+async def _recorded_later(state: TrackerState, event: str, pending: Awaitable[Recorded]) -> bytes:
+    try:
+        return _recorded(state, event, await pending)
+    except StoreError as e:
+        return _refused(state, Refusal(str(e)))
+    except Refusal as e:
+        return _refused(state, e)
+
+
+def _recorded(state: TrackerState, event: str, recorded: Recorded) -> bytes:
+    if not recorded.accepted:
         raise Refusal(
             "this swarm is full, or holds as many peers of your address as one may; try again later"
         )
     state.metrics.announces[event or "none"] += 1
-    counts = peers.counts(info_hash)
-    if event == "stopped":
-        compact, compact6 = b"", None
-    else:
-        sample = peers.sample(info_hash, peer, query.numwant)
-        compact, compact6 = sample.peers, sample.peers6
+    counts = recorded.counts
     return _answer(
         _intervals(state.settings),
         counts.complete,
         counts.incomplete,
         counts.downloaded,
-        compact,
-        compact6,
+        recorded.sample.peers,
+        None if event == "stopped" else recorded.sample.peers6,
     )
 
 
@@ -420,12 +452,13 @@ async def _scrape_after_lookup(state: TrackerState, hashes: list[bytes], passkey
     grant = await state.grant_for_passkey(passkey)
     if grant is None:
         return _refused(state, Refusal("unknown passkey: get a token with `p2pdist tracker token`"))
-    return _scrape_files(state, hashes, grant)
+    answer = _scrape_files(state, hashes, grant)
+    return answer if isinstance(answer, bytes) else await answer
 
 
-def _scrape_files(state: TrackerState, hashes: list[bytes], grant: Grant | None) -> bytes:
+def _scrape_files(state: TrackerState, hashes: list[bytes], grant: Grant | None) -> Answer:
     """The ``files`` answer for the hashes this request may see (``grant``: its passkey's)."""
-    files: dict[bytes, dict[str, int]] = {}
+    allowed: list[bytes] = []
     for info_hash in hashes:
         try:
             tracked = _may_track_public(state, info_hash, grant is None)
@@ -433,12 +466,31 @@ def _scrape_files(state: TrackerState, hashes: list[bytes], grant: Grant | None)
                 _check_grant(grant, tracked)
         except Refusal:
             continue
-        counts = state.peers.counts(info_hash)
-        files[info_hash] = {
+        allowed.append(info_hash)
+    scraped = state.peers.scrape(allowed)
+    if isinstance(scraped, list):
+        return _files(state, allowed, scraped)
+    return _files_later(state, allowed, scraped)
+
+
+async def _files_later(
+    state: TrackerState, allowed: list[bytes], pending: Awaitable[list[SwarmCounts]]
+) -> bytes:
+    try:
+        return _files(state, allowed, await pending)
+    except StoreError as e:
+        return _refused(state, Refusal(str(e)))
+
+
+def _files(state: TrackerState, allowed: list[bytes], scraped: list[SwarmCounts]) -> bytes:
+    files = {
+        info_hash: {
             "complete": counts.complete,
             "incomplete": counts.incomplete,
             "downloaded": counts.downloaded,
         }
+        for info_hash, counts in zip(allowed, scraped, strict=True)
+    }
     state.metrics.scrapes += 1
     return bencode({"files": files})
 

@@ -1,5 +1,9 @@
 """``p2pdist tracker serve``, ``token``, ``backup`` and ``restore`` (also ``python -m p2pdist.tracker``).
 
+``--db`` picks the registry (a SQLite file, the default, or ``postgresql://…``) and
+``--peers`` the peer store (``memory``, the default, or ``redis://…``); see
+``registry_store.py`` and ``peers.py``.
+
 The group is ``tracker_group``; the main CLI mounts it as ``p2pdist tracker``. ``serve``
 prints the URL it listens on and where its database is, then runs until SIGINT or SIGTERM,
 when it stops accepting, releases long-polls, closes the database and exits 0.
@@ -22,9 +26,11 @@ from p2pdist import config
 from p2pdist.errors import P2PDistError, RefError
 from p2pdist.ref import validate_name
 from p2pdist.tracker.app import create_app
-from p2pdist.tracker.db import DB_FILENAME, Database
+from p2pdist.tracker.db import DB_FILENAME
 from p2pdist.tracker.front import FrontSite
-from p2pdist.tracker.state import DEFAULT_INTERVAL, TrackerSettings
+from p2pdist.tracker.registry_postgres import redacted
+from p2pdist.tracker.registry_store import TokenInfo, is_database_url, open_registry
+from p2pdist.tracker.state import DEFAULT_INTERVAL, STATE, TrackerSettings
 
 
 def default_data_dir() -> Path:
@@ -54,12 +60,20 @@ async def serve_until_signalled(settings: TrackerSettings, host: str, port: int)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         click.echo(f"p2pdist tracker listening on {_url(host, actual)}")
-        click.echo(f"database: {settings.db_path}")
+        click.echo(f"database: {_where(settings.registry_location)}")
+        if settings.peers not in (None, "memory"):
+            click.echo(f"peers: {app[STATE].peers.location}")
         sys.stdout.flush()
         await stop.wait()
         click.echo("p2pdist tracker stopping")
     finally:
         await runner.cleanup()
+
+
+def _where(location: str | Path) -> str:
+    if isinstance(location, str) and is_database_url(location):
+        return redacted(location)
+    return str(location)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -75,6 +89,13 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def _fail(error: P2PDistError) -> click.ClickException:
     return click.ClickException(str(error))
+
+
+_db_option = click.option(
+    "--db", "db", default=None, metavar="PATH|URL",
+    help="The registry: a SQLite file, or a postgresql:// URL shared by replicas "
+    "[default: DATA/tracker.sqlite3].",
+)  # fmt: skip
 
 
 @click.group("tracker")
@@ -93,13 +114,37 @@ def tracker_group() -> None:
 @click.option("--open", "track_unknown", is_flag=True,
               help="Also track infohashes the registry does not know.")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
+@_db_option
+@click.option("--peers", "peers", default=None, metavar="memory|URL",
+              help="Where swarms are kept: 'memory' (in this process) or a redis:// URL shared "
+              "by replicas [default: memory].")  # fmt: skip
+@click.option("--fresh-db", is_flag=True,
+              help="If the SQLite database is empty or damaged, move it aside and start a new "
+              "one (every model and token in it is then gone) instead of refusing to start.")  # fmt: skip
 def serve(
-    host: str, port: int, data_dir: Path | None, interval: int, track_unknown: bool, verbose: bool
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    interval: int,
+    track_unknown: bool,
+    verbose: bool,
+    db: str | None,
+    peers: str | None,
+    fresh_db: bool,
 ) -> None:
-    """Serve /announce, /scrape, the /v1/ registry, /metrics and a status page."""
+    """Serve /announce, /scrape, the /v1/ registry, /metrics and a status page.
+
+    Several trackers given the same --db postgresql://… and --peers redis://… serve one
+    registry and one swarm (replicas behind a load balancer, or listed as tracker tiers).
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     settings = TrackerSettings(
-        data_dir=data_dir or default_data_dir(), interval=interval, track_unknown=track_unknown
+        data_dir=data_dir or default_data_dir(),
+        interval=interval,
+        track_unknown=track_unknown,
+        db=db,
+        peers=peers,
+        fresh_db=fresh_db,
     )
     try:
         run(serve_until_signalled(settings, host, port))
@@ -114,29 +159,55 @@ def serve(
 @tracker_group.command("token")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@_db_option
 @click.option("--namespace", default=None,
               help="The org (or bare model name) the token is for [default: every namespace].")  # fmt: skip
 @click.option("--read-only", is_flag=True, help="Read private models only; no publishing.")
-def token(data_dir: Path | None, namespace: str | None, read_only: bool) -> None:
-    """Print a new token (shown once; the tracker stores only its hash)."""
+@click.option("--list", "list_tokens", is_flag=True,
+              help="List the tokens (id, scope, creation time; never the secret).")  # fmt: skip
+@click.option("--revoke", "revoke", metavar="ID", default=None,
+              help="Revoke the token with this id (from --list); trackers refuse it within "
+              "seconds.")  # fmt: skip
+def token(
+    data_dir: Path | None,
+    db: str | None,
+    namespace: str | None,
+    read_only: bool,
+    list_tokens: bool,
+    revoke: str | None,
+) -> None:
+    """Print a new token (shown once; the tracker stores only its hash), or list or revoke."""
     if namespace is not None and ("/" in namespace or not _is_name(namespace)):
         raise click.BadParameter(
             f"{namespace!r} is not a namespace: one name segment, the org of org/model "
             "(lowercase letters, digits, '.', '_', '-')",
             param_hint="--namespace",
         )
-    path = (data_dir or default_data_dir()) / DB_FILENAME
-    is_new = not path.exists()  # a typo in --data would otherwise print a token nobody knows
+    if list_tokens and revoke is not None:
+        raise click.UsageError("--list and --revoke do not go together")
+    where: str | Path = db if db is not None else (data_dir or default_data_dir()) / DB_FILENAME
+    is_new = isinstance(where, Path) and not where.exists()
+    if is_new and (list_tokens or revoke is not None):
+        raise click.ClickException(f"no tracker database at {where}")
     try:
-        db = Database(path)
+        store = open_registry(where)
         try:
-            value = db.create_token(namespace, publish=not read_only)
+            if list_tokens:
+                _print_tokens(store.tokens())
+                return
+            if revoke is not None:
+                gone = store.revoke_token(revoke)
+                click.echo(
+                    f"revoked token {gone.token_id} ({_scope(gone)}, created {gone.created})"
+                )
+                return
+            value = store.create_token(namespace, publish=not read_only)
         finally:
-            db.close()
+            store.close()
     except P2PDistError as e:
         raise _fail(e) from None
-    if is_new:
-        click.echo(f"new tracker database at {path} (no tracker has used it yet)", err=True)
+    if is_new:  # a typo in --data would otherwise print a token nobody knows
+        click.echo(f"new tracker database at {where} (no tracker has used it yet)", err=True)
     rights = "read" if read_only else "read and publish"
     click.echo(f"{rights} on {namespace or 'every namespace'}", err=True)
     click.echo(value)
@@ -175,6 +246,60 @@ def restore(backup_file: Path, data_dir: Path | None) -> None:
     click.echo(f"restored {result.describe()}")
     if result.previous is not None:
         click.echo(f"the database it replaced is kept as {result.previous}")
+@tracker_group.command("reset-pin")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (kept in the audit record).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@_db_option
+def reset_pin(name: str, reason: str, data_dir: Path | None, db: str | None) -> None:
+    """Unpin model NAME's publisher key (a lost key): its next publish pins the key that
+    signs it. Leaves an audit record (`tracker audit`). Consumers still see the new key and
+    accept it deliberately (`p2pdist trust`)."""
+    where: str | Path = db if db is not None else (data_dir or default_data_dir()) / DB_FILENAME
+    try:
+        store = open_registry(where, create=False)
+        try:
+            old = store.reset_pin(validate_name(name), reason)
+        finally:
+            store.close()
+    except P2PDistError as e:
+        raise _fail(e) from None
+    click.echo(f"{name}: key {old[:16]}… unpinned; its next publish pins a new key")
+
+
+@tracker_group.command("audit")
+@click.argument("name", required=False)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the SQLite database [default: $P2PDIST_HOME/tracker].")  # fmt: skip
+@_db_option
+def audit(name: str | None, data_dir: Path | None, db: str | None) -> None:
+    """Print the audit trail (yanks, tags, key rotations, pin resets), oldest first."""
+    where: str | Path = db if db is not None else (data_dir or default_data_dir()) / DB_FILENAME
+    try:
+        store = open_registry(where, create=False)
+        try:
+            rows = store.audit(name)
+        finally:
+            store.close()
+    except P2PDistError as e:
+        raise _fail(e) from None
+    for at, model, action, detail in rows:
+        click.echo(f"{at}  {model}  {action}  {detail}")
+
+
+def _scope(info: TokenInfo) -> str:
+    rights = "read and publish" if info.publish else "read"
+    return f"{rights} on {info.namespace or 'every namespace'}"
+
+
+def _print_tokens(tokens: list[TokenInfo]) -> None:
+    if not tokens:
+        click.echo("no tokens", err=True)
+        return
+    click.echo(f"{'ID':<12}  {'CREATED':<20}  SCOPE")
+    for t in tokens:
+        click.echo(f"{t.token_id:<12}  {t.created:<20}  {_scope(t)}")
 
 
 def _is_name(text: str) -> bool:

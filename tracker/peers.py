@@ -1,5 +1,12 @@
 """Who is in which swarm: soft state with a time to live, behind a small interface.
 
+``PeerStore`` is the interface (as chihaya's storage and Kraken's peerstore): ``record``
+one announce and hand out peers (one call, so a networked store makes one round trip per
+announce), ``scrape`` counts, ``expire`` and ``total_peers``. ``record``, ``scrape`` and
+``close`` answer either at once (the in-process ``MemoryPeerStore``: no task, no await on
+the announce hot path) or with an awaitable (``peers_redis.RedisPeerStore``, shared by
+tracker replicas); callers handle both (``resolved``). ``open_peer_store`` picks one from ``--peers``.
+
 As in Kraken's tracker, peers are soft state: a peer that stops announcing disappears after
 its TTL (two announce intervals), and a restarted tracker starts empty and refills within one
 interval as peers re-announce. Nothing here is durable and nothing here touches the network;
@@ -16,10 +23,15 @@ re-announce into an unchanged swarm costs one slice, not a loop over peers.
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import random
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeVar, Union
+
+T = TypeVar("T")
+Maybe = Union[T, Awaitable[T]]  # noqa: UP007 (a TypeVar alias needs Union on 3.10)
 
 MAX_PEERS_PER_SWARM = 50_000
 """A swarm refuses new peers beyond this many (memory bound against a flood of peer ids)."""
@@ -82,24 +94,63 @@ class PeerSample:
 _EMPTY = PeerSample(b"", b"")
 
 
+class Recorded(NamedTuple):
+    """The outcome of one announce: accepted or not, the swarm's counts, peers to try."""
+
+    accepted: bool
+    counts: SwarmCounts
+    sample: PeerSample
+
+
 class PeerStore(Protocol):
-    """What the announce handler needs from a peer store."""
+    """What the tracker needs from a peer store (see the module docstring)."""
 
-    def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
-        """Record ``peer`` (or remove it on ``stopped``); False when the swarm is full, or
-        holds as many peers of ``peer``'s address as one address may have."""
+    location: str
+    """Where the peers are, for messages ("memory", or a URL without its password)."""
 
-    def sample(self, info_hash: bytes, peer: Peer, numwant: int) -> PeerSample:
-        """Up to ``numwant`` peers of the swarm for ``peer``, following the hand-out policy."""
+    def record(
+        self, info_hash: bytes, peer: Peer, event: str, numwant: int, now: float
+    ) -> Maybe[Recorded]:
+        """Put ``peer`` in its swarm (remove it on ``stopped``) and pick up to ``numwant``
+        others for it; not accepted when the swarm is full, or holds as many peers of
+        ``peer``'s address as one address may have. ``now`` is ``time.monotonic()``."""
+        ...
 
-    def counts(self, info_hash: bytes) -> SwarmCounts:
-        """Current seeders and leechers and the completed count of one swarm."""
+    def scrape(self, info_hashes: Sequence[bytes]) -> Maybe[list[SwarmCounts]]:
+        """Counts of each swarm, in order."""
+        ...
 
     def expire(self, now: float) -> int:
-        """Forget peers whose TTL has passed; return how many were removed."""
+        """Forget peers whose TTL has passed; return how many were removed. Called every
+        quarter interval; a networked store may start its housekeeping here and return."""
+        ...
 
     def total_peers(self) -> int:
-        """The number of (swarm, peer) entries held."""
+        """The number of (swarm, peer) entries held (a networked store: as last counted)."""
+        ...
+
+    def close(self) -> Maybe[None]: ...
+
+
+async def resolved(value: Maybe[T]) -> T:
+    """The value of a peer store's answer, awaited if the store answered with an awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value  # type: ignore[return-value]
+
+
+def open_peer_store(where: str | None, ttl: float) -> PeerStore:
+    """The peer store named by ``--peers``: None or "memory" for in-process, or a
+    ``redis://`` / ``rediss://`` / ``unix://`` URL for Redis."""
+    if where is None or where == "memory":
+        return MemoryPeerStore(ttl=ttl)
+    if where.startswith(("redis://", "rediss://", "unix://")):
+        from p2pdist.tracker.peers_redis import RedisPeerStore
+
+        return RedisPeerStore(where, ttl=ttl)
+    from p2pdist.errors import ConfigError
+
+    raise ConfigError(f"--peers {where[:64]!r}: use 'memory' or a redis:// URL")
 
 
 class _Bag:
@@ -179,6 +230,8 @@ class _Swarm:
 class MemoryPeerStore:
     """The in-memory peer store: one dict of swarms, owned by the tracker's event loop."""
 
+    location = "memory"
+
     def __init__(
         self,
         ttl: float,
@@ -192,7 +245,24 @@ class MemoryPeerStore:
         self._swarms: dict[bytes, _Swarm] = {}
         self._random = random.Random(seed)
 
+    def record(
+        self, info_hash: bytes, peer: Peer, event: str, numwant: int, now: float
+    ) -> Recorded:
+        if not self.announce(info_hash, peer, event, now):
+            return Recorded(False, SwarmCounts(), _EMPTY)
+        counts = self.counts(info_hash)
+        sample = _EMPTY if event == "stopped" else self.sample(info_hash, peer, numwant)
+        return Recorded(True, counts, sample)
+
+    def scrape(self, info_hashes: Sequence[bytes]) -> list[SwarmCounts]:
+        return [self.counts(h) for h in info_hashes]
+
+    def close(self) -> None:
+        self._swarms.clear()
+
     def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> bool:
+        """Record ``peer`` (or remove it on ``stopped``); False when the swarm is full, or
+        holds as many peers of ``peer``'s address as one address may have."""
         swarm = self._swarms.get(info_hash)
         key = peer.compact
         if event == "stopped":
@@ -306,9 +376,13 @@ class MemoryPeerStore:
 __all__ = [
     "MAX_PEERS_PER_IP",
     "MAX_PEERS_PER_SWARM",
+    "Maybe",
     "MemoryPeerStore",
     "Peer",
     "PeerSample",
     "PeerStore",
+    "Recorded",
     "SwarmCounts",
+    "open_peer_store",
+    "resolved",
 ]

@@ -27,8 +27,14 @@ from p2pdist.errors import FormatError, P2PDistError
 from p2pdist.formats.bencode import infohashes
 from p2pdist.formats.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
-from p2pdist.tracker.db import Database, Grant, ModelInfo, NewVersion, TrackedHash
 from p2pdist.tracker.peers import SwarmCounts
+from p2pdist.tracker.registry_store import (
+    Grant,
+    ModelInfo,
+    NewVersion,
+    RegistryStore,
+    TrackedHash,
+)
 from p2pdist.tracker.state import MAX_WAIT, STATE, ApiError, TrackerState, api_error
 
 NAME = r"{name:[^/]+(?:/[^/]+)?}"
@@ -63,7 +69,7 @@ async def _grant(request: web.Request) -> Grant | None:
 async def _readable_model(request: web.Request, name: str) -> ModelInfo:
     """The model, if it exists and this request may read it."""
     state = request.app[STATE]
-    info = await state.db_call(Database.model, name)
+    info = await state.db_call(lambda db: db.model(name))
     if info is None:
         raise ApiError(404, f"model {name} not found", "NotFoundError")
     await _check_read(request, info)
@@ -160,7 +166,7 @@ def check_publish(name: str, version: str, body: bytes) -> NewVersion:
     )
 
 
-def _store(db: Database, new: NewVersion) -> tuple[str, list[TrackedHash]]:
+def _store(db: RegistryStore, new: NewVersion) -> tuple[str, list[TrackedHash]]:
     outcome = db.publish(new)
     info = db.model(new.model)
     assert info is not None
@@ -199,7 +205,7 @@ async def list_models(request: web.Request) -> web.Response:
     grant = await _grant(request)
     models = [
         {"name": m.name, "private": m.private, "latest": m.latest, "versions": m.versions}
-        for m in await state.db_call(Database.models)
+        for m in await state.db_call(lambda db: db.models())
         if not m.private or (grant is not None and grant.can_read(m.namespace))
     ]
     return web.json_response({"models": models})
@@ -210,8 +216,9 @@ async def list_versions(request: web.Request) -> web.Response:
     name = _name(request)
     await _readable_model(request, name)
     listed = []
-    counts = state.swarm_counts()  # one pass over the swarms, not two per version
-    for v in await state.db_call(Database.versions, name):
+    counts = await state.swarm_counts()  # one scrape of the swarms, not two per version
+    yanked = await state.db_call(lambda db: db.yanked(name))
+    for v in await state.db_call(lambda db: db.versions(name)):
         full = counts.get((name, v.version, "full"), SwarmCounts())
         delta = counts.get((name, v.version, "delta"), SwarmCounts())
         listed.append(
@@ -226,6 +233,7 @@ async def list_versions(request: web.Request) -> web.Response:
                 "leechers": full.incomplete,
                 "delta_seeders": delta.complete,
                 "delta_leechers": delta.incomplete,
+                **({"yanked": yanked[v.version] or ""} if v.version in yanked else {}),
             }
         )
     return web.json_response({"versions": listed})
@@ -242,16 +250,19 @@ def _wait_seconds(request: web.Request) -> float:
     return min(wait, MAX_WAIT)
 
 
-def _newer_than(db: Database, name: str, after: str | None) -> str | None:
-    """The latest version if it is newer than ``after`` (any, when None); None otherwise."""
-    versions = db.versions(name)
+def _newer_than(db: RegistryStore, name: str, after: str | None) -> str | None:
+    """The latest version if it is newer than ``after`` (any, when None); None otherwise.
+    Withdrawn (yanked) versions are never the latest, so followers do not move to them."""
+    every = db.versions(name)
+    yanked = db.yanked(name)
+    versions = [v for v in every if v.version not in yanked]
+    if after is not None and after not in {v.version for v in every}:
+        raise api_error(FormatError(f"{name}@{after} is not published; cannot wait after it"))
     if not versions:
         return None
     if after is None:
         return versions[-1].version
-    seqs = {v.version: v.seq for v in versions}
-    if after not in seqs:
-        raise api_error(FormatError(f"{name}@{after} is not published; cannot wait after it"))
+    seqs = {v.version: v.seq for v in every}
     return versions[-1].version if versions[-1].seq > seqs[after] else None
 
 
@@ -268,7 +279,7 @@ async def latest(request: web.Request) -> web.Response:
     while True:
         event = state.publish_event(name)
         try:
-            info = await state.db_call(Database.model, name)
+            info = await state.db_call(lambda db: db.model(name))
             if info is not None:
                 await _check_read(request, info)
                 newer = await state.db_call(_newer_than, name, after)
@@ -291,7 +302,7 @@ async def manifest(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name, version = _name(request), _version(request)
     await _readable_model(request, name)
-    data = await state.db_call(Database.blob, name, version, "manifest")
+    data = await state.db_call(lambda db: db.blob(name, version, "manifest"))
     return web.Response(body=data, content_type="application/json")
 
 
@@ -303,7 +314,7 @@ async def torrent(request: web.Request) -> web.Response:
         raise ApiError(400, f"kind must be full or delta, not {kind[:24]!r}", "FormatError")
     await _readable_model(request, name)
     data = await state.db_call(
-        Database.blob, name, version, "torrent" if kind == "full" else "delta"
+        lambda db: db.blob(name, version, "torrent" if kind == "full" else "delta")
     )
     filename = f"{name.replace('/', '--')}@{version}{'.delta' if kind == 'delta' else ''}.torrent"
     return web.Response(
@@ -360,6 +371,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{base}/versions/{{version}}", publish, name="publish")
     app.router.add_get(f"{base}/versions/{{version}}/manifest", manifest, name="manifest")
     app.router.add_get(f"{base}/versions/{{version}}/torrent", torrent, name="torrent")
+    from p2pdist.tracker import lifecycle  # it builds on this module's checks
+
+    lifecycle.add_routes(app, base)
 
 
-__all__ = ["add_routes", "check_publish", "json_errors"]
+__all__ = ["add_routes", "check_publish", "grant_of", "json_errors", "readable_model"]
+
+grant_of = _grant
+readable_model = _readable_model

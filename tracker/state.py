@@ -1,15 +1,23 @@
 """What the tracker's handlers share: settings, the database thread, peers, caches, metrics.
 
 One ``TrackerState`` lives in the application under ``STATE`` (a typed ``web.AppKey``). It is
-owned by the event loop; the only other thread is the database's, reached through
+owned by the event loop; the only other thread is the registry store's, reached through
 ``TrackerState.db_call``. The announce hot path touches no database: the infohashes the
 registry knows are mirrored in memory (loaded at start-up, updated on publish), and token
-grants found once are cached.
+grants found once are cached for ``GRANT_CACHE_SECONDS`` (so a revoked token stops working
+within that time, on every replica).
+
+Replicas: when the registry is shared (PostgreSQL), other trackers publish too. A poll of
+the registry's change feed every ``REFRESH_SECONDS`` adds their versions' swarm ids to the
+mirror and wakes this process's ``latest`` long-polls; an announce for an id the mirror does
+not know yet triggers the same refresh before it is refused (``refresh``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +35,14 @@ from p2pdist.errors import (
     NotFoundError,
     P2PDistError,
     RefError,
+    StoreError,
 )
 from p2pdist.metrics import Histogram
-from p2pdist.tracker.db import DB_FILENAME, Database, Grant, TrackedHash
-from p2pdist.tracker.peers import MemoryPeerStore, PeerStore, SwarmCounts
+from p2pdist.tracker.db import DB_FILENAME
+from p2pdist.tracker.peers import PeerStore, SwarmCounts, open_peer_store, resolved
+from p2pdist.tracker.registry_store import Grant, RegistryStore, TrackedHash, open_registry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -41,24 +53,42 @@ a seed learns of a new consumer at its next announce, so this is short by tracke
 MAX_WAIT = 60.0
 """Longest long-poll of ``/v1/models/{name}/latest``."""
 
+REFRESH_SECONDS = 1.0
+"""How often a tracker on a shared registry polls it for other replicas' publishes."""
+
+GRANT_CACHE_SECONDS = 10.0
+"""How long a token's grant found in the registry is reused without asking again."""
+
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    """How one tracker runs. ``data_dir`` holds the SQLite file."""
+    """How one tracker runs. ``data_dir`` holds the SQLite file unless ``db`` names another
+    registry (a file path or a ``postgresql://`` URL); ``peers`` names the peer store
+    ("memory", the default, or a ``redis://`` URL)."""
 
     data_dir: Path
+    db: str | None = None
+    peers: str | None = None
+    fresh_db: bool = False
+    """Move an empty or damaged SQLite file aside and start a new one, instead of refusing."""
     interval: int = DEFAULT_INTERVAL
     min_interval: int | None = None
     default_numwant: int = 50
     max_numwant: int = 200
     max_body: int = 64 * 1024 * 1024
     max_query: int = 4096
+    grant_cache: float = GRANT_CACHE_SECONDS
+    """Seconds a token's grant is reused before the registry is asked again (revocation)."""
     track_unknown: bool = False
     """Also track infohashes the registry does not know (an open tracker). Off by default."""
 
     @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / DB_FILENAME
+
+    @property
+    def registry_location(self) -> str | Path:
+        return self.db if self.db is not None else self.db_path
 
     @property
     def effective_min_interval(self) -> int:
@@ -86,6 +116,7 @@ _STATUS_OF: tuple[tuple[type[P2PDistError], int], ...] = (
     (NotFoundError, 404),
     (ConflictError, 409),
     (AuthError, 403),
+    (StoreError, 503),
 )
 
 
@@ -115,12 +146,15 @@ class TrackerState:
 
     def __init__(self, settings: TrackerSettings, peers: PeerStore | None = None) -> None:
         self.settings = settings
-        self.peers: PeerStore = peers or MemoryPeerStore(ttl=settings.peer_ttl)
+        self.peers: PeerStore = peers or open_peer_store(settings.peers, settings.peer_ttl)
         self.metrics = Metrics()
         self.tracked: dict[bytes, TrackedHash] = {}
         self.closing = False
-        self._db: Database | None = None
+        self._db: RegistryStore | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._seen_seq = 0
+        self._refreshing: asyncio.Future[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._token_grants: dict[str, Grant] = {}
         self._passkey_grants: dict[str, Grant] = {}
         self._published: dict[str, asyncio.Event] = {}
@@ -129,15 +163,69 @@ class TrackerState:
     # -- lifecycle (driven by the app's cleanup_ctx) --------------------------------------
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tracker-db")
-        self._db = await self.db_call(Database, self.settings.db_path)
-        self.tracked = {t.info_hash: t for t in await self.db_call(Database.tracked_hashes)}
+        settings = self.settings
+        self._db = await self.db_call(
+            lambda: open_registry(settings.registry_location, fresh=settings.fresh_db)
+        )
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll(), name="tracker-registry-poll")
 
     async def close(self) -> None:
         self.wake_all()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await resolved(self.peers.close())
         if self._db is not None:
-            await self.db_call(Database.close)
+            await self.db_call(lambda db: db.close())
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+    @property
+    def registry(self) -> RegistryStore:
+        assert self._db is not None
+        return self._db
+
+    async def _poll(self) -> None:
+        """Follow other replicas' publishes (shared registry) and expire cached grants."""
+        loop = asyncio.get_running_loop()
+        grants_cleared = loop.time()
+        while True:
+            await asyncio.sleep(min(REFRESH_SECONDS, self.settings.grant_cache))
+            if self.registry.shared:
+                try:
+                    await self.refresh()
+                except StoreError as e:
+                    log.warning("%s", e)  # the registry is down; the next poll tries again
+            if loop.time() - grants_cleared >= self.settings.grant_cache:
+                self._token_grants.clear()
+                self._passkey_grants.clear()
+                grants_cleared = loop.time()
+
+    async def refresh(self) -> None:
+        """Learn of versions published since the last look (by any replica): track their
+        swarms and wake their long-polls. Concurrent callers share one query."""
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        self._refreshing = asyncio.get_running_loop().create_future()
+        try:
+            changes = await self.db_call(lambda db: db.changes(self._seen_seq))
+            for published in changes:
+                self.track(list(published.hashes))
+                self._seen_seq = max(self._seen_seq, published.seq)
+            for model in {p.model for p in changes}:
+                self.published(model)
+            self._refreshing.set_result(None)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                self._refreshing.set_exception(e)
+                self._refreshing.exception()  # retrieved: a lone caller gets it by the raise
+            else:
+                self._refreshing.cancel()
+            raise
+        finally:
+            self._refreshing = None
 
     def wake_all(self) -> None:
         """Release every long-poll (shutdown must not wait for them)."""
@@ -147,7 +235,7 @@ class TrackerState:
 
     # -- database ---------------------------------------------------------------------------
     async def db_call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(db, *args)`` (or ``fn(*args)`` before the database opens) on its thread."""
+        """Run ``fn(db, *args)`` (or ``fn(*args)`` before the registry opens) on its thread."""
         assert self._executor is not None
         loop = asyncio.get_running_loop()
         if self._db is None:
@@ -157,7 +245,7 @@ class TrackerState:
     async def grant_for_token(self, token: str) -> Grant | None:
         grant = self._token_grants.get(token)
         if grant is None:
-            grant = await self.db_call(Database.grant_for_token, token)
+            grant = await self.db_call(lambda db: db.grant_for_token(token))
             if grant is not None:
                 self._token_grants[token] = grant
         return grant
@@ -169,7 +257,7 @@ class TrackerState:
     async def grant_for_passkey(self, passkey: str) -> Grant | None:
         grant = self._passkey_grants.get(passkey)
         if grant is None:
-            grant = await self.db_call(Database.grant_for_passkey, passkey)
+            grant = await self.db_call(lambda db: db.grant_for_passkey(passkey))
             if grant is not None:
                 self._passkey_grants[passkey] = grant
         return grant
@@ -179,12 +267,13 @@ class TrackerState:
         for tracked in hashes:
             self.tracked[tracked.info_hash] = tracked
 
-    def swarm_counts(self) -> dict[tuple[str, str, str], SwarmCounts]:
-        """Counts for every tracked (model, version, kind), in one pass over the swarms."""
+    async def swarm_counts(self) -> dict[tuple[str, str, str], SwarmCounts]:
+        """Counts for every tracked (model, version, kind), in one scrape of the swarms."""
         out: dict[tuple[str, str, str], SwarmCounts] = {}
-        for info_hash, tracked in self.tracked.items():
+        tracked_items = list(self.tracked.items())
+        scraped = await resolved(self.peers.scrape([h for h, _ in tracked_items]))
+        for (_, tracked), counts in zip(tracked_items, scraped, strict=True):
             key = (tracked.model, tracked.version, tracked.kind)
-            counts = self.peers.counts(info_hash)
             old = out.get(key)
             if old is None or counts.complete + counts.incomplete > old.complete + old.incomplete:
                 out[key] = counts
@@ -221,7 +310,9 @@ class TrackerState:
 STATE: web.AppKey[TrackerState] = web.AppKey("state", TrackerState)
 
 __all__ = [
+    "GRANT_CACHE_SECONDS",
     "MAX_WAIT",
+    "REFRESH_SECONDS",
     "STATE",
     "ApiError",
     "Metrics",

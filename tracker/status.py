@@ -135,7 +135,7 @@ async def timed(
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     models = await state.db_call(Database.models)
-    text = render_metrics(state, models, state.swarm_counts())
+    text = render_metrics(state, models, await state.swarm_counts())
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
 
@@ -221,7 +221,9 @@ async def page(request: web.Request) -> web.Response:
         m.name: await state.db_call(Database.versions, m.name) for m in models if not m.private
     }
     base_url = f"{request.scheme}://{request.host}"
-    text = render_page(base_url, models, versions, state.swarm_counts(), state.peers.total_peers())
+    text = render_page(
+        base_url, models, versions, await state.swarm_counts(), state.peers.total_peers()
+    )
     return web.Response(text=text, content_type="text/html", charset="utf-8")
 
 

@@ -51,7 +51,7 @@ def demo(keep: bool, steps: int) -> None:
 
 
 def _add_commands() -> None:
-    from p2pdist.cli import keys, serve, store, transfer
+    from p2pdist.cli import keys, registry, serve, store, transfer
 
     for command in (
         keys.keygen,
@@ -65,6 +65,9 @@ def _add_commands() -> None:
         transfer.fetch,
         serve.seed,
         serve.origin,
+        registry.yank,
+        registry.tag,
+        registry.rotate_key,
     ):
         cli.add_command(command)
 

@@ -140,8 +140,11 @@ def make_torrent(
     ct = lt.create_torrent(entries, piece_size, flags)
     ct.set_creator(CREATOR)
     ct.set_creation_date(0)
-    for tier, url in enumerate(announce):
-        ct.add_tracker(url, tier)
+    for url in announce:
+        # One tier of all the URLs (BEP 12), announced to all (`announce_to_all_trackers`):
+        # with a tier each, libtorrent held a live tracker's announces back to the retries
+        # of a dead one in an earlier tier (measured: minutes apart), and its peers expired.
+        ct.add_tracker(url, 0)
     for url in web_seeds:
         ct.add_url_seed(url)
     ct.set_priv(private)

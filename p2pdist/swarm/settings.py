@@ -60,6 +60,10 @@ def session_settings(
         "upload_rate_limit": int(upload_rate_limit),
         "download_rate_limit": int(download_rate_limit),
         "ssrf_mitigation": ssrf_mitigation,
+        # Several tracker URLs (replicas, or independent trackers) share one tier: announce
+        # to all of them, so every one knows this peer and any one may go down.
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
     }
     if upload_rate_limit or download_rate_limit:
         settings["ignore_limits_on_local_network"] = False

@@ -23,14 +23,23 @@ from tests.conftest import free_port
 class Tracker:
     """``python -m p2pdist.tracker serve`` in a subprocess."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, interval: int = 2) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        interval: int = 2,
+        db: str | None = None,
+        peers: str | None = None,
+    ) -> None:
         self.data_dir, self.port, self.interval = data_dir, port or free_port(), interval
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
+        self.backends = (*(("--db", db) if db else ()), *(("--peers", peers) if peers else ()))
 
     def cli(self, *args: str) -> str:
+        db = self.backends[:2] if self.backends[:1] == ("--db",) else ()
         out = subprocess.run(
-            [sys.executable, "-m", "p2pdist.tracker", *args, "--data", str(self.data_dir)],
+            [sys.executable, "-m", "p2pdist.tracker", *args, "--data", str(self.data_dir), *db],
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         return out.stdout.strip()
@@ -42,7 +51,7 @@ class Tracker:
     def start(self) -> list[str]:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
-             "--data", str(self.data_dir), "--interval", str(self.interval)],
+             "--data", str(self.data_dir), "--interval", str(self.interval), *self.backends],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
