@@ -21,12 +21,15 @@ import hashlib
 import http.client
 import json
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+from p2pdist import config
 from p2pdist.errors import (
     AuthError,
     ConfigError,
@@ -65,10 +68,32 @@ def passkey_for(token: str) -> str:
     return hashlib.sha256(_PASSKEY_CONTEXT + token.encode("utf-8")).hexdigest()[:32]
 
 
-class RegistryClient:
-    """A client of one tracker's registry, optionally authenticated with a bearer token."""
+def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """The TLS context for https trackers: the system's CAs, or only those of ``ca_bundle``
+    (``config.ca_bundle()``: a private CA); certificates and host names are always checked."""
+    try:
+        return ssl.create_default_context(cafile=None if ca_bundle is None else str(ca_bundle))
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(
+            f"CA bundle {ca_bundle} cannot be read as PEM certificates ({e}); "
+            "fix P2PDIST_CA_BUNDLE or config ca_bundle"
+        ) from None
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+
+class RegistryClient:
+    """A client of one tracker's registry, optionally authenticated with a bearer token.
+
+    An ``https://`` tracker's certificate is checked against the system's CAs, or against
+    ``ca_bundle`` (default: ``config.ca_bundle()``, ``$P2PDIST_CA_BUNDLE``) when given.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_bundle: Path | None = None,
+    ):
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"tracker URL {base_url!r} must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
@@ -76,7 +101,12 @@ class RegistryClient:
         self.timeout = timeout
         self._waits: dict[int, _CancellableConnection] = {}  # by thread: long-polls in flight
         self._waits_lock = threading.RLock()  # stop() may run in a signal handler
-        self._opener = urllib.request.build_opener(_Handler(self), _HTTPSHandler(self))
+        context = None
+        if self.base_url.startswith("https://"):
+            context = tls_context(ca_bundle if ca_bundle is not None else config.ca_bundle())
+        self._opener = urllib.request.build_opener(
+            _Handler(self), _HTTPSHandler(self, context=context)
+        )
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r}, token={'set' if self.token else None})"
@@ -249,6 +279,17 @@ class RegistryClient:
             raise self._http_error(method, path, e) from None
         except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise TrackerError(
+                    f"tracker at {self.base_url} presented a TLS certificate this host does not "
+                    f"trust ({reason.verify_message}); if a private CA signed it, set "
+                    "P2PDIST_CA_BUNDLE (or config ca_bundle) to that CA's certificate"
+                ) from None
+            if isinstance(reason, ssl.SSLError):
+                raise TrackerError(
+                    f"TLS with the tracker at {self.base_url} failed ({reason.reason or reason}); "
+                    "check that it serves https on that port (tracker serve --tls-cert)"
+                ) from None
             raise TrackerError(
                 f"tracker at {self.base_url} is not reachable ({reason}); start it with "
                 "`p2pdist tracker serve` or set P2PDIST_TRACKER"
@@ -383,8 +424,8 @@ class _Handler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, client: RegistryClient) -> None:
-        super().__init__()
+    def __init__(self, client: RegistryClient, context: ssl.SSLContext | None = None) -> None:
+        super().__init__(context=context)
         self._client = client
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
@@ -406,4 +447,4 @@ def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="/")
 
 
-__all__ = ["DEFAULT_TIMEOUT", "RegistryClient", "passkey_for"]
+__all__ = ["DEFAULT_TIMEOUT", "RegistryClient", "passkey_for", "tls_context"]

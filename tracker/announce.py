@@ -6,8 +6,9 @@ because clients (libtorrent among them) show the reason only from a 200 answer.
 The query string is parsed from ``request.rel_url.raw_query_string`` with
 ``unquote_to_bytes``: ``info_hash`` and ``peer_id`` are 20 raw bytes that are rarely valid
 UTF-8, and aiohttp's ``request.query`` would decode and corrupt them. Every other parameter
-must be ASCII. A peer's address is the one its connection comes from; the ``ip`` and
-``ipv6`` parameters are ignored so that nobody can point a swarm at a third party.
+must be ASCII. A peer's address is the one its connection comes from (or, from a trusted
+proxy only, the one it forwards: ``forwarded.py``); the ``ip`` and ``ipv6`` parameters are
+ignored so that nobody can point a swarm at a third party.
 
 Private models' torrents announce to ``/announce/<passkey>`` (``p2pdist.client.passkey_for``
 of a token with read right on the model's namespace). libtorrent's ``ssrf_mitigation`` (on by
@@ -33,6 +34,7 @@ from aiohttp import web
 from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
+from p2pdist.tracker.forwarded import request_address
 from p2pdist.tracker.peers import Peer
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
@@ -434,7 +436,7 @@ async def announce(request: web.Request) -> web.Response:
             request.app[STATE],
             request.rel_url.raw_query_string,
             request.match_info.get("passkey"),
-            request.remote,
+            request_address(request, request.app[STATE].settings.proxy_networks),
         )
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import libtorrent as lt
 
+from p2pdist import config
 from p2pdist.formats.torrent import TorrentMeta
 
 BLOCK_SIZE = 16 * 1024
@@ -60,7 +61,10 @@ def session_settings(
         "upload_rate_limit": int(upload_rate_limit),
         "download_rate_limit": int(download_rate_limit),
         "ssrf_mitigation": ssrf_mitigation,
+        # https trackers: certificate and host name checked (libtorrent's default, kept).
+        "validate_https_trackers": True,
     }
+    trust_ca_bundle(config.ca_bundle())
     if upload_rate_limit or download_rate_limit:
         settings["ignore_limits_on_local_network"] = False
         # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
@@ -89,6 +93,17 @@ def session_settings(
         settings["min_announce_interval"] = max(1, int(announce_interval_hint))
     settings.update(extra_settings or {})
     return settings
+
+
+def trust_ca_bundle(bundle: Path | None) -> None:
+    """Make libtorrent check https trackers against ``bundle`` (``P2PDIST_CA_BUNDLE``).
+
+    libtorrent has no setting for a CA file: its OpenSSL loads the default verify paths when
+    a session starts, and those honour ``SSL_CERT_FILE``. So the bundle is put there before
+    the session is made (for this process; an ``SSL_CERT_FILE`` the user set wins).
+    """
+    if bundle is not None and "SSL_CERT_FILE" not in os.environ:
+        os.environ["SSL_CERT_FILE"] = str(bundle)
 
 
 def torrent_params(meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resume: Any) -> Any:
