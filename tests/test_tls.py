@@ -150,14 +150,15 @@ def test_libtorrent_announces_over_https_and_checks_the_certificate(
     token = make_token(tmp_path / "tracker", "acme")
     version = make_version(Ed25519PrivateKey.generate(), "acme/lt", "v1")
     RegistryClient(https.url, token).publish(version.manifest_bytes, version.torrent, None)
-    monkeypatch.setenv("SSL_CERT_FILE", "-")  # restored (removed) after the test
-    monkeypatch.delenv("SSL_CERT_FILE")
+    # the session sets SSL_CERT_FILE for the process: put it back after the test
+    monkeypatch.setenv("SSL_CERT_FILE", os.environ.get("SSL_CERT_FILE", "-"))
+    if os.environ["SSL_CERT_FILE"] == "-":
+        monkeypatch.delenv("SSL_CERT_FILE")
 
     assert _announce_once(https, ca.cert_path, version.v1, version.torrent) is None
     assert https.state.peers.counts(version.v1).incomplete == 1
 
     other = make_ca(tmp_path / "other", "another CA")
     monkeypatch.setenv("P2PDIST_CA_BUNDLE", str(other.cert_path))
-    monkeypatch.delenv("SSL_CERT_FILE")
     error = _announce_once(https, other.cert_path, version.v1, version.torrent)
     assert error is not None and "certificate" in error.lower(), error

@@ -100,9 +100,10 @@ def trust_ca_bundle(bundle: Path | None) -> None:
 
     libtorrent has no setting for a CA file: its OpenSSL loads the default verify paths when
     a session starts, and those honour ``SSL_CERT_FILE``. So the bundle is put there before
-    the session is made (for this process; an ``SSL_CERT_FILE`` the user set wins).
+    the session is made, for this process (over an ``SSL_CERT_FILE`` already set: the
+    p2pdist setting is the more specific one).
     """
-    if bundle is not None and "SSL_CERT_FILE" not in os.environ:
+    if bundle is not None:
         os.environ["SSL_CERT_FILE"] = str(bundle)
 
 
