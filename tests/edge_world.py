@@ -16,8 +16,10 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from cryptography.x509.oid import NameOID
 from p2pdist.tracker import STATE, TrackerSettings, TrackerState
 from p2pdist.tracker.cli import make_runner
 from p2pdist.tracker.front import Front, FrontSite
+from tests.integration.harness import Tracker
 
 
 @dataclass(frozen=True)
@@ -223,3 +226,24 @@ def http_get(sock: socket.socket | ssl.SSLSocket, path: str, *headers: str) -> b
         assert chunk, "connection closed mid-answer"
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+class ServiceTracker(Tracker):
+    """``tracker serve`` with extra flags (TLS, trusted proxies); the URL follows the scheme."""
+
+    def __init__(self, data_dir: Path, *flags: str, tls: bool = False) -> None:
+        super().__init__(data_dir)
+        self.flags = flags
+        if tls:
+            self.url = f"https://127.0.0.1:{self.port}"
+
+    def start(self, preexec_fn: Callable[[], None] | None = None) -> list[str]:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
+             "--data", str(self.data_dir), "--interval", str(self.interval), *self.flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        lines = [self.proc.stdout.readline().strip(), self.proc.stdout.readline().strip()]
+        assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
+        return lines

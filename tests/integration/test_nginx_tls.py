@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,15 @@ import pytest
 
 from p2pdist.formats.bencode import bdecode
 from tests.conftest import free_port, make_version_folder, small_state_dict
-from tests.edge_world import CA, ServerCert, connect_from, http_get, issue, make_ca
+from tests.edge_world import (
+    CA,
+    ServerCert,
+    ServiceTracker,
+    connect_from,
+    http_get,
+    issue,
+    make_ca,
+)
 from tests.integration.harness import Node, Tracker
 from tests.tracker_world import announce_query, peer_id
 
@@ -37,27 +44,6 @@ pytestmark = pytest.mark.integration
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
 )
-
-
-class ServiceTracker(Tracker):
-    """``tracker serve`` with extra flags (TLS, trusted proxies); the URL follows the scheme."""
-
-    def __init__(self, data_dir: Path, *flags: str, tls: bool = False) -> None:
-        super().__init__(data_dir)
-        self.flags = flags
-        if tls:
-            self.url = f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> list[str]:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
-             "--data", str(self.data_dir), "--interval", str(self.interval), *self.flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        lines = [self.proc.stdout.readline().strip(), self.proc.stdout.readline().strip()]
-        assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
-        return lines
 
 
 @pytest.fixture

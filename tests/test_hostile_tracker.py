@@ -1,0 +1,137 @@
+"""The hostile-input review of the tracker, kept as a suite that only grows (issue 15).
+
+Each test is one probe of the review, scaled to run in seconds: connection floods (idle
+keep-alive connections, one address hoarding connections, a flood that would use up the
+process's file descriptors), malformed JSON bodies, announces that try to learn of private
+models. Clients come from distinct 127.0.0.x addresses (all of 127/8 is loopback) so that a
+flooding address and an innocent one can be told apart. Add a probe here for every new
+finding; never delete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pdist.formats.bencode import bdecode
+from p2pdist.tracker import TrackerSettings
+from tests.edge_world import ServiceTracker, connect_from, http_get, serving
+from tests.tracker_world import announce_query, peer_id, publish_directly
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "tracker"
+
+
+@pytest.fixture
+def public_hash(data_dir: Path) -> bytes:
+    return publish_directly(data_dir, "acme/public")
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed (or reset) ``sock``; waits at most the socket's timeout."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@contextlib.contextmanager
+def _flood(
+    sources: list[str], port: int, each: int, request: bool
+) -> Iterator[list[socket.socket]]:
+    """``each`` connections from every address in ``sources`` (after one /healthz each when
+    ``request``: idle keep-alive connections held by aiohttp); all closed on the way out."""
+    socks: list[socket.socket] = []
+    try:
+        for source in sources:
+            for _ in range(each):
+                try:
+                    sock = connect_from(source, port, timeout=10)
+                except OSError:
+                    continue
+                socks.append(sock)
+                if request:
+                    with contextlib.suppress(OSError, AssertionError):
+                        http_get(sock, "/healthz")
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# -- floods (finding 1) ------------------------------------------------------------------------
+def test_idle_keep_alive_connections_after_a_request_are_closed(
+    data_dir: Path, public_hash: bytes
+) -> None:
+    """Connections handed to aiohttp (a /healthz each) and then left idle are closed after the
+    idle timeout (aiohttp's own default keeps them an hour)."""
+    settings = TrackerSettings(data_dir=data_dir, idle_timeout=1.0)
+    with serving(settings) as served, _flood(["127.0.0.2"], served.port, 20, True) as socks:
+        deadline = time.monotonic() + 30
+        open_ = list(socks)
+        while open_ and time.monotonic() < deadline:
+            for sock in list(open_):
+                sock.settimeout(0.2)
+                if _closed_by_server(sock):
+                    open_.remove(sock)
+        assert not open_, f"{len(open_)} idle connections still open"
+
+
+def test_one_address_cannot_hold_more_than_its_share(data_dir: Path, public_hash: bytes) -> None:
+    settings = TrackerSettings(data_dir=data_dir, max_connections_per_address=5)
+    with serving(settings) as served, _flood(["127.0.0.2"], served.port, 5, True):
+        with connect_from("127.0.0.2", served.port) as sixth:
+            assert _closed_by_server(sixth), "a sixth connection of one address was kept"
+        with connect_from("127.0.0.3", served.port) as other:
+            assert http_get(other, "/healthz").startswith(b"HTTP/1.1 200")
+        assert served.front.refused >= 1
+
+
+def test_trusted_proxies_are_exempt_from_the_per_address_cap(
+    data_dir: Path, public_hash: bytes
+) -> None:
+    settings = TrackerSettings(
+        data_dir=data_dir, max_connections_per_address=2, trusted_proxies=("127.0.0.1/32",)
+    )
+    with serving(settings) as served, _flood(["127.0.0.1"], served.port, 4, True):
+        with connect_from("127.0.0.1", served.port) as fifth:
+            assert http_get(fifth, "/healthz").startswith(b"HTTP/1.1 200")
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+
+def test_a_flood_that_would_use_up_file_descriptors_leaves_room_for_others(
+    data_dir: Path, public_hash: bytes
+) -> None:
+    """A tracker allowed 160 file descriptors, flooded by four addresses with 50 idle
+    connections each (a /healthz each, then idle; each address under its cap): it keeps descriptors in reserve by
+    dropping the biggest holder's oldest connections, so /healthz and an announce from
+    another address are still answered. Before, every descriptor went to the flood and the
+    probe was accepted and closed unanswered (uvloop's EMFILE handling), as in the review
+    where 20,000 such connections took the tracker offline."""
+    tracker = ServiceTracker(data_dir, "--max-connections-per-address", "60")
+    try:
+        tracker.start(preexec_fn=_low_fd_limit)
+        sources = [f"127.0.0.{i}" for i in range(2, 6)]
+        with _flood(sources, tracker.port, 50, True) as socks:
+            assert len(socks) == 200
+            with connect_from("127.0.0.9", tracker.port, timeout=15) as probe:
+                assert http_get(probe, "/healthz").startswith(b"HTTP/1.1 200")
+            with connect_from("127.0.0.10", tracker.port, timeout=15) as peer:
+                query = announce_query(public_hash, peer_id(10), port=7010)
+                head, _, body = http_get(peer, f"/announce?{query}").partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200") and b"peers" in bdecode(body)
+    finally:
+        tracker.close()
