@@ -41,6 +41,7 @@ from p2pdist.errors import (
     TrackerError,
     UnsafePathError,
 )
+from p2pdist.formats import jsonio
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a connection or an answer (long-polls add their wait on top)."""
@@ -125,7 +126,7 @@ class RegistryClient:
         was already published, which is not an error).
         """
         try:
-            manifest = json.loads(manifest_bytes)
+            manifest = jsonio.loads(manifest_bytes, what="manifest")
             name, version = manifest["name"], manifest["version"]
         except (ValueError, TypeError, KeyError) as e:
             raise FormatError(f"cannot publish: manifest is not a p2pdist manifest ({e})") from None
@@ -246,9 +247,9 @@ class RegistryClient:
 
     def _parse(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except ValueError:
-            raise self._nonsense(f"answer is not JSON: {data[:80]!r}") from None
+            return jsonio.loads(data, what="answer")
+        except FormatError as e:
+            raise self._nonsense(f"{e}: {data[:80]!r}") from None
 
     def _nonsense(self, problem: str) -> TrackerError:
         return TrackerError(
@@ -315,9 +316,9 @@ class RegistryClient:
 
     def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> Exception:
         try:
-            answer = json.loads(_read(e))
+            answer = jsonio.loads(_read(e), what="error answer")
             detail, kind = answer.get("error"), answer.get("type")
-        except (ValueError, AttributeError, OSError):
+        except (ValueError, AttributeError, OSError, TrackerError):
             detail = kind = None
         finally:
             e.close()

@@ -204,7 +204,7 @@ def test_nonsense_answers_are_tracker_errors() -> None:
     thread.start()
     try:
         client = RegistryClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
-        with pytest.raises(TrackerError, match="not JSON"):
+        with pytest.raises(TrackerError, match="not valid UTF-8 JSON"):
             client.list_models()
         with pytest.raises(TrackerError, match="without a version"):
             client.latest("acme/llm")

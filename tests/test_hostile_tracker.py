@@ -11,9 +11,12 @@ finding; never delete one.
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import pytest
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import TrackerSettings
 from tests.edge_world import ServiceTracker, connect_from, http_get, serving
-from tests.tracker_world import announce_query, peer_id, publish_directly
+from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
 
 
 @pytest.fixture
@@ -135,3 +138,31 @@ def test_a_flood_that_would_use_up_file_descriptors_leaves_room_for_others(
                 assert head.startswith(b"HTTP/1.1 200") and b"peers" in bdecode(body)
     finally:
         tracker.close()
+
+
+# -- hostile JSON bodies (finding 2) ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"manifest": {"size": ' + b"9" * 5000 + b'}, "torrent": ""}', "5000 characters"),
+        (b'{"manifest": {}, "torrent": "", "torrent": ""}', "appears twice"),
+        (b'{"manifest": NaN, "torrent": ""}', "NaN is not JSON"),
+    ],
+    ids=["deep", "digits", "repeated-key", "nan"],
+)
+def test_a_hostile_publish_body_is_one_400(data_dir: Path, body: bytes, reason: str) -> None:
+    """Before: HTTP 500 "internal error (RecursionError)", and a ValueError past the checks."""
+    token = make_token(data_dir, "acme")
+    with serving(TrackerSettings(data_dir=data_dir)) as served:
+        request = urllib.request.Request(
+            f"{served.url}/v1/models/acme/m/versions/v1", data=body, method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        answer = json.loads(refused.value.read())
+        refused.value.close()
+        assert refused.value.code == 400, answer
+        assert answer["type"] == "FormatError" and reason in answer["error"], answer
+        assert served.state.metrics.errors == 0

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import math
 from typing import Any, Literal
 
 from aiohttp import web
 
 from p2pdist.errors import FormatError, P2PDistError
+from p2pdist.formats import jsonio
 from p2pdist.formats.bencode import infohashes
 from p2pdist.formats.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
@@ -114,10 +114,7 @@ def _swarm_ids(
 
 def check_publish(name: str, version: str, body: bytes) -> NewVersion:
     """Validate a publish body for ``name@version``; raise a p2pdist error on the first problem."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise FormatError("publish body is not JSON") from None
+    obj = jsonio.loads(body, what="publish body")
     if not isinstance(obj, dict) or not {"manifest", "torrent"} <= set(obj) <= _PUBLISH_FIELDS:
         raise FormatError(f"publish body must be an object with fields {sorted(_PUBLISH_FIELDS)}")
     private = obj.get("private", False)
