@@ -21,11 +21,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.formats.bencode import bdecode
+from p2pdist.client import RegistryClient, passkey_for
+from p2pdist.formats.bencode import bdecode, bencode, info_bytes
 from p2pdist.tracker import TrackerSettings
 from tests.edge_world import ServiceTracker, connect_from, http_get, serving
-from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
+from tests.tracker_world import (
+    announce_query,
+    make_token,
+    make_version,
+    peer_id,
+    publish_directly,
+)
 
 
 @pytest.fixture
@@ -166,3 +174,63 @@ def test_a_hostile_publish_body_is_one_400(data_dir: Path, body: bytes, reason: 
         assert refused.value.code == 400, answer
         assert answer["type"] == "FormatError" and reason in answer["error"], answer
         assert served.state.metrics.errors == 0
+
+
+# -- private models (findings 6 and 7) -----------------------------------------------------------
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def test_a_private_model_cannot_be_told_from_a_missing_one(data_dir: Path) -> None:
+    """Without read access, every registry read and an announce answer for a private model
+    exactly as for one that does not exist (before: 401 "is private" vs 404, and an announce
+    without passkey named the model)."""
+    private = publish_directly(data_dir, "acme/secret", private=True)
+    stranger = make_token(data_dir, "other", publish=False)
+    with serving(TrackerSettings(data_dir=data_dir)) as served:
+        for token in (None, stranger):
+            for tail in ("", "/versions", "/latest", "/versions/v1/manifest",
+                         "/versions/v1/torrent"):  # fmt: skip
+                secret = _get(f"{served.url}/v1/models/acme/secret{tail}", token)
+                missing = _get(f"{served.url}/v1/models/acme/nothing{tail}", token)
+                assert secret[0] == missing[0] and secret[0] in (404, 405), (tail, secret)
+                assert secret[1].replace(b"secret", b"nothing") == missing[1], (tail, secret)
+        unknown = bytes(range(20))
+        reasons = []
+        for info_hash in (private, unknown):
+            with connect_from("127.0.0.2", served.port) as c:
+                query = announce_query(info_hash, peer_id(2), port=7002)
+                body = http_get(c, f"/announce?{query}").partition(b"\r\n\r\n")[2]
+                reasons.append(
+                    bdecode(body)[b"failure reason"].replace(info_hash.hex().encode(), b"H")
+                )
+        assert reasons[0] == reasons[1] and b"acme" not in reasons[0]
+
+
+def test_a_private_torrent_carries_the_readers_own_passkey(data_dir: Path) -> None:
+    """Before: every reader got the publisher's torrent, announce URL and passkey included, and
+    a read-only reader of one namespace could announce with an all-namespace passkey."""
+    publisher = make_token(data_dir, None)  # every namespace
+    reader = make_token(data_dir, "acme", publish=False)
+    with serving(TrackerSettings(data_dir=data_dir)) as served:
+        announce = RegistryClient(served.url, publisher).announce_url(private=True)
+        version = make_version(Ed25519PrivateKey.generate(), "acme/secret", "v1")
+        meta = bdecode(version.torrent)
+        meta[b"announce"] = announce.encode()  # outside the info dict: same infohash
+        torrent = bencode(meta)
+        RegistryClient(served.url, publisher).publish(
+            version.manifest_bytes, torrent, None, private=True
+        )
+        served_torrent = RegistryClient(served.url, reader).torrent("acme/secret", "v1")
+    assert passkey_for(publisher).encode() in torrent
+    assert bdecode(served_torrent)[b"announce"] == (
+        f"{served.url}/announce/{passkey_for(reader)}".encode()
+    )
+    assert passkey_for(publisher).encode() not in served_torrent
+    assert info_bytes(served_torrent) == info_bytes(torrent)  # the infohash the manifest signs

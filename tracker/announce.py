@@ -248,14 +248,25 @@ def _check_passkey(passkey: str | None) -> str | None:
     return passkey
 
 
+def _unknown(info_hash: bytes) -> Refusal:
+    """The refusal of a swarm this request may not know of: an unknown info_hash and a private
+    one without read access get the same words, so an announce cannot confirm that a
+    private model exists (nor name it)."""
+    return Refusal(
+        f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents published to "
+        "its registry (a private model's torrent announces to /announce/<passkey> with the "
+        "passkey of a token that can read it)"
+    )
+
+
 def _check_grant(grant: Grant | None, tracked: TrackedHash | None) -> None:
-    """Refuse an unknown passkey, or one that cannot read the private model it announces for."""
+    """Refuse an unknown passkey, or one that cannot read the private model it announces for
+    (in the words of an unknown info_hash)."""
     if grant is None:
         raise Refusal("unknown passkey: get a token with `p2pdist tracker token`")
     if tracked is not None and tracked.private:
-        namespace = ModelRef(tracked.model).namespace
-        if not grant.can_read(namespace):
-            raise Refusal(f"this passkey cannot read namespace {namespace}")
+        if not grant.can_read(ModelRef(tracked.model).namespace):
+            raise _unknown(tracked.info_hash)
 
 
 def _may_track_public(
@@ -265,15 +276,9 @@ def _may_track_public(
     tracked = state.tracked.get(info_hash)
     if tracked is None:
         if not state.settings.track_unknown:
-            raise Refusal(
-                f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents "
-                "published to its registry"
-            )
+            raise _unknown(info_hash)
     elif without_passkey and tracked.private:
-        raise Refusal(
-            f"{tracked.model} is private: announce to /announce/<passkey> with the passkey "
-            "of a token that can read it"
-        )
+        raise _unknown(info_hash)
     return tracked
 
 
