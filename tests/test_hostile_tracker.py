@@ -234,3 +234,51 @@ def test_a_private_torrent_carries_the_readers_own_passkey(data_dir: Path) -> No
     )
     assert passkey_for(publisher).encode() not in served_torrent
     assert info_bytes(served_torrent) == info_bytes(torrent)  # the infohash the manifest signs
+
+
+# -- hostile announces ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"info_hash": "%00" * 19}, b"info_hash must be 20 bytes"),
+        ({"port": "0"}, b"port must be in 1..65535"),
+        ({"port": "65536"}, b"port="),
+        ({"numwant": "-1"}, b"numwant must not be negative"),
+        ({"numwant": "9" * 30}, b"numwant="),
+        ({"event": "exploded"}, b"unknown event"),
+        ({"left": "1" * 25}, b"left="),
+    ],
+    ids=["short-hash", "port-0", "port-big", "numwant-negative", "numwant-huge", "event", "left"],
+)
+def test_malformed_announces_are_refused_with_a_reason(
+    data_dir: Path, public_hash: bytes, extra: dict[str, str], reason: bytes
+) -> None:
+    with serving(TrackerSettings(data_dir=data_dir)) as served:
+        query = announce_query(public_hash, peer_id(2), port=7002)
+        params = dict(part.split("=", 1) for part in query.split("&"))
+        params.update(extra)
+        raw = "&".join(f"{k}={v}" for k, v in params.items())
+        for version in ("1.1", "1.0"):  # the front, then aiohttp's path
+            with connect_from("127.0.0.2", served.port) as c:
+                c.sendall(f"GET /announce?{raw} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"e"):
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            answer = bdecode(data.partition(b"\r\n\r\n")[2])
+            assert reason in answer[b"failure reason"], answer
+        assert served.state.peers.total_peers() == 0
+
+
+def test_the_ip_parameter_cannot_point_a_swarm_at_someone_else(
+    data_dir: Path, public_hash: bytes
+) -> None:
+    with serving(TrackerSettings(data_dir=data_dir)) as served:
+        for n, source in ((2, "127.0.0.2"), (3, "127.0.0.3")):
+            query = announce_query(public_hash, peer_id(n), port=7000 + n, ip="127.0.0.99")
+            with connect_from(source, served.port) as c:
+                answer = http_get(c, f"/announce?{query}&ipv6=%3A%3A1")
+        blob = bdecode(answer.partition(b"\r\n\r\n")[2])[b"peers"]
+        assert blob == socket.inet_aton("127.0.0.2") + (7002).to_bytes(2, "big")
