@@ -14,6 +14,7 @@ so the two paths cannot disagree about who a peer is.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -25,6 +26,7 @@ Network = IPv4Network | IPv6Network
 _HEADERS = re.compile(rb"\r\n(x-forwarded-for|x-real-ip):[ \t]*([^\r]*)", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=8192)
 def _parse(text: str) -> IPv4Address | IPv6Address | None:
     """An address from a forwarded entry (``1.2.3.4``, ``[::1]``, ``1.2.3.4:5678``), or None."""
     text = text.strip()
@@ -86,9 +88,8 @@ def client_address(
 
 def address_from_head(peer: str | None, headers: bytes, proxies: Sequence[Network]) -> str | None:
     """``client_address`` for a raw request head (the front's header bytes, CRLF-separated,
-    starting with the CRLF that ends the request line)."""
-    if not is_trusted(peer, proxies):
-        return peer
+    starting with the CRLF that ends the request line). The front calls it only for
+    connections from a trusted proxy (it checks that once per connection)."""
     forwarded: list[str] = []
     real_ip: str | None = None
     for match in _HEADERS.finditer(headers):
