@@ -162,3 +162,21 @@ def test_libtorrent_announces_over_https_and_checks_the_certificate(
     monkeypatch.setenv("P2PDIST_CA_BUNDLE", str(other.cert_path))
     error = _announce_once(https, other.cert_path, version.v1, version.torrent)
     assert error is not None and "certificate" in error.lower(), error
+
+
+def test_the_ca_bundle_comes_from_flag_env_or_config_file(
+    tmp_path: Path, ca: CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2pdist import config
+
+    monkeypatch.setenv("P2PDIST_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("P2PDIST_CONFIG", raising=False)
+    monkeypatch.delenv("P2PDIST_CA_BUNDLE", raising=False)
+    assert config.ca_bundle() is None
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.toml").write_text(f'ca_bundle = "{ca.cert_path}"\n')
+    assert config.ca_bundle() == ca.cert_path
+    other = make_ca(tmp_path / "other", "other CA")
+    monkeypatch.setenv("P2PDIST_CA_BUNDLE", str(other.cert_path))
+    assert config.ca_bundle() == other.cert_path
+    assert config.ca_bundle(ca.cert_path) == ca.cert_path
