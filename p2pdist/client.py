@@ -21,13 +21,16 @@ import hashlib
 import http.client
 import json
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from p2pdist import config
 from p2pdist.errors import (
     AuthError,
     ConfigError,
@@ -39,6 +42,7 @@ from p2pdist.errors import (
     TrackerError,
     UnsafePathError,
 )
+from p2pdist.formats import jsonio
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a connection or an answer (long-polls add their wait on top)."""
@@ -66,6 +70,18 @@ def passkey_for(token: str) -> str:
     return hashlib.sha256(_PASSKEY_CONTEXT + token.encode("utf-8")).hexdigest()[:32]
 
 
+def tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """The TLS context for https trackers: the system's CAs, or only those of ``ca_bundle``
+    (``config.ca_bundle()``: a private CA); certificates and host names are always checked."""
+    try:
+        return ssl.create_default_context(cafile=None if ca_bundle is None else str(ca_bundle))
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(
+            f"CA bundle {ca_bundle} cannot be read as PEM certificates ({e}); "
+            "fix P2PDIST_CA_BUNDLE or config ca_bundle"
+        ) from None
+
+
 class RegistryClient:
     """A client of a tracker's registry, optionally authenticated with a bearer token.
 
@@ -73,6 +89,9 @@ class RegistryClient:
     request that cannot reach one (refused, timed out, or answered 502/503/504) is tried on
     the next, and the client stays with the one that answered. Publishing is idempotent
     (the same bytes again answer 200), so a publish retried on another replica is safe.
+
+    An ``https://`` tracker's certificate is checked against the system's CAs, or against
+    ``ca_bundle`` (default: ``config.ca_bundle()``, ``$P2PDIST_CA_BUNDLE``) when given.
     """
 
     def __init__(
@@ -80,6 +99,7 @@ class RegistryClient:
         base_url: str | Sequence[str],
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        ca_bundle: Path | None = None,
     ):
         from p2pdist.config import split_tracker_urls
 
@@ -90,7 +110,12 @@ class RegistryClient:
         self.timeout = timeout
         self._waits: dict[int, _CancellableConnection] = {}  # by thread: long-polls in flight
         self._waits_lock = threading.RLock()  # stop() may run in a signal handler
-        self._opener = urllib.request.build_opener(_Handler(self), _HTTPSHandler(self))
+        context = None
+        if any(url.startswith("https://") for url in self.base_urls):
+            context = tls_context(ca_bundle if ca_bundle is not None else config.ca_bundle())
+        self._opener = urllib.request.build_opener(
+            _Handler(self), _HTTPSHandler(self, context=context)
+        )
 
     def __repr__(self) -> str:
         urls = ",".join(self.base_urls)
@@ -115,7 +140,7 @@ class RegistryClient:
         was already published, which is not an error).
         """
         try:
-            manifest = json.loads(manifest_bytes)
+            manifest = jsonio.loads(manifest_bytes, what="manifest")
             name, version = manifest["name"], manifest["version"]
         except (ValueError, TypeError, KeyError) as e:
             raise FormatError(f"cannot publish: manifest is not a p2pdist manifest ({e})") from None
@@ -260,9 +285,9 @@ class RegistryClient:
 
     def _parse(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except ValueError:
-            raise self._nonsense(f"answer is not JSON: {data[:80]!r}") from None
+            return jsonio.loads(data, what="answer")
+        except FormatError as e:
+            raise self._nonsense(f"{e}: {data[:80]!r}") from None
 
     def _nonsense(self, problem: str) -> TrackerError:
         return TrackerError(
@@ -321,6 +346,17 @@ class RegistryClient:
             raise error from None
         except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise TrackerError(
+                    f"tracker at {base_url} presented a TLS certificate this host does not "
+                    f"trust ({reason.verify_message}); if a private CA signed it, set "
+                    "P2PDIST_CA_BUNDLE (or config ca_bundle) to that CA's certificate"
+                ) from None
+            if isinstance(reason, ssl.SSLError):
+                raise TrackerError(
+                    f"TLS with the tracker at {base_url} failed ({reason.reason or reason}); "
+                    "check that it serves https on that port (tracker serve --tls-cert)"
+                ) from None
             raise _Unreachable(
                 TrackerError(
                     f"tracker at {base_url} is not reachable ({reason}); start it with "
@@ -350,9 +386,9 @@ class RegistryClient:
         self, base_url: str, method: str, path: str, e: urllib.error.HTTPError
     ) -> Exception:
         try:
-            answer = json.loads(_read(e))
+            answer = jsonio.loads(_read(e), what="error answer")
             detail, kind = answer.get("error"), answer.get("type")
-        except (ValueError, AttributeError, OSError):
+        except (ValueError, AttributeError, OSError, TrackerError):
             detail = kind = None
         finally:
             e.close()
@@ -467,8 +503,8 @@ class _Handler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, client: RegistryClient) -> None:
-        super().__init__()
+    def __init__(self, client: RegistryClient, context: ssl.SSLContext | None = None) -> None:
+        super().__init__(context=context)
         self._client = client
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
@@ -490,4 +526,4 @@ def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="/")
 
 
-__all__ = ["DEFAULT_TIMEOUT", "RegistryClient", "passkey_for"]
+__all__ = ["DEFAULT_TIMEOUT", "RegistryClient", "passkey_for", "tls_context"]

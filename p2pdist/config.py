@@ -1,7 +1,8 @@
 """Configuration: the one place that reads P2PDIST_* environment variables and the config file.
 
 Precedence, highest first: an explicit argument (a CLI flag), the environment
-(``P2PDIST_HOME``, ``P2PDIST_TRACKER``, ``P2PDIST_TOKEN``, ``P2PDIST_CONFIG``), the config
+(``P2PDIST_HOME``, ``P2PDIST_TRACKER``, ``P2PDIST_TOKEN``, ``P2PDIST_CA_BUNDLE``,
+``P2PDIST_CONFIG``), the config
 file (``$P2PDIST_CONFIG`` or ``~/.config/p2pdist/config.toml``), then the default. Values are
 read when asked for, never at import, so a program or a test can change the environment
 and be obeyed.
@@ -155,6 +156,25 @@ class Settings:
             token=token(token_value),
             config_dir=config_dir(),
         )
+
+
+def ca_bundle(explicit: str | Path | None = None) -> Path | None:
+    """The CA certificates (PEM) that https trackers are checked against: flag,
+    ``$P2PDIST_CA_BUNDLE``, config ``ca_bundle``, or None (the system's CAs).
+
+    For trackers whose certificate a private CA signed. It is used by the registry client
+    and by libtorrent's announces alike; it replaces the system's CAs for both.
+    """
+    value = _resolve(str(explicit) if explicit else None, "P2PDIST_CA_BUNDLE", "ca_bundle", None)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"CA bundle {path} (P2PDIST_CA_BUNDLE or config ca_bundle) is not a file: "
+            "point it at the PEM certificate of the CA that signed the tracker's certificate"
+        )
+    return path
 
 
 def listen_interface(explicit: str | None = None) -> str:

@@ -149,12 +149,12 @@ async def test_private_swarm_needs_a_passkey(
     client: Any, data_dir: Path, private_hash: bytes
 ) -> None:
     query = announce_query(private_hash, peer_id(1))
-    assert b"private" in (await get(client, query))[b"failure reason"]
+    assert b"unknown info_hash" in (await get(client, query))[b"failure reason"]
     reader = passkey_for(make_token(data_dir, "acme", publish=False))
     stranger = passkey_for(make_token(data_dir, "other"))
     assert b"failure reason" not in await get(client, query, f"/announce/{reader}")
     refused = await get(client, query, f"/announce/{stranger}")
-    assert b"cannot read" in refused[b"failure reason"]
+    assert b"unknown info_hash" in refused[b"failure reason"]
     assert (
         b"unknown passkey" in (await get(client, query, f"/announce/{'0' * 32}"))[b"failure reason"]
     )

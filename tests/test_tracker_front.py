@@ -28,7 +28,6 @@ from aiohttp import web
 from p2pdist.client import passkey_for
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import STATE, TrackerSettings, TrackerState, create_app
-from p2pdist.tracker import front as front_module
 from p2pdist.tracker.front import MAX_BUFFER, MAX_HEAD, FrontConnection, FrontSite
 from tests.conftest import has_ipv6_loopback
 from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
@@ -183,6 +182,14 @@ def public_hash(data_dir: Path) -> bytes:
 @pytest.fixture
 def tracker(data_dir: Path, public_hash: bytes, loop_kind: str) -> Iterator[Served]:
     with serve(TrackerSettings(data_dir=data_dir, interval=60), loop_kind) as served:
+        yield served
+
+
+@pytest.fixture
+def quick_idle(data_dir: Path, public_hash: bytes, loop_kind: str) -> Iterator[Served]:
+    """A tracker that closes connections idle for a second (at most two)."""
+    settings = TrackerSettings(data_dir=data_dir, interval=60, idle_timeout=1.0)
+    with serve(settings, loop_kind) as served:
         yield served
 
 
@@ -401,10 +408,10 @@ def test_passkey_announces_keep_their_order_behind_a_lookup(
         c.send(get(f"/announce/{reader}?{announce_query(private, peer_id(3), port=7003)}"))
         assert _peers(c.bencoded()[0]) == {7001}  # the grant, cached now
         c.send(get(f"/announce/{outsider}?{query}"))
-        assert c.bencoded()[0][b"failure reason"] == b"this passkey cannot read namespace acme"
+        assert c.bencoded()[0][b"failure reason"].startswith(b"unknown info_hash")
         c.send(get(f"/announce/{'0' * 32}?{query}") + get(f"/announce?{query}"))
         assert c.bencoded()[0][b"failure reason"].startswith(b"unknown passkey")
-        assert b"is private" in c.bencoded()[0][b"failure reason"]
+        assert c.bencoded()[0][b"failure reason"].startswith(b"unknown info_hash")
         c.send(get(f"/scrape/{reader}?info_hash=" + "".join(f"%{b:02x}" for b in private)))
         scrape, headers = c.bencoded()
         assert by_front(headers) and scrape[b"files"][private][b"incomplete"] == 2
@@ -435,10 +442,8 @@ def test_malformed_requests_get_aiohttp_s_400(tracker: Served, public_hash: byte
         assert c.is_closed()
 
 
-def test_idle_keep_alive_connections_are_closed(
-    tracker: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(front_module, "KEEPALIVE_TIMEOUT", 1.0)
+def test_idle_keep_alive_connections_are_closed(quick_idle: Served, public_hash: bytes) -> None:
+    tracker = quick_idle
     with tracker.connect() as idle, tracker.connect() as busy:
         idle.send(announce(public_hash, 1))
         idle.bencoded()
@@ -533,11 +538,11 @@ def test_a_hand_over_while_writes_are_held_keeps_aiohttp_s_flow_control(
 
 
 def test_a_head_trickled_byte_by_byte_does_not_keep_the_connection_open(
-    tracker: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
+    quick_idle: Served, public_hash: bytes
 ) -> None:
     """A slow-loris head (a byte now and then, never a whole request) is closed like an idle
     connection, as aiohttp closes one that completes no request within its keep-alive time."""
-    monkeypatch.setattr(front_module, "KEEPALIVE_TIMEOUT", 1.0)
+    tracker = quick_idle
     request = announce(public_hash, 1)
     closed = False
     with tracker.connect() as c:
@@ -555,11 +560,11 @@ def test_a_head_trickled_byte_by_byte_does_not_keep_the_connection_open(
 
 
 def test_a_client_that_never_reads_is_dropped_once_idle(
-    tracker: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
+    quick_idle: Served, public_hash: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that pipelines requests and reads no answer holds the server's buffers; the
     idle sweep must drop it (a plain close would wait for it to read, that is forever)."""
-    monkeypatch.setattr(front_module, "KEEPALIVE_TIMEOUT", 1.0)
+    tracker = quick_idle
     lost = threading.Event()
     connection_lost = FrontConnection.connection_lost
 

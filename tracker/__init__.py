@@ -29,7 +29,13 @@ Registry (JSON; refusals ``{"error": "<one line>", "type": "<ErrorName>"}`` with
 Status: ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (HTML).
 
 Private models: reads need a bearer token with read right on the namespace (the org, or
-the bare name); announces go to ``/announce/<passkey>`` with ``passkey_for(token)``.
+the bare name); announces go to ``/announce/<passkey>`` with ``passkey_for(token)``. Without
+read access a private model answers exactly as a missing one (404; announces get the
+unknown-info_hash refusal); a private ``.torrent`` is served with the reader's own passkey.
+
+As a service: ``--tls-cert/--tls-key`` (https on the one port), ``--trusted-proxy CIDR``
+(forwarded client addresses believed from those proxies only: ``forwarded.py``), connection
+limits and idle timeouts on both paths (``front.py``), ``-v`` request log (``access.py``).
 """
 
 from __future__ import annotations

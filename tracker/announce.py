@@ -6,8 +6,9 @@ because clients (libtorrent among them) show the reason only from a 200 answer.
 The query string is parsed from ``request.rel_url.raw_query_string`` with
 ``unquote_to_bytes``: ``info_hash`` and ``peer_id`` are 20 raw bytes that are rarely valid
 UTF-8, and aiohttp's ``request.query`` would decode and corrupt them. Every other parameter
-must be ASCII. A peer's address is the one its connection comes from; the ``ip`` and
-``ipv6`` parameters are ignored so that nobody can point a swarm at a third party.
+must be ASCII. A peer's address is the one its connection comes from (or, from a trusted
+proxy only, the one it forwards: ``forwarded.py``); the ``ip`` and ``ipv6`` parameters are
+ignored so that nobody can point a swarm at a third party.
 
 Private models' torrents announce to ``/announce/<passkey>`` (``p2pdist.client.passkey_for``
 of a token with read right on the model's namespace). libtorrent's ``ssrf_mitigation`` (on by
@@ -35,6 +36,7 @@ from p2pdist.errors import StoreError
 from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
+from p2pdist.tracker.forwarded import request_address
 from p2pdist.tracker.peers import Peer, Recorded, SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
@@ -248,14 +250,25 @@ def _check_passkey(passkey: str | None) -> str | None:
     return passkey
 
 
+def _unknown(info_hash: bytes) -> Refusal:
+    """The refusal of a swarm this request may not know of: an unknown info_hash and a private
+    one without read access get the same words, so an announce cannot confirm that a
+    private model exists (nor name it)."""
+    return Refusal(
+        f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents published to "
+        "its registry (a private model's torrent announces to /announce/<passkey> with the "
+        "passkey of a token that can read it)"
+    )
+
+
 def _check_grant(grant: Grant | None, tracked: TrackedHash | None) -> None:
-    """Refuse an unknown passkey, or one that cannot read the private model it announces for."""
+    """Refuse an unknown passkey, or one that cannot read the private model it announces for
+    (in the words of an unknown info_hash)."""
     if grant is None:
         raise Refusal("unknown passkey: get a token with `p2pdist tracker token`")
     if tracked is not None and tracked.private:
-        namespace = ModelRef(tracked.model).namespace
-        if not grant.can_read(namespace):
-            raise Refusal(f"this passkey cannot read namespace {namespace}")
+        if not grant.can_read(ModelRef(tracked.model).namespace):
+            raise _unknown(tracked.info_hash)
 
 
 def _may_track_public(
@@ -265,15 +278,9 @@ def _may_track_public(
     tracked = state.tracked.get(info_hash)
     if tracked is None:
         if not state.settings.track_unknown:
-            raise Refusal(
-                f"unknown info_hash {info_hash.hex()}: this tracker only tracks torrents "
-                "published to its registry"
-            )
+            raise _unknown(info_hash)
     elif without_passkey and tracked.private:
-        raise Refusal(
-            f"{tracked.model} is private: announce to /announce/<passkey> with the passkey "
-            "of a token that can read it"
-        )
+        raise _unknown(info_hash)
     return tracked
 
 
@@ -507,7 +514,7 @@ async def announce(request: web.Request) -> web.Response:
             request.app[STATE],
             request.rel_url.raw_query_string,
             request.match_info.get("passkey"),
-            request.remote,
+            request_address(request, request.app[STATE].settings.proxy_networks),
         )
     )
 

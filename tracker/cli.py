@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,8 +25,9 @@ import click
 from aiohttp import web
 
 from p2pdist import config
-from p2pdist.errors import P2PDistError, RefError
+from p2pdist.errors import ConfigError, P2PDistError, RefError
 from p2pdist.ref import validate_name
+from p2pdist.tracker.access import ACCESS_LOG, AccessLogger
 from p2pdist.tracker.app import create_app
 from p2pdist.tracker.db import DB_FILENAME
 from p2pdist.tracker.front import FrontSite
@@ -38,31 +41,78 @@ def default_data_dir() -> Path:
     return config.home() / "tracker"
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-async def serve_until_signalled(settings: TrackerSettings, host: str, port: int) -> None:
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The TLS context of ``serve --tls-cert/--tls-key`` (TLS 1.2 and up); ConfigError with
+    the file to fix when the certificate or key cannot be loaded or do not match."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise ConfigError(f"cannot load TLS certificate: {e.filename}: no such file") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(
+            f"cannot load TLS certificate {cert} with key {key}: "
+            f"{getattr(e, 'reason', None) or e} (a PEM certificate chain and its PEM private key)"
+        ) from None
+    return context
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft file descriptor limit to the hard one: every connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # pragma: no cover - a sandbox that forbids it
+            pass
+
+
+def make_runner(settings: TrackerSettings, *, verbose: bool = False) -> web.AppRunner:
+    """The tracker's ``AppRunner``: aiohttp keeps an idle connection ``settings.idle_timeout``
+    seconds (its default is an hour), and with ``verbose`` logs every request."""
+    return web.AppRunner(
+        create_app(settings),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=ACCESS_LOG if verbose else None,
+        keepalive_timeout=settings.idle_timeout,
+        shutdown_timeout=5.0,
+    )
+
+
+async def serve_until_signalled(
+    settings: TrackerSettings,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    verbose: bool = False,
+) -> None:
     """Run the tracker on ``host:port`` until SIGINT/SIGTERM; print its URL once listening.
 
     Connections meet the raw announce front first (``front.FrontSite``); everything but
-    announces and scrapes is handed to aiohttp.
+    announces and scrapes is handed to aiohttp. With ``tls`` the port speaks https only.
     """
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    _raise_fd_limit()
+    runner = make_runner(settings, verbose=verbose)
     await runner.setup()
     try:
-        site = FrontSite(runner, host, port, reuse_address=True)
+        site = FrontSite(runner, host, port, reuse_address=True, ssl_context=tls)
         await site.start()
         actual = site.port
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        click.echo(f"p2pdist tracker listening on {_url(host, actual)}")
+        click.echo(f"p2pdist tracker listening on {_url(host, actual, tls is not None)}")
         click.echo(f"database: {_where(settings.registry_location)}")
         if settings.peers not in (None, "memory"):
-            click.echo(f"peers: {app[STATE].peers.location}")
+            click.echo(f"peers: {runner.app[STATE].peers.location}")
         sys.stdout.flush()
         await stop.wait()
         click.echo("p2pdist tracker stopping")
@@ -113,7 +163,6 @@ def tracker_group() -> None:
               type=click.IntRange(1, 86400), help="Seconds between a peer's announces.")  # fmt: skip
 @click.option("--open", "track_unknown", is_flag=True,
               help="Also track infohashes the registry does not know.")  # fmt: skip
-@click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 @_db_option
 @click.option("--peers", "peers", default=None, metavar="memory|URL",
               help="Where swarms are kept: 'memory' (in this process) or a redis:// URL shared "
@@ -121,12 +170,31 @@ def tracker_group() -> None:
 @click.option("--fresh-db", is_flag=True,
               help="If the SQLite database is empty or damaged, move it aside and start a new "
               "one (every model and token in it is then gone) instead of refusing to start.")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM certificate chain: serve https on the port (with --tls-key).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM private key of --tls-cert.")  # fmt: skip
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
+              help="A proxy whose X-Forwarded-For / X-Real-IP name the client (repeatable); "
+              "from anyone else those headers are ignored.")  # fmt: skip
+@click.option("--idle-timeout", default=TrackerSettings.idle_timeout, show_default=True,
+              type=click.FloatRange(1, 3600), help="Seconds an idle connection is kept.")  # fmt: skip
+@click.option("--max-connections-per-address", "per_address",
+              default=TrackerSettings.max_connections_per_address, show_default=True,
+              type=click.IntRange(1), help="Connections one client address may hold at once "
+              "(trusted proxies exempt).")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True, help="Log every request (one line each).")
 def serve(
     host: str,
     port: int,
     data_dir: Path | None,
     interval: int,
     track_unknown: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    trusted_proxies: tuple[str, ...],
+    idle_timeout: float,
+    per_address: int,
     verbose: bool,
     db: str | None,
     peers: str | None,
@@ -137,22 +205,31 @@ def serve(
     Several trackers given the same --db postgresql://… and --peers redis://… serve one
     registry and one swarm (replicas behind a load balancer, or listed as tracker tiers).
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    settings = TrackerSettings(
-        data_dir=data_dir or default_data_dir(),
-        interval=interval,
-        track_unknown=track_unknown,
-        db=db,
-        peers=peers,
-        fresh_db=fresh_db,
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     try:
-        run(serve_until_signalled(settings, host, port))
+        tls = None if tls_cert is None or tls_key is None else server_tls_context(tls_cert, tls_key)
+        settings = TrackerSettings(
+            data_dir=data_dir or default_data_dir(),
+            interval=interval,
+            track_unknown=track_unknown,
+            trusted_proxies=trusted_proxies,
+            idle_timeout=idle_timeout,
+            max_connections_per_address=per_address,
+            db=db,
+            peers=peers,
+            fresh_db=fresh_db,
+        )
+        run(serve_until_signalled(settings, host, port, tls, verbose))
     except P2PDistError as e:
         raise _fail(e) from None
     except OSError as e:
         raise click.ClickException(
-            f"cannot listen on {_url(host, port)}: {e.strerror or e}"
+            f"cannot listen on {_url(host, port, tls_cert is not None)}: {e.strerror or e}"
         ) from None
 
 
@@ -246,6 +323,8 @@ def restore(backup_file: Path, data_dir: Path | None) -> None:
     click.echo(f"restored {result.describe()}")
     if result.previous is not None:
         click.echo(f"the database it replaced is kept as {result.previous}")
+
+
 @tracker_group.command("reset-pin")
 @click.argument("name")
 @click.option("--reason", required=True, help="Why (kept in the audit record).")
@@ -309,4 +388,11 @@ def _is_name(text: str) -> bool:
         return False
 
 
-__all__ = ["default_data_dir", "run", "serve_until_signalled", "tracker_group"]
+__all__ = [
+    "default_data_dir",
+    "make_runner",
+    "run",
+    "serve_until_signalled",
+    "server_tls_context",
+    "tracker_group",
+]

@@ -28,6 +28,24 @@ a hand-over are written first, so a pipelined connection still gets its answers 
 ``FrontSite`` is the ``web.BaseSite`` that listens with this front; ``p2pdist tracker serve``
 uses it instead of ``web.TCPSite``. Stopping the site closes the listening socket and every
 connection the front still holds; connections handed to aiohttp are closed by the runner.
+Given an ``ssl.SSLContext`` it listens with TLS: the front and aiohttp then read the
+decrypted stream of the same transport, so everything above works alike on https.
+
+Every connection passes the front's door first (``Front.admit``), also those it hands to
+aiohttp, so one set of limits holds on both paths:
+
+- one client address holds at most ``max_connections_per_address`` connections (trusted
+  proxies are exempt); the next one is closed as soon as it is accepted;
+- all connections together stay below the process's file descriptor limit minus
+  ``FD_RESERVE`` (``max_open``): when full, the oldest connection of the address holding the
+  most is dropped for the newcomer, so a flood from a few addresses cannot lock everyone
+  else out (the reserve keeps the database and the log writable);
+- idle time is bounded: the front's sweep closes connections that completed no request in
+  ``idle_timeout`` seconds (at most twice that), and aiohttp gets the same keep-alive time
+  (``tracker serve`` passes it to the runner), which also ends a head trickled in forever.
+
+Behind a proxy the address a peer is recorded with comes from ``forwarded.address_from_head``
+(forwarded headers believed only from trusted proxies; the same function as aiohttp's path).
 """
 
 from __future__ import annotations
@@ -36,14 +54,19 @@ import asyncio
 import functools
 import logging
 import re
+import resource
 import socket
+import ssl
+import time
 from collections.abc import Coroutine
 from email.utils import formatdate
 from typing import Any, cast
 
 from aiohttp import web
 
+from p2pdist.tracker.access import ACCESS_LOG, log_answer
 from p2pdist.tracker.announce import Answer, answer_announce, answer_scrape
+from p2pdist.tracker.forwarded import address_from_head, is_trusted
 from p2pdist.tracker.state import STATE, TrackerState
 
 logger = logging.getLogger(__name__)
@@ -58,8 +81,20 @@ MAX_HEADERS = 128
 MAX_BUFFER = 64 * 1024
 """Bytes of pipelined requests queued behind a waiting answer before reading pauses."""
 
-KEEPALIVE_TIMEOUT = 75.0
-"""An idle keep-alive connection is closed after this long (at most twice it; aiohttp's default)."""
+FD_RESERVE = 64
+"""File descriptors kept free of client connections (database, logs, threads, the listener)."""
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a TLS client has to finish its handshake."""
+
+
+def default_max_open() -> int:
+    """Connections the process may hold: its file descriptor limit less ``FD_RESERVE``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - FD_RESERVE)
+
 
 # The request head the front answers, in one regex: method, path (kind and passkey), query,
 # version, then header lines (a token, a colon, a value without CR or LF) up to the blank line.
@@ -95,14 +130,28 @@ class Front:
     the open connections (closed on stop) and the answer's header bytes (with a Date that a
     timer renews each second), and the idle sweep."""
 
-    def __init__(self, state: TrackerState, server: web.Server) -> None:
+    def __init__(
+        self, state: TrackerState, server: web.Server, max_open: int | None = None
+    ) -> None:
         self.state = state
         self.server = server
+        settings = state.settings
+        self.proxies = settings.proxy_networks
+        self.per_address = settings.max_connections_per_address
+        self.max_open = max_open if max_open is not None else default_max_open()
+        self.idle_ticks = max(1, round(settings.idle_timeout))
+        self.log_requests = ACCESS_LOG.isEnabledFor(logging.INFO)
         self.connections: set[FrontConnection] = set()
+        self.held: dict[str, dict[asyncio.BaseTransport, None]] = {}
+        """Every open connection by client address, oldest first (handed-over ones too)."""
+        self.open = 0
+        self.refused = 0
+        self.evicted = 0
         self.keep_open = b""
         self.then_close = b""
         self._timer: asyncio.TimerHandle | None = None
         self._ticks = 0
+        self._pruned_at = 0.0
         self._renew_date()
 
     def __call__(self) -> FrontConnection:
@@ -125,11 +174,68 @@ class Front:
     def _tick(self) -> None:
         self._renew_date()
         self._ticks += 1
-        if self._ticks >= KEEPALIVE_TIMEOUT:
+        if self._ticks >= self.idle_ticks:
             self._ticks = 0
             for connection in list(self.connections):
                 connection.sweep()
+            self._prune()
         self._timer = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    # -- the door: connection limits ----------------------------------------------------------
+    def admit(self, host: str | None, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection from ``host``; False when it must be closed at once (its
+        address already holds its share). Makes room by dropping the oldest connection of
+        the biggest holder when the process is full."""
+        key = host or ""
+        held = self.held.get(key)
+        if held is None:
+            held = self.held[key] = {}
+        elif len(held) >= self.per_address and not is_trusted(host, self.proxies):
+            self._prune_address(key, held)
+            if len(held) >= self.per_address:
+                self.refused += 1
+                return False
+        if self.open >= self.max_open:
+            self._prune()
+            if self.open >= self.max_open:
+                self._evict()
+        held[transport] = None
+        self.open += 1
+        return True
+
+    def release(self, host: str | None, transport: asyncio.BaseTransport) -> None:
+        """Forget a connection that ended (the front's own; handed-over ones are pruned)."""
+        held = self.held.get(host or "")
+        if held is not None and held.pop(transport, 0) is None:
+            self.open -= 1
+            if not held:
+                del self.held[host or ""]
+
+    def _prune_address(self, key: str, held: dict[asyncio.BaseTransport, None]) -> None:
+        for transport in [t for t in held if t.is_closing()]:
+            del held[transport]
+            self.open -= 1
+
+    def _prune(self) -> None:
+        """Forget closed connections (those aiohttp closed are noticed here), at most once
+        per second, since it walks them all."""
+        now = time.monotonic()
+        if now - self._pruned_at < 1.0:
+            return
+        self._pruned_at = now
+        for key, held in list(self.held.items()):
+            self._prune_address(key, held)
+            if not held:
+                del self.held[key]
+
+    def _evict(self) -> None:
+        key = max(self.held, key=lambda k: len(self.held[k]))
+        held = self.held[key]
+        transport = next(iter(held))
+        del held[transport]
+        self.open -= 1
+        self.evicted += 1
+        transport.abort()
 
     def close(self) -> None:
         """Stop the timer and close every connection the front holds (answers written so far
@@ -149,6 +255,7 @@ class FrontConnection(asyncio.Protocol):
         "_eof",
         "_front",
         "_host",
+        "_proxied",
         "_reading_paused",
         "_transport",
         "_waiting",
@@ -160,6 +267,7 @@ class FrontConnection(asyncio.Protocol):
         self._front = front
         self._transport: asyncio.Transport | None = None
         self._host: str | None = None
+        self._proxied = False
         self._buffer = b""
         self._waiting: asyncio.Task[bytes] | None = None
         self._writing_paused = False
@@ -179,7 +287,13 @@ class FrontConnection(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         self._host = peer[0] if isinstance(peer, tuple) and peer else None
-        self._front.connections.add(self)
+        front = self._front
+        if not front.admit(self._host, transport):
+            self._transport = None
+            transport.abort()
+            return
+        self._proxied = is_trusted(self._host, front.proxies)
+        front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self._buffer:
@@ -206,7 +320,10 @@ class FrontConnection(asyncio.Protocol):
             self._serve(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._front.connections.discard(self)
+        if self in self._front.connections:
+            self._front.connections.discard(self)
+            assert self._transport is not None
+            self._front.release(self._host, self._transport)
         self._transport = None
         self._buffer = b""
         if self._waiting is not None:
@@ -274,15 +391,18 @@ class FrontConnection(asyncio.Protocol):
             self.active = True
             raw = "" if query is None else query.decode("ascii")
             key = None if passkey is None else passkey.decode("ascii")
+            client = address_from_head(host, headers, front.proxies) if self._proxied else host
             try:
                 if kind == b"announce":
-                    answer: Answer = answer_announce(state, raw, key, host)
+                    answer: Answer = answer_announce(state, raw, key, client)
                 else:
                     answer = answer_scrape(state, raw, key)
             except Exception:
                 out.append(self._failed())
                 close = True
                 answer = b""
+            if front.log_requests:
+                log_answer(client, kind.decode(), key, answer)
             if isinstance(answer, bytes):
                 if close:
                     if answer:
@@ -361,7 +481,7 @@ class FrontConnection(asyncio.Protocol):
             transport.write(b"".join(out))
         self._transport = None
         self._buffer = b""
-        self._front.connections.discard(self)
+        self._front.connections.discard(self)  # still counted by the door until it closes
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
@@ -392,18 +512,23 @@ class FrontSite(web.BaseSite):
         backlog: int = 1024,
         reuse_address: bool | None = None,
         reuse_port: bool | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_open: int | None = None,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._reuse_address = reuse_address
         self._reuse_port = reuse_port
+        self._max_open = max_open
         self.front: Front | None = None
 
     @property
     def name(self) -> str:
         host = self._host or "0.0.0.0"
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        where = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{where}:{self.port}"
 
     @property
     def port(self) -> int:
@@ -415,7 +540,10 @@ class FrontSite(web.BaseSite):
         await super().start()
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
-        front = self.front = Front(runner.app[STATE], runner.server)
+        front = self.front = Front(runner.app[STATE], runner.server, self._max_open)
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
         self._server = await asyncio.get_running_loop().create_server(
             front,
             self._host,
@@ -423,6 +551,7 @@ class FrontSite(web.BaseSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            **tls,
         )
         front.start()
 
@@ -433,11 +562,12 @@ class FrontSite(web.BaseSite):
 
 
 __all__ = [
-    "KEEPALIVE_TIMEOUT",
+    "FD_RESERVE",
     "MAX_BUFFER",
     "MAX_HEAD",
     "MAX_HEADERS",
     "Front",
     "FrontConnection",
     "FrontSite",
+    "default_max_open",
 ]

@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import math
+import re
 from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from p2pdist.client import passkey_for
 from p2pdist.errors import FormatError, P2PDistError
-from p2pdist.formats.bencode import infohashes
+from p2pdist.formats import jsonio
+from p2pdist.formats.bencode import bdecode, bencode, info_bytes, infohashes
 from p2pdist.formats.manifest import Manifest, TorrentRef
 from p2pdist.ref import ModelRef, validate_name, validate_version
 from p2pdist.tracker.peers import SwarmCounts
@@ -66,27 +68,64 @@ async def _grant(request: web.Request) -> Grant | None:
     return grant
 
 
+def _not_found(name: str) -> ApiError:
+    """The one answer for a model that does not exist and for a private one this request may
+    not read: the two must look alike, or anyone could confirm a private model's name."""
+    return ApiError(
+        404, f"model {name} not found (a private model needs a token that can read it: "
+        "P2PDIST_TOKEN)", "NotFoundError",
+    )  # fmt: skip
+
+
 async def _readable_model(request: web.Request, name: str) -> ModelInfo:
-    """The model, if it exists and this request may read it."""
+    """The model, if it exists and this request may read it; else 404 alike."""
     state = request.app[STATE]
     info = await state.db_call(lambda db: db.model(name))
-    if info is None:
-        raise ApiError(404, f"model {name} not found", "NotFoundError")
-    await _check_read(request, info)
+    if info is None or not await _may_read(request, info):
+        raise _not_found(name)
     return info
 
 
-async def _check_read(request: web.Request, info: ModelInfo) -> None:
+async def _may_read(request: web.Request, info: ModelInfo) -> bool:
+    """Whether the request may read the model (an unknown or malformed token is still a 401:
+    that says something about the token, nothing about the model)."""
     if not info.private:
-        return
+        return True
     grant = await _grant(request)
-    if grant is None:
-        raise ApiError(
-            401, f"model {info.name} is private: pass a token with read right on "
-            f"{info.namespace} (P2PDIST_TOKEN)", "AuthError",
-        )  # fmt: skip
-    if not grant.can_read(info.namespace):
-        raise ApiError(403, f"this token cannot read namespace {info.namespace}", "AuthError")
+    return grant is not None and grant.can_read(info.namespace)
+
+
+def _bearer(request: web.Request) -> str:
+    """The bearer token of a request ``_grant`` already accepted."""
+    return request.headers["Authorization"].partition(" ")[2].strip()
+
+
+_PASSKEY_URL = re.compile(rb"/announce/[0-9a-f]{32}$")
+
+
+def _announce_as(torrent: bytes, passkey: str) -> bytes:
+    """A private torrent whose announce URLs carry ``passkey`` (the reader's own) instead of
+    the publisher's: each reader announces with its own rights only, and never learns another
+    token's passkey. Only ``announce``/``announce-list`` change, outside the info dict, so
+    the infohash the manifest signs stays the same (checked)."""
+    meta = bdecode(torrent)
+
+    def swap(url: Any) -> Any:
+        if isinstance(url, bytes):
+            return _PASSKEY_URL.sub(b"/announce/" + passkey.encode(), url)
+        return url
+
+    if b"announce" in meta:
+        meta[b"announce"] = swap(meta[b"announce"])
+    if isinstance(meta.get(b"announce-list"), list):
+        meta[b"announce-list"] = [
+            [swap(u) for u in tier] if isinstance(tier, list) else tier
+            for tier in meta[b"announce-list"]
+        ]
+    out = bencode(meta)
+    if info_bytes(out) != info_bytes(torrent):  # pragma: no cover - bencode is canonical
+        raise ApiError(500, "cannot give this torrent the reader's passkey", "TrackerError")
+    return out
 
 
 # -- publish --------------------------------------------------------------------------------
@@ -121,10 +160,7 @@ def _swarm_ids(
 
 def check_publish(name: str, version: str, body: bytes) -> NewVersion:
     """Validate a publish body for ``name@version``; raise a p2pdist error on the first problem."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise FormatError("publish body is not JSON") from None
+    obj = jsonio.loads(body, what="publish body")
     if not isinstance(obj, dict) or not {"manifest", "torrent"} <= set(obj) <= _PUBLISH_FIELDS:
         raise FormatError(f"publish body must be an object with fields {sorted(_PUBLISH_FIELDS)}")
     private = obj.get("private", False)
@@ -280,13 +316,14 @@ async def latest(request: web.Request) -> web.Response:
         event = state.publish_event(name)
         try:
             info = await state.db_call(lambda db: db.model(name))
+            if info is not None and not await _may_read(request, info):
+                info = None  # looks exactly like a model not published yet
             if info is not None:
-                await _check_read(request, info)
                 newer = await state.db_call(_newer_than, name, after)
                 if newer is not None:
                     return web.json_response({"version": newer})
             elif wait == 0:
-                raise ApiError(404, f"model {name} not found", "NotFoundError")
+                raise _not_found(name)
             remaining = deadline - loop.time()
             if remaining <= 0 or state.closing:
                 return web.Response(status=204)
@@ -312,10 +349,12 @@ async def torrent(request: web.Request) -> web.Response:
     kind = request.query.get("kind", "full")
     if kind not in ("full", "delta"):
         raise ApiError(400, f"kind must be full or delta, not {kind[:24]!r}", "FormatError")
-    await _readable_model(request, name)
+    info = await _readable_model(request, name)
     data = await state.db_call(
         lambda db: db.blob(name, version, "torrent" if kind == "full" else "delta")
     )
+    if info.private:
+        data = _announce_as(data, passkey_for(_bearer(request)))
     filename = f"{name.replace('/', '--')}@{version}{'.delta' if kind == 'delta' else ''}.torrent"
     return web.Response(
         body=data,

@@ -22,6 +22,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from aiohttp import web
 
 from p2pdist.errors import (
     AuthError,
+    ConfigError,
     ConflictError,
     FormatError,
     IntegrityError,
@@ -81,6 +84,28 @@ class TrackerSettings:
     """Seconds a token's grant is reused before the registry is asked again (revocation)."""
     track_unknown: bool = False
     """Also track infohashes the registry does not know (an open tracker). Off by default."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of proxies whose ``X-Forwarded-For`` / ``X-Real-IP`` name the client
+    (``--trusted-proxy``); forwarded headers from any other address are ignored."""
+    idle_timeout: float = 30.0
+    """Seconds an idle keep-alive connection is kept, on the front and on aiohttp's path."""
+    max_connections_per_address: int = 256
+    """Connections one client address may hold at once; the next one is closed at accept.
+    Trusted proxies are exempt (every client behind them shares their address)."""
+
+    @cached_property
+    def proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``trusted_proxies`` parsed (checked when the settings are made)."""
+        return tuple(ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
+
+    def __post_init__(self) -> None:
+        for cidr in self.trusted_proxies:
+            try:
+                ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted proxy {cidr!r} is not an address or CIDR (like 10.0.0.0/8)"
+                ) from None
 
     @property
     def db_path(self) -> Path:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from p2pdist.metrics import family as _family
 from p2pdist.metrics import histogram_family, label_value, process_metrics
-from p2pdist.tracker.db import Database, ModelInfo, VersionInfo
+from p2pdist.tracker.db import ModelInfo, VersionInfo
 from p2pdist.tracker.peers import SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerState
 
@@ -134,7 +134,7 @@ async def timed(
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    models = await state.db_call(Database.models)
+    models = await state.db_call(lambda db: db.models())
     text = render_metrics(state, models, await state.swarm_counts())
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
@@ -216,9 +216,11 @@ def render_page(
 
 async def page(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    models = await state.db_call(Database.models)
+    models = await state.db_call(lambda db: db.models())
     versions = {
-        m.name: await state.db_call(Database.versions, m.name) for m in models if not m.private
+        m.name: await state.db_call(lambda db, name: db.versions(name), m.name)
+        for m in models
+        if not m.private
     }
     base_url = f"{request.scheme}://{request.host}"
     text = render_page(

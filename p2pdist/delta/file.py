@@ -28,6 +28,7 @@ from p2pdist.delta.table import (
     Segment,
 )
 from p2pdist.errors import FormatError
+from p2pdist.formats import jsonio
 from p2pdist.formats.header import SafetensorsHeader, read_header
 from p2pdist.formats.manifest import canonical_json
 
@@ -116,10 +117,7 @@ def read_table(delta_path: Path, target: str, size: int) -> tuple[SafetensorsHea
     raw = header.metadata.get(META_KEY)
     if raw is None:
         raise FormatError(f"{where}: no {META_KEY} codec table in the metadata")
-    try:
-        table = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{where}: codec table is not JSON ({e})") from None
+    table = jsonio.loads(raw, what=f"{where}: codec table")
     if not isinstance(table, dict) or set(table) != {"format", "target", "size", "segments"}:
         raise FormatError(f"{where}: codec table must have format, target, size, segments")
     if table["format"] != FORMAT_VERSION:

@@ -8,7 +8,6 @@ the network.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from p2pdist.delta.codec import (
     version_problem,
 )
 from p2pdist.errors import FormatError
+from p2pdist.formats import jsonio
 from p2pdist.formats.manifest import FileEntry, canonical_json, safe_relpath
 
 
@@ -191,10 +191,7 @@ class DeltaIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = INDEX_FILE) -> DeltaIndex:
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{source}: not valid UTF-8 JSON ({e})") from None
+        obj = jsonio.loads(data, what=source)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
             raise FormatError(f"{source}: not a p2pdist delta index")
         version = obj.get("version")

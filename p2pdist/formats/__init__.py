@@ -6,7 +6,9 @@
 - ``digest``: blake3 of files and buffers;
 - ``keys``: the publisher's ed25519 key and the consumer's pins;
 - ``torrent``: .torrent files (v1, hybrid, v2) made from and checked against a folder;
-- ``bencode``: BitTorrent's encoding, strict both ways.
+- ``bencode``: BitTorrent's encoding, strict both ways;
+- ``jsonio``: the one strict JSON reader (depth, number, key limits) for all of the above
+  and for whatever a registry or a client sends.
 
 Nothing here opens a socket or starts a thread; the flows (fetch, publish) and the tracker
 import these as their shared vocabulary (docs/FORMAT.md is the specification).

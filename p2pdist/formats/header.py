@@ -9,7 +9,6 @@ the delta codec and the publisher's checks stay light.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pdist.errors import FormatError, NotFoundError
+from p2pdist.formats import jsonio
 
 MAX_HEADER_SIZE = 100 * 1024 * 1024
 
@@ -96,11 +96,7 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Safe
         )
     if len(raw) < 8 + header_size:
         raise FormatError(f"{source}: header bytes missing")
-    try:
-        doc = json.loads(raw[8 : 8 + header_size].decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, int digits
-        reason = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise FormatError(f"{source}: safetensors header is not valid JSON ({reason})") from None
+    doc = jsonio.loads(raw[8 : 8 + header_size], what=f"{source}: safetensors header")
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: safetensors header is not a JSON object")
     metadata = doc.pop("__metadata__", None)
@@ -129,15 +125,6 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Safe
             f"{data_size}; the file is truncated or padded"
         )
     return SafetensorsHeader(header_size, tuple(specs), dict(metadata), file_size)
-
-
-def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different (as safetensors requires)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        repeated = sorted({k for k, _ in pairs if sum(k == j for j, _ in pairs) > 1})
-        raise ValueError(f"key {repeated[0]!r} appears twice")
-    return out
 
 
 def _tensor_spec(name: str, info: Any, data_start: int, data_size: int, source: str) -> TensorSpec:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from p2pdist.errors import FormatError, IntegrityError, SignatureError, UnsafePathError
+from p2pdist.formats import jsonio
 from p2pdist.formats.digest import hash_files, is_digest
 from p2pdist.ref import validate_name, validate_version
 
@@ -190,10 +191,7 @@ class Manifest:
         """Parse and validate a manifest (structure, paths, digests); does not check the signature."""
         if len(data) > MAX_MANIFEST_BYTES:
             raise FormatError(f"{source}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{source}: manifest is not valid UTF-8 JSON ({e})") from None
+        obj = jsonio.loads(data, what=f"{source}: manifest")
         return cls.from_json(obj, source=source)
 
     @classmethod

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pdist.errors import FormatError, NotFoundError
 from p2pdist.extras import require_torch
+from p2pdist.formats import jsonio
 from p2pdist.formats.header import (  # re-exported: the header format is part of this module's surface
     SafetensorsHeader,
     TensorSpec,
@@ -111,8 +112,8 @@ def save_state_dict(
 
 def index_shard_names(data: bytes, *, source: str) -> list[str]:
     """The shard files an index file's ``weight_map`` names, sorted (FormatError if invalid)."""
+    index = jsonio.loads(data, what=f"{source}: index file")
     try:
-        index = json.loads(data.decode("utf-8"))
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")

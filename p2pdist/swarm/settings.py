@@ -12,6 +12,7 @@ from typing import Any
 
 import libtorrent as lt
 
+from p2pdist import config
 from p2pdist.formats.torrent import TorrentMeta
 
 BLOCK_SIZE = 16 * 1024
@@ -64,7 +65,10 @@ def session_settings(
         # to all of them, so every one knows this peer and any one may go down.
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
+        # https trackers: certificate and host name checked (libtorrent's default, kept).
+        "validate_https_trackers": True,
     }
+    trust_ca_bundle(config.ca_bundle())
     if upload_rate_limit or download_rate_limit:
         settings["ignore_limits_on_local_network"] = False
         # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
@@ -93,6 +97,18 @@ def session_settings(
         settings["min_announce_interval"] = max(1, int(announce_interval_hint))
     settings.update(extra_settings or {})
     return settings
+
+
+def trust_ca_bundle(bundle: Path | None) -> None:
+    """Make libtorrent check https trackers against ``bundle`` (``P2PDIST_CA_BUNDLE``).
+
+    libtorrent has no setting for a CA file: its OpenSSL loads the default verify paths when
+    a session starts, and those honour ``SSL_CERT_FILE``. So the bundle is put there before
+    the session is made, for this process (over an ``SSL_CERT_FILE`` already set: the
+    p2pdist setting is the more specific one).
+    """
+    if bundle is not None:
+        os.environ["SSL_CERT_FILE"] = str(bundle)
 
 
 def torrent_params(meta: TorrentMeta, folder: Path, *, use_web_seeds: bool, resume: Any) -> Any:
