@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.errors import ConflictError, FormatError, NotFoundError, TrackerError
 from p2pdist.formats.header import read_header
-from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
+from p2pdist.formats.manifest import (
+    WEB_SEEDS_KEY,
+    FileEntry,
+    Manifest,
+    TorrentRef,
+    describe_files,
+    list_files,
+)
 from p2pdist.formats.torrent import TorrentMeta, make_torrent
 from p2pdist.ref import ModelRef, validate_name, validate_version
 from p2pdist.store.cache import Store
@@ -69,11 +76,20 @@ def check_web_seeds(urls: Sequence[str]) -> None:
     torrent, and every consumer would try it)."""
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname or url.split() != [url]:
             raise FormatError(
                 f"web seed {url!r} is not an http(s) URL: give the folder that holds the "
                 "version, as in http://host:8000/ (see `p2pdist origin`)"
             )
+
+
+def signed_metadata(metadata: dict[str, str] | None, web_seeds: Sequence[str]) -> dict[str, str]:
+    """The manifest's metadata: the publisher's, plus its web seeds under ``WEB_SEEDS_KEY``
+    (signed with the rest, so that a registry cannot add any; see docs/SECURITY.md)."""
+    out = dict(metadata or {})
+    if web_seeds:
+        out[WEB_SEEDS_KEY] = "\n".join(web_seeds)
+    return out
 
 
 def build_version(
@@ -123,7 +139,7 @@ def build_version(
         files=entries,
         parent=parent,
         torrent=TorrentRef(full.info_hash_v1, full.info_hash_v2),
-        metadata=dict(metadata or {}),
+        metadata=signed_metadata(metadata, web_seeds),
     )
     with store.staging() as stage:
         delta_dir: Path | None = None
@@ -223,7 +239,9 @@ def publish(
     client = RegistryClient(config.tracker_url(tracker), config.token(token))
     store = Store(config.home(home))
     folder = Path(folder)
-    wanted = _Options(parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version)
+    wanted = _Options(
+        parent, signed_metadata(metadata, web_seeds), private, tuple(web_seeds), torrent_version
+    )
     registered = _registered(client, name, needed=version is None)
     described = functools.cache(lambda: describe_files(folder, check_folder(folder)))
     if version is None:
