@@ -6,6 +6,7 @@ import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist.formats.manifest import Manifest, describe_files, list_files
 from p2pdist.formats.shards import save_state_dict
 from p2pdist.store.cache import Store
+
+if TYPE_CHECKING:
+    from tests.hostile_registry import World
 
 
 @pytest.fixture
@@ -73,6 +77,31 @@ def stored_version(p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKe
     manifest = sign_folder(folder, signing_key)
     Store(p2p_home).add_version(manifest, folder)
     return manifest
+
+
+@pytest.fixture
+def world(tmp_path: Path, p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A real tracker in this process on loopback (tests/hostile_registry.py ``World``): a
+    publish token for ``org``, a small model folder, a publisher's and a consumer's store.
+    A process swarm a test starts (``p2pdist.load``, ``p2pdist.fetch``) listens on 127.0.0.1
+    and is closed afterwards."""
+    from p2pdist.swarm.session import existing_swarm
+    from p2pdist.tracker import TrackerSettings
+    from tests.hostile_registry import World
+    from tests.tracker_world import make_token, running_tracker
+
+    monkeypatch.setenv("P2PDIST_LISTEN", "127.0.0.1")
+    data = tmp_path / "tracker"
+    data.mkdir()
+    token = make_token(data, "org")
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    try:
+        with running_tracker(TrackerSettings(data, interval=2)) as url:
+            yield World(url, token, data, folder, tmp_path / "publisher", tmp_path / "consumer")
+    finally:
+        swarm = existing_swarm()
+        if swarm is not None:
+            swarm.close()
 
 
 def free_port() -> int:

@@ -5,7 +5,8 @@
 those a test tells it to alter. It plays a compromised or impersonated registry, which
 can say anything outside what publishers sign: which version is latest, the bytes of a
 manifest or torrent, the web seeds and announce URLs of a torrent. This module holds no
-tests (tests/test_hostile_registry.py and tests/integration/test_safety_*.py use it).
+tests (tests/test_hostile_registry.py and tests/integration/test_safety_*.py use it);
+``World`` is the setting they share (a tracker in-process, a publisher, a consumer).
 
 Both servers listen on 127.0.0.1 only, on ports the kernel picks, and are stopped by their
 context managers, also when a test fails.
@@ -19,14 +20,21 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from p2pdist.fetcher import Fetcher
 from p2pdist.formats.bencode import bdecode, bencode
+from p2pdist.formats.manifest import Manifest
+from p2pdist.swarm.session import Swarm
+
+NAME = "org/model"
 
 Rewrite = Callable[[int, bytes], tuple[int, bytes]]
 """Takes the real answer's status and body, returns the status and body to send instead."""
@@ -98,7 +106,7 @@ class HostileRegistry(LoopbackApp):
         super().__init__(app)
         self.upstream = upstream.rstrip("/")
         self.requests: list[str] = []
-        self._rules: list[tuple[re.Pattern[str], Rewrite]] = []
+        self._rules: list[tuple[re.Pattern[str], Rewrite, bool]] = []
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -110,15 +118,25 @@ class HostileRegistry(LoopbackApp):
         return self
 
     def alter(self, pattern: str, rewrite: Rewrite) -> None:
-        self._rules.append((re.compile(pattern), rewrite))
+        self._rules.append((re.compile(pattern), rewrite, True))
 
     def answer(self, pattern: str, status: int, body: bytes) -> None:
-        """Answer requests matching ``pattern`` with ``status`` and ``body``, whatever the
-        tracker says."""
-        self.alter(pattern, lambda _status, _body: (status, body))
+        """Answer requests matching ``pattern`` with ``status`` and ``body`` without asking
+        the tracker (a long-poll is answered at once)."""
+        self._rules.append((re.compile(pattern), lambda _s, _b: (status, body), False))
+
+    def _rule(self, path: str) -> tuple[Rewrite, bool] | None:
+        for pattern, rewrite, forward in reversed(self._rules):
+            if pattern.search(path):
+                return rewrite, forward
+        return None
 
     async def _forward(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
+        rule = self._rule(request.path)
+        if rule is not None and not rule[1]:
+            status, body = rule[0](0, b"")
+            return web.Response(status=status, body=body, content_type="application/json")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False
@@ -134,10 +152,8 @@ class HostileRegistry(LoopbackApp):
         ) as upstream:
             status, body = upstream.status, await upstream.read()
             kind = upstream.headers.get("Content-Type", "application/octet-stream")
-        for pattern, rewrite in reversed(self._rules):
-            if pattern.search(request.path):
-                status, body = rewrite(status, body)
-                break
+        if rule is not None:
+            status, body = rule[0](status, body)
         return web.Response(status=status, body=body, headers={"Content-Type": kind})
 
     async def _stop(self) -> None:
@@ -206,3 +222,37 @@ class CallRecorder:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(30)
+
+
+@dataclass(frozen=True)
+class World:
+    """A tracker running in-process with a publish token for ``org``, a model folder, and the
+    stores of a publisher and a consumer (the ``world`` fixture in tests/conftest.py)."""
+
+    tracker: str
+    token: str
+    data_dir: Path
+    folder: Path
+    publisher_home: Path
+    consumer_home: Path
+
+    def publish(self, version: str = "v1", folder: Path | None = None, **kwargs: Any) -> Manifest:
+        """Publish ``folder`` (default: the world's) as org/model@version, without seeding."""
+        from p2pdist.publishing import publish
+
+        published = publish(
+            folder or self.folder, name=NAME, version=version, home=self.publisher_home,
+            tracker=self.tracker, token=self.token, seed=False, **kwargs,
+        )  # fmt: skip
+        return published.manifest
+
+    def consumer(self, registry: str | None = None, swarm: Any = None, **kwargs: Any) -> Fetcher:
+        """A Fetcher of the consumer's store, asking ``registry`` (default: the tracker)."""
+        return Fetcher(
+            home=self.consumer_home, tracker=registry or self.tracker, swarm=swarm, **kwargs
+        )
+
+
+def loopback_swarm() -> Swarm:
+    """A libtorrent session on 127.0.0.1 that re-announces every couple of seconds."""
+    return Swarm(listen_interface="127.0.0.1", announce_interval_hint=2)

@@ -9,70 +9,26 @@ here for each new way a registry can lie.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
 from p2pdist.errors import SignatureError
-from p2pdist.fetcher import Fetcher
 from p2pdist.formats.bencode import bdecode, bencode
-from p2pdist.formats.manifest import WEB_SEEDS_KEY, Manifest
+from p2pdist.formats.manifest import WEB_SEEDS_KEY
 from p2pdist.formats.torrent import read_torrent
-from p2pdist.publishing import publish
 from p2pdist.store.cache import Store
 from p2pdist.swarm.origin import create_origin_app
 from p2pdist.swarm.seeder import seed_version
-from p2pdist.swarm.session import Swarm
-from p2pdist.tracker import TrackerSettings
-from tests.conftest import make_version_folder, small_state_dict
 from tests.hostile_registry import (
     MANIFEST_PATH,
+    NAME,
     TORRENT_PATH,
     CallRecorder,
     HostileRegistry,
     LoopbackApp,
+    World,
+    loopback_swarm,
     with_web_seeds,
 )
-from tests.tracker_world import make_token, running_tracker
-
-NAME = "org/model"
-
-
-@dataclass(frozen=True)
-class World:
-    """A running tracker with a publish token, a model folder and two hosts' stores."""
-
-    tracker: str
-    token: str
-    folder: Path
-    publisher_home: Path
-    consumer_home: Path
-
-    def publish(self, version: str = "v1", **kwargs: object) -> Manifest:
-        published = publish(
-            self.folder, name=NAME, version=version, home=self.publisher_home,
-            tracker=self.tracker, token=self.token, seed=False, **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
-        return published.manifest
-
-    def consumer(self, registry: str, swarm: Swarm, **kwargs: object) -> Fetcher:
-        return Fetcher(home=self.consumer_home, tracker=registry, swarm=swarm, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def world(tmp_path: Path, p2p_home: Path) -> Iterator[World]:
-    data = tmp_path / "tracker"
-    data.mkdir()
-    token = make_token(data, "org")
-    folder = make_version_folder(tmp_path / "src", small_state_dict())
-    with running_tracker(TrackerSettings(data, interval=2)) as url:
-        yield World(url, token, folder, tmp_path / "publisher", tmp_path / "consumer")
-
-
-def _swarm() -> Swarm:
-    return Swarm(listen_interface="127.0.0.1", announce_interval_hint=2)
 
 
 def test_web_seeds_the_registry_adds_are_never_dialed(world: World) -> None:
@@ -83,8 +39,8 @@ def test_web_seeds_the_registry_adds_are_never_dialed(world: World) -> None:
     with (
         CallRecorder() as internal,
         HostileRegistry(world.tracker) as registry,
-        _swarm() as seeder,
-        _swarm() as swarm,
+        loopback_swarm() as seeder,
+        loopback_swarm() as swarm,
     ):
         registry.alter(TORRENT_PATH, with_web_seeds(internal.url))
         seed_version(Store(world.publisher_home), NAME, "v1", swarm=seeder)
@@ -106,7 +62,7 @@ def test_web_seeds_the_publisher_signed_are_used_even_when_the_registry_drops_th
         manifest = world.publish(web_seeds=[origin.url])
         assert manifest.web_seeds == (origin.url,)
         assert manifest.metadata[WEB_SEEDS_KEY] == origin.url
-        with HostileRegistry(world.tracker) as registry, _swarm() as swarm:
+        with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
             registry.alter(TORRENT_PATH, with_web_seeds())
             result = world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
     assert result.bytes_from_web_seeds >= manifest.total_size
@@ -122,7 +78,7 @@ def test_a_consumers_own_web_seed_setting_is_used(
         manifest = world.publish()
         assert manifest.web_seeds == ()
         monkeypatch.setenv("P2PDIST_WEB_SEEDS", origin.url)
-        with _swarm() as swarm:
+        with loopback_swarm() as swarm:
             result = world.consumer(world.tracker, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
     assert result.bytes_from_web_seeds >= manifest.total_size
 
@@ -133,7 +89,7 @@ def test_a_manifest_altered_after_signing_is_refused_before_any_download(world: 
     def grow(status: int, body: bytes) -> tuple[int, bytes]:
         return status, body.replace(b'"metadata":{}', b'"metadata":{"x":"y"}')
 
-    with HostileRegistry(world.tracker) as registry, _swarm() as swarm:
+    with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
         registry.alter(MANIFEST_PATH, grow)
         with pytest.raises(SignatureError, match="altered after signing"):
             world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
@@ -152,7 +108,7 @@ def test_a_torrent_other_than_the_signed_one_is_refused(world: World) -> None:
         top[b"info"][b"pieces"] = bytes([pieces[0] ^ 1]) + pieces[1:]
         return status, bencode(top)
 
-    with HostileRegistry(world.tracker) as registry, _swarm() as swarm:
+    with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
         registry.alter(TORRENT_PATH, other_pieces)
         with pytest.raises(SignatureError, match="not the one the signed manifest names"):
             world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
