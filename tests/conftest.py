@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,7 @@ def stored_version(p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKe
 
 
 @pytest.fixture
-def world(tmp_path: Path, p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+def swarm_world(tmp_path: Path, p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     """A real tracker in this process on loopback (tests/hostile_registry.py ``World``): a
     publish token for ``org``, a small model folder, a publisher's and a consumer's store.
     A process swarm a test starts (``p2pdist.load``, ``p2pdist.fetch``) listens on 127.0.0.1
@@ -102,6 +103,17 @@ def world(tmp_path: Path, p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> It
         swarm = existing_swarm()
         if swarm is not None:
             swarm.close()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (every 10 ms) until it is true; fail naming ``what`` after ``timeout``
+    seconds. Tests wait for the state they need this way, never with a fixed sleep: on a slow
+    machine a sleep passes without the state having come, and on a fast one it wastes time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.01)
 
 
 def free_port() -> int:

@@ -227,7 +227,7 @@ class CallRecorder:
 @dataclass(frozen=True)
 class World:
     """A tracker running in-process with a publish token for ``org``, a model folder, and the
-    stores of a publisher and a consumer (the ``world`` fixture in tests/conftest.py)."""
+    stores of a publisher and a consumer (the ``swarm_world`` fixture in tests/conftest.py)."""
 
     tracker: str
     token: str

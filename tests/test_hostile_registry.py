@@ -31,76 +31,80 @@ from tests.hostile_registry import (
 )
 
 
-def test_web_seeds_the_registry_adds_are_never_dialed(world: World) -> None:
+def test_web_seeds_the_registry_adds_are_never_dialed(swarm_world: World) -> None:
     """Finding 8: the registry adds a web seed (outside the info dict, so the infohash the
     manifest signs still matches) pointing at an internal service; the consumer must not
     send it a single request, and fetches from the peer instead."""
-    manifest = world.publish()
+    manifest = swarm_world.publish()
     with (
         CallRecorder() as internal,
-        HostileRegistry(world.tracker) as registry,
+        HostileRegistry(swarm_world.tracker) as registry,
         loopback_swarm() as seeder,
         loopback_swarm() as swarm,
     ):
         registry.alter(TORRENT_PATH, with_web_seeds(internal.url))
-        seed_version(Store(world.publisher_home), NAME, "v1", swarm=seeder)
-        result = world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
+        result = swarm_world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
         assert any(p.endswith("/torrent") for p in registry.requests)
     assert internal.calls == []
     assert result.bytes_from_web_seeds == 0
     assert result.bytes_from_peers >= manifest.total_size
-    stored = Store(world.consumer_home).torrent(NAME, "v1")
+    stored = Store(swarm_world.consumer_home).torrent(NAME, "v1")
     assert stored is not None and read_torrent(stored).web_seeds == ()  # nor seeded onwards
 
 
 def test_web_seeds_the_publisher_signed_are_used_even_when_the_registry_drops_them(
-    world: World,
+    swarm_world: World,
 ) -> None:
     """The publisher's origin is signed into the manifest: a registry that strips it from the
     torrent cannot take it away (the fetch completes from the origin alone, no peer up)."""
-    with LoopbackApp(create_origin_app(Store(world.publisher_home))) as origin:
-        manifest = world.publish(web_seeds=[origin.url])
+    with LoopbackApp(create_origin_app(Store(swarm_world.publisher_home))) as origin:
+        manifest = swarm_world.publish(web_seeds=[origin.url])
         assert manifest.web_seeds == (origin.url,)
         assert manifest.metadata[WEB_SEEDS_KEY] == origin.url
-        with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
+        with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
             registry.alter(TORRENT_PATH, with_web_seeds())
-            result = world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+            result = swarm_world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
     assert result.bytes_from_web_seeds >= manifest.total_size
     assert result.bytes_from_peers == 0
 
 
 def test_a_consumers_own_web_seed_setting_is_used(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    swarm_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host may name origins it trusts itself (P2PDIST_WEB_SEEDS): used although neither
     the manifest nor the registry names them."""
-    with LoopbackApp(create_origin_app(Store(world.publisher_home))) as origin:
-        manifest = world.publish()
+    with LoopbackApp(create_origin_app(Store(swarm_world.publisher_home))) as origin:
+        manifest = swarm_world.publish()
         assert manifest.web_seeds == ()
         monkeypatch.setenv("P2PDIST_WEB_SEEDS", origin.url)
         with loopback_swarm() as swarm:
-            result = world.consumer(world.tracker, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+            result = swarm_world.consumer(swarm_world.tracker, swarm, stall_timeout=30).fetch(
+                f"{NAME}@v1"
+            )
     assert result.bytes_from_web_seeds >= manifest.total_size
 
 
-def test_a_manifest_altered_after_signing_is_refused_before_any_download(world: World) -> None:
-    world.publish()
+def test_a_manifest_altered_after_signing_is_refused_before_any_download(
+    swarm_world: World,
+) -> None:
+    swarm_world.publish()
 
     def grow(status: int, body: bytes) -> tuple[int, bytes]:
         return status, body.replace(b'"metadata":{}', b'"metadata":{"x":"y"}')
 
-    with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
         registry.alter(MANIFEST_PATH, grow)
         with pytest.raises(SignatureError, match="altered after signing"):
-            world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
         assert not any(p.endswith("/torrent") for p in registry.requests)
-    assert not Store(world.consumer_home).has(NAME, "v1")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v1")
 
 
-def test_a_torrent_other_than_the_signed_one_is_refused(world: World) -> None:
+def test_a_torrent_other_than_the_signed_one_is_refused(swarm_world: World) -> None:
     """A registry that swaps the info dict (other pieces, same files) is caught by the
     infohash the manifest signs, before libtorrent sees the torrent."""
-    world.publish()
+    swarm_world.publish()
 
     def other_pieces(status: int, body: bytes) -> tuple[int, bytes]:
         top = bdecode(body)
@@ -108,8 +112,8 @@ def test_a_torrent_other_than_the_signed_one_is_refused(world: World) -> None:
         top[b"info"][b"pieces"] = bytes([pieces[0] ^ 1]) + pieces[1:]
         return status, bencode(top)
 
-    with HostileRegistry(world.tracker) as registry, loopback_swarm() as swarm:
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
         registry.alter(TORRENT_PATH, other_pieces)
         with pytest.raises(SignatureError, match="not the one the signed manifest names"):
-            world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
-    assert not Store(world.consumer_home).has(NAME, "v1")
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v1")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from p2pdist.formats.torrent import make_torrent
 from p2pdist.publishing import torrent_name
 from p2pdist.store.cache import Store
 from p2pdist.swarm.seeder import seed_version
-from tests.conftest import make_version_folder, small_state_dict
+from tests.conftest import make_version_folder, small_state_dict, wait_until
 from tests.hostile_registry import LATEST_PATH, NAME, HostileRegistry, World, loopback_swarm
 
 pytestmark = pytest.mark.integration
@@ -35,32 +34,24 @@ WAIT = 60.0
 """Seconds a test waits for something that takes a second or two on an idle machine."""
 
 
-def _poll(condition: object, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
 def test_a_registry_offering_an_older_version_as_latest_stops_a_real_follower(
-    world: World, tmp_path: Path
+    swarm_world: World, tmp_path: Path
 ) -> None:
     """The registry lies once the follower has v2: v1 is 'latest' and listed after v2. The
     follower fetches it (it cannot know before the signed manifest is in hand), refuses it as
     a rollback (v1 is v2's parent), stops with that error and never delivers it."""
-    world.publish("v1")
-    world.publish("v2", folder=make_version_folder(tmp_path / "v2", small_state_dict(1)),
+    swarm_world.publish("v1")
+    swarm_world.publish("v2", folder=make_version_folder(tmp_path / "v2", small_state_dict(1)),
                   parent="v1")  # fmt: skip
     delivered: list[str] = []
     with (
-        HostileRegistry(world.tracker) as registry,
+        HostileRegistry(swarm_world.tracker) as registry,
         loopback_swarm() as seeder,
         loopback_swarm() as swarm,
     ):
         for version in ("v1", "v2"):
-            seed_version(Store(world.publisher_home), NAME, version, swarm=seeder)
-        fetcher = world.consumer(registry.url, swarm, stall_timeout=30)
+            seed_version(Store(swarm_world.publisher_home), NAME, version, swarm=seeder)
+        fetcher = swarm_world.consumer(registry.url, swarm, stall_timeout=30)
 
         def on_update(update: Update) -> None:
             delivered.append(update.version)
@@ -73,7 +64,7 @@ def test_a_registry_offering_an_older_version_as_latest_stops_a_real_follower(
                             poll_seconds=2, start_after="v1")  # fmt: skip
         follower.start()
         try:
-            _poll(lambda: not follower.running or "v1" in delivered, "the follower's verdict")
+            wait_until(lambda: not follower.running or "v1" in delivered, "the follower's verdict")
         finally:
             follower.stop()
             follower.join(WAIT)
@@ -83,11 +74,11 @@ def test_a_registry_offering_an_older_version_as_latest_stops_a_real_follower(
 
 
 def test_content_that_passes_the_piece_hashes_but_not_the_signed_blake3_is_not_stored(
-    world: World, tmp_path: Path
+    swarm_world: World, tmp_path: Path
 ) -> None:
     """A signed manifest whose torrent (the infohash it signs) describes other bytes than its
     blake3s: libtorrent's piece checks all pass, and the fetch must still refuse to commit."""
-    good = world.folder
+    good = swarm_world.folder
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     shard = bad / "model.safetensors"
@@ -96,39 +87,41 @@ def test_content_that_passes_the_piece_hashes_but_not_the_signed_blake3_is_not_s
     shard.write_bytes(bytes(data))
     files = list_files(good)
     torrent = make_torrent(bad, files, name=torrent_name(NAME, "v1"),
-                           announce=[f"{world.tracker}/announce"])  # fmt: skip
+                           announce=[f"{swarm_world.tracker}/announce"])  # fmt: skip
     manifest = Manifest(
         name=NAME, version="v1", files=describe_files(good, files),
         torrent=TorrentRef(torrent.info_hash_v1, torrent.info_hash_v2),
     ).signed(load_signing_key(create=True))  # fmt: skip
-    RegistryClient(world.tracker, world.token).publish(manifest.to_bytes(), torrent.data, None)
+    RegistryClient(swarm_world.tracker, swarm_world.token).publish(
+        manifest.to_bytes(), torrent.data, None
+    )
     with loopback_swarm() as seeder, loopback_swarm() as swarm:
         seeder.seed(torrent.data, bad)
         with pytest.raises(IntegrityError, match=r"model.safetensors: blake3 .* differs"):
-            world.consumer(swarm=swarm, stall_timeout=30).fetch(f"{NAME}@v1")
-    assert not Store(world.consumer_home).has(NAME, "v1")
+            swarm_world.consumer(swarm=swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v1")
 
 
 def test_a_fetch_that_cannot_fit_is_refused_before_any_download(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    swarm_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Disk space is checked through a real fetch, before a byte is asked of the swarm."""
-    manifest = world.publish()
-    usage = shutil.disk_usage(world.folder)
+    manifest = swarm_world.publish()
+    usage = shutil.disk_usage(swarm_world.folder)
     free = manifest.total_size - 1
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
     with loopback_swarm() as seeder, loopback_swarm() as swarm:
-        seed_version(Store(world.publisher_home), NAME, "v1", swarm=seeder)
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
         with pytest.raises(StoreError, match=f"needs {manifest.total_size:,} bytes"):
-            world.consumer(swarm=swarm, stall_timeout=30).fetch(f"{NAME}@v1")
-    store = Store(world.consumer_home)
+            swarm_world.consumer(swarm=swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+    store = Store(swarm_world.consumer_home)
     assert not store.has(NAME, "v1")
     partial = store.root / "partial"
     assert not partial.exists() or not any(partial.iterdir())
 
 
 def test_python_load_and_fetch_fetch_when_not_stored_and_fall_back_when_the_tracker_is_down(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    swarm_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``p2pdist.fetch``, ``p2pdist.load("org/model@latest")`` and ``load_into`` from Python:
     each fetches what the store lacks; with the tracker down, ``@latest`` is the newest stored
@@ -137,15 +130,15 @@ def test_python_load_and_fetch_fetch_when_not_stored_and_fall_back_when_the_trac
     v1 = make_version_folder(tmp_path / "lin1", dict(linear.state_dict()))
     v2_state = {k: v + 1 for k, v in linear.state_dict().items()}
     v2 = make_version_folder(tmp_path / "lin2", v2_state)
-    world.publish("v1", folder=v1)
-    monkeypatch.setenv("P2PDIST_TRACKER", world.tracker)
-    home = world.consumer_home
+    swarm_world.publish("v1", folder=v1)
+    monkeypatch.setenv("P2PDIST_TRACKER", swarm_world.tracker)
+    home = swarm_world.consumer_home
     with loopback_swarm() as seeder:
-        seed_version(Store(world.publisher_home), NAME, "v1", swarm=seeder)
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
         path = p2pdist.fetch(f"{NAME}@v1", home=home)
         assert (path / "model.safetensors").read_bytes() == (v1 / "model.safetensors").read_bytes()
-        world.publish("v2", folder=v2)
-        seed_version(Store(world.publisher_home), NAME, "v2", swarm=seeder)
+        swarm_world.publish("v2", folder=v2)
+        seed_version(Store(swarm_world.publisher_home), NAME, "v2", swarm=seeder)
         tensors = p2pdist.load(f"{NAME}@latest", home=home)  # v2: not stored, so fetched
         assert torch.equal(tensors["weight"], v2_state["weight"])
         assert Store(home).has(NAME, "v2")
