@@ -116,8 +116,36 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0
         time.sleep(0.01)
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections and to ``bind(port 0)``."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+_PORTS = random.SystemRandom()  # not the seedable module RNG: parallel runs must differ
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port that nothing listens on now, chosen outside the kernel's ephemeral
+    range: a port from ``bind(0)`` is one the kernel may give the next outgoing connection
+    (a tracker killed and restarted on its port then found it taken); these ports it never
+    hands out by itself. Two test processes may still pick the same one (1 in thousands)."""
+    ephemeral = ephemeral_ports()
+    pool = (
+        range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    )
+    for _ in range(100):
+        port = _PORTS.choice(pool)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as s:  # a crowded machine: any free port will do
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
