@@ -9,7 +9,11 @@ removed (the commit that added this module says which line each one guards).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +157,55 @@ def test_python_load_and_fetch_fetch_when_not_stored_and_fall_back_when_the_trac
     module = torch.nn.Linear(8, 4)
     p2pdist.load_into(module, f"{NAME}@latest", home=home)
     assert torch.equal(module.weight.detach(), linear.state_dict()["weight"])
+
+
+def test_fetch_follow_keep_prunes_older_versions_from_the_store(
+    swarm_world: World, tmp_path: Path
+) -> None:
+    """``p2pdist fetch NAME@latest --follow --keep 1``, the CLI an inference host runs: as v2
+    and v3 arrive (by delta), the older versions leave its store."""
+    env = {
+        **os.environ,
+        "P2PDIST_HOME": str(swarm_world.consumer_home),
+        "P2PDIST_CONFIG_DIR": str(tmp_path / "follower-config"),
+        "P2PDIST_TRACKER": swarm_world.tracker,
+        "P2PDIST_LISTEN": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    publisher = Store(swarm_world.publisher_home)
+    consumer = Store(swarm_world.consumer_home)
+
+    def stored() -> list[str]:
+        return [m.version for m in consumer.versions(NAME)]
+
+    swarm_world.publish("v1")
+    with loopback_swarm() as seeder:
+        seed_version(publisher, NAME, "v1", swarm=seeder)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "p2pdist.cli", "fetch", f"{NAME}@latest", "--follow",
+             "--keep", "1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: stored() == ["v1"] or follower.poll() is not None, "v1 fetched")
+            for number in (2, 3):
+                state = {**small_state_dict(), "counts": torch.arange(5) * number}
+                folder = make_version_folder(tmp_path / f"v{number}", state)
+                swarm_world.publish(f"v{number}", folder=folder, parent=f"v{number - 1}")
+                seed_version(publisher, NAME, f"v{number}", swarm=seeder)
+                wait_until(
+                    lambda n=number: stored() == [f"v{n}"] or follower.poll() is not None,
+                    f"v{number} fetched and the older versions dropped",
+                )
+            assert follower.poll() is None, follower.communicate(timeout=30)
+        finally:
+            follower.send_signal(signal.SIGINT)
+            try:
+                out, err = follower.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+                out, err = follower.communicate(timeout=30)
+    fetched = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [f["ref"] for f in fetched] == [f"{NAME}@v1", f"{NAME}@v2", f"{NAME}@v3"], err
+    assert [f["plan"] for f in fetched] == ["full", "delta", "delta"]
+    assert stored() == ["v3"]
