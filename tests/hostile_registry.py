@@ -186,6 +186,21 @@ def with_web_seeds(*urls: str) -> Rewrite:
     return rewrite
 
 
+def with_announce(url: str) -> Rewrite:
+    """A rewrite of .torrent answers that makes ``url`` their only tracker (``announce`` and
+    ``announce-list``), outside the info dict."""
+
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        if status != 200:
+            return status, body
+        top: dict[bytes, Any] = bdecode(body)
+        top[b"announce"] = url.encode()
+        top[b"announce-list"] = [[url.encode()]]
+        return status, bencode(top)
+
+    return rewrite
+
+
 class CallRecorder:
     """An HTTP server on 127.0.0.1 that answers 404 to everything and records each request
     (``calls``: method and path): the "internal service" a hostile registry points at."""

@@ -9,8 +9,11 @@ here for each new way a registry can lie.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from p2pdist.client import RegistryClient
 from p2pdist.errors import SignatureError
 from p2pdist.formats.bencode import bdecode, bencode
 from p2pdist.formats.manifest import WEB_SEEDS_KEY
@@ -18,6 +21,7 @@ from p2pdist.formats.torrent import read_torrent
 from p2pdist.store.cache import Store
 from p2pdist.swarm.origin import create_origin_app
 from p2pdist.swarm.seeder import seed_version
+from tests.conftest import make_version_folder, small_state_dict
 from tests.hostile_registry import (
     MANIFEST_PATH,
     NAME,
@@ -27,6 +31,7 @@ from tests.hostile_registry import (
     LoopbackApp,
     World,
     loopback_swarm,
+    with_announce,
     with_web_seeds,
 )
 
@@ -117,3 +122,39 @@ def test_a_torrent_other_than_the_signed_one_is_refused(swarm_world: World) -> N
         with pytest.raises(SignatureError, match="not the one the signed manifest names"):
             swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
     assert not Store(swarm_world.consumer_home).has(NAME, "v1")
+
+
+def test_trackers_the_registry_names_in_a_torrent_are_never_announced_to(
+    swarm_world: World,
+) -> None:
+    """The consumer announces to the tracker it is configured with, whatever announce URLs
+    the registry's torrent carries (they lie outside the info dict)."""
+    manifest = swarm_world.publish()
+    with (
+        CallRecorder() as internal,
+        HostileRegistry(swarm_world.tracker) as registry,
+        loopback_swarm() as seeder,
+        loopback_swarm() as swarm,
+    ):
+        registry.alter(TORRENT_PATH, with_announce(f"{internal.url}announce"))
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
+        fetcher = swarm_world.consumer(registry.url, swarm, stall_timeout=30)
+        result = fetcher.fetch(f"{NAME}@v1")
+        assert any(p.endswith("/announce") for p in registry.requests)  # announced here
+    assert internal.calls == []
+    assert result.bytes_from_peers >= manifest.total_size
+    stored = Store(swarm_world.consumer_home).torrent(NAME, "v1")
+    assert stored is not None and read_torrent(stored).announce == (f"{registry.url}/announce",)
+
+
+def test_a_manifest_of_another_version_is_refused(swarm_world: World, tmp_path: Path) -> None:
+    """A replay: asked for v2, the registry answers with v1's manifest (genuinely signed)."""
+    swarm_world.publish("v1")
+    v2 = make_version_folder(tmp_path / "v2", small_state_dict(2))
+    swarm_world.publish("v2", folder=v2)
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
+        v1_manifest = RegistryClient(swarm_world.tracker).manifest_bytes(NAME, "v1")
+        registry.answer(r"/versions/v2/manifest$", 200, v1_manifest)
+        with pytest.raises(SignatureError, match="answered org/model@v2 with the manifest of"):
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v2")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v2")
