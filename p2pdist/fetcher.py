@@ -13,6 +13,7 @@ CLI's ``--json`` prints. The order matters and is the point of this module:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -160,7 +161,9 @@ class Fetcher:
                 where,
                 ", ".join(unsigned),
             )
-        return read_torrent(_rewritten(meta.data, announce, seeds))
+        # The info dict is kept byte for byte, so only these three fields change.
+        data = _rewritten(meta.data, announce, seeds)
+        return dataclasses.replace(meta, data=data, announce=(announce,), web_seeds=seeds)
 
     # -- the fetch ----------------------------------------------------------------------------
     def fetch(
