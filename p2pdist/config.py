@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,21 @@ def ssrf_mitigation(explicit: bool | None = None) -> bool:
         return explicit
     value = _resolve(None, "P2PDIST_SSRF_MITIGATION", "ssrf_mitigation", "1", also=bool)
     return str(value).strip().lower() not in ("0", "false", "no", "off")
+
+
+def web_seeds(explicit: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Web seeds (BEP 19 origins) this host trusts for every model, besides those a version's
+    signed manifest names: the argument, ``$P2PDIST_WEB_SEEDS`` (URLs separated by spaces or
+    commas), or config ``web_seeds`` (a string or a list of strings); none by default. Web
+    seeds that only the registry names are never used (docs/SECURITY.md)."""
+    if explicit:
+        return tuple(explicit)
+    from_env = _env("P2PDIST_WEB_SEEDS")
+    value: Any = from_env if from_env else _file_values().get("web_seeds")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.replace(",", " ").split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{config_file()}: web_seeds must be a string or a list of strings")

@@ -13,12 +13,13 @@ CLI's ``--json`` prints. The order matters and is the point of this module:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,14 @@ class Fetcher:
         swarm: Any = None,
         client: RegistryClient | None = None,
         trust: TrustStore | None = None,
+        web_seeds: Sequence[str] | None = None,
     ) -> None:
         self.store = Store(config.home(home))
         self.client = client or RegistryClient(config.tracker_url(tracker), config.token(token))
         self.trust = trust or TrustStore()
         self.use_web_seeds = use_web_seeds
+        self.web_seeds = config.web_seeds(web_seeds)
+        """Web seeds this host trusts for every version, besides each manifest's signed ones."""
         self.stall_timeout = stall_timeout
         self._swarm = swarm
         self._pinned = False
@@ -151,11 +155,21 @@ class Fetcher:
         meta = read_torrent(self.client.torrent(manifest.name, manifest.version, kind))
         _check_torrent(meta, ref, entries, where)
         # Announce to the tracker this host is configured with, under its own passkey for a
-        # private model (not the publisher's); the infohash covers only the info dict.
+        # private model (not the publisher's), and dial only the web seeds the publisher
+        # signed or this host configured: the infohash covers only the info dict, so the
+        # registry could have changed both (docs/SECURITY.md).
         announce = self.client.announce_urls(private=meta.private)
-        if meta.announce != tuple(announce):
-            meta = read_torrent(_with_announce(meta.data, announce))
-        return meta
+        seeds = tuple(dict.fromkeys((*manifest.web_seeds, *self.web_seeds)))
+        unsigned = [url for url in meta.web_seeds if url not in seeds]
+        if unsigned:
+            log.warning(
+                "%s: ignoring web seed(s) the signed manifest does not name: %s",
+                where,
+                ", ".join(unsigned),
+            )
+        # The info dict is kept byte for byte, so only these fields change.
+        data = _rewritten(meta.data, announce, seeds)
+        return dataclasses.replace(meta, data=data, announce=tuple(announce), web_seeds=seeds)
 
     # -- the fetch ----------------------------------------------------------------------------
     def fetch(
@@ -383,20 +397,20 @@ class Fetcher:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-def _with_announce(torrent: bytes, announce: list[str]) -> bytes:
-    """The same torrent (same info dict, same infohash) announcing to ``announce`` only: the
-    first as ``announce``, and with several, all of them as one BEP 12 tier (announced to
-    all; see ``formats.torrent`` for why not a tier each)."""
-    from p2pdist.formats.bencode import bdecode, bencode, info_bytes
+def _rewritten(torrent: bytes, announce: Sequence[str], web_seeds: Sequence[str]) -> bytes:
+    """The same torrent (same info dict, same infohash) announcing to ``announce`` only (the
+    first as ``announce``; with several, all of them as one BEP 12 tier, announced to all: see
+    ``formats.torrent`` for why not a tier each), with ``web_seeds`` as its only web seeds;
+    every other key outside the info dict (BEP 17 ``httpseeds``, comments) is dropped."""
+    from p2pdist.formats.bencode import bencode, info_bytes
 
-    top = bdecode(torrent)
     parts = [b"d", bencode(b"announce"), bencode(announce[0].encode())]
     if len(announce) > 1:
         parts += [bencode(b"announce-list"), bencode([[url.encode() for url in announce]])]
     parts.append(bencode(b"info"))
     parts.append(info_bytes(torrent))
-    if b"url-list" in top:
-        parts += [bencode(b"url-list"), bencode(top[b"url-list"])]
+    if web_seeds:
+        parts += [bencode(b"url-list"), bencode([url.encode() for url in web_seeds])]
     parts.append(b"e")
     return b"".join(parts)
 
@@ -468,12 +482,17 @@ def fetch(
     use_web_seeds: bool = True,
     seed: bool = False,
     full: bool = False,
+    web_seeds: Sequence[str] | None = None,
 ) -> Path:
     """Fetch ``ref`` (``name@v3``, ``name@latest``) into the store and return its folder.
 
     The folder is a Hugging Face layout that ``safetensors`` and ``transformers`` read as is.
     With ``seed`` the process keeps serving the version to other peers while it lives; with
     ``full`` it downloads the whole version even where a chain of deltas would do.
+    Web seeds: those the version's signed manifest names, plus ``web_seeds`` (or the
+    configured ones, ``P2PDIST_WEB_SEEDS``); never those only the registry adds.
     """
-    fetcher = Fetcher(home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds)
+    fetcher = Fetcher(
+        home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds, web_seeds=web_seeds
+    )
     return fetcher.fetch(ref, out=out, seed=seed, full=full).path

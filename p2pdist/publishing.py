@@ -8,18 +8,31 @@ the folder's safetensors headers, the parent's presence, the delta's byte-exact 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pdist.errors import ConflictError, FormatError, NotFoundError, TrackerError
+from p2pdist.errors import (
+    ConflictError,
+    FormatError,
+    NotFoundError,
+    TrackerError,
+    UnsafePathError,
+)
 from p2pdist.formats.header import read_header
-from p2pdist.formats.manifest import FileEntry, Manifest, TorrentRef, describe_files, list_files
+from p2pdist.formats.manifest import (
+    WEB_SEEDS_KEY,
+    FileEntry,
+    Manifest,
+    TorrentRef,
+    describe_files,
+)
 from p2pdist.formats.torrent import TorrentMeta, make_torrent
 from p2pdist.ref import ModelRef, validate_name, validate_version
 from p2pdist.store.cache import Store
@@ -48,11 +61,66 @@ def torrent_name(name: str, version: str, *, delta: bool = False) -> str:
     return f"{base}.delta" if delta else base
 
 
-def check_folder(folder: Path) -> list[str]:
-    """The files a version folder would publish; every safetensors header is validated."""
+def folder_files(folder: Path, *, follow_symlinks: bool = False) -> list[str]:
+    """The files a publish of ``folder`` takes, as sorted relative POSIX paths.
+
+    Hidden entries (a name starting with ``.``) are left out, as ``list_files`` does. A
+    symbolic link is published as a copy of what it points to, at the link's path, when its
+    target lies inside the folder; a link that leaves the folder (to a file or a directory)
+    is refused, since its bytes are not the folder's, unless ``follow_symlinks`` says to take
+    them deliberately (a Hugging Face cache snapshot is such a folder of links). A dangling
+    link, a link loop, or anything that is neither a file nor a directory (a FIFO, a socket)
+    is refused too: nothing in the folder is ever skipped silently.
+    """
+    root = folder.resolve()
+    out: list[str] = []
+
+    def walk(directory: Path, rel: PurePosixPath, ancestors: frozenset[Path]) -> None:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            path, relpath = Path(entry.path), rel / entry.name
+            target = path
+            if entry.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop of links
+                    raise FormatError(
+                        f"{folder}: {relpath} is a symbolic link to nothing "
+                        f"({os.readlink(path)}); remove it or point it at a file"
+                    ) from None
+                if not follow_symlinks and not target.is_relative_to(root):
+                    raise UnsafePathError(
+                        f"{folder}: {relpath} is a symbolic link to {target}, outside the "
+                        "folder; copy the file in, or publish with --follow-symlinks to "
+                        "publish what it points to"
+                    )
+            if target.is_dir():
+                real = target.resolve()
+                if real in ancestors:
+                    raise FormatError(
+                        f"{folder}: {relpath} leads back into {real} (a loop of links); "
+                        "remove the link"
+                    )
+                walk(path, relpath, ancestors | {real})
+            elif target.is_file():
+                out.append(relpath.as_posix())
+            else:
+                raise FormatError(
+                    f"{folder}: {relpath} is neither a file nor a folder; remove it or move "
+                    "it out of the folder"
+                )
+
+    walk(folder, PurePosixPath(), frozenset({root}))
+    return sorted(out)
+
+
+def check_folder(folder: Path, *, follow_symlinks: bool = False) -> list[str]:
+    """The files a version folder would publish (``folder_files``); every safetensors
+    header is validated."""
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: not a folder; publish a Hugging Face style model folder")
-    files = list_files(folder)
+    files = folder_files(folder, follow_symlinks=follow_symlinks)
     if not any(f.endswith(".safetensors") for f in files):
         raise FormatError(
             f"{folder}: no .safetensors files; save the model with safetensors "
@@ -69,11 +137,20 @@ def check_web_seeds(urls: Sequence[str]) -> None:
     torrent, and every consumer would try it)."""
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname or url.split() != [url]:
             raise FormatError(
                 f"web seed {url!r} is not an http(s) URL: give the folder that holds the "
                 "version, as in http://host:8000/ (see `p2pdist origin`)"
             )
+
+
+def signed_metadata(metadata: dict[str, str] | None, web_seeds: Sequence[str]) -> dict[str, str]:
+    """The manifest's metadata: the publisher's, plus its web seeds under ``WEB_SEEDS_KEY``
+    (signed with the rest, so that a registry cannot add any; see docs/SECURITY.md)."""
+    out = dict(metadata or {})
+    if web_seeds:
+        out[WEB_SEEDS_KEY] = "\n".join(web_seeds)
+    return out
 
 
 def build_version(
@@ -89,6 +166,7 @@ def build_version(
     private: bool = False,
     torrent_version: TorrentVersion = "1",
     metadata: dict[str, str] | None = None,
+    follow_symlinks: bool = False,
 ) -> PublishedVersion:
     """Write a version into the store with its delta, torrents and signed manifest.
 
@@ -106,7 +184,7 @@ def build_version(
         if parent == version:
             raise FormatError(f"{name}@{version}: a version cannot be its own parent")
     check_web_seeds(web_seeds)
-    files = check_folder(folder)
+    files = check_folder(folder, follow_symlinks=follow_symlinks)
     entries = describe_files(folder, files)
     full = make_torrent(
         folder,
@@ -123,7 +201,7 @@ def build_version(
         files=entries,
         parent=parent,
         torrent=TorrentRef(full.info_hash_v1, full.info_hash_v2),
-        metadata=dict(metadata or {}),
+        metadata=signed_metadata(metadata, web_seeds),
     )
     with store.staging() as stage:
         delta_dir: Path | None = None
@@ -206,12 +284,14 @@ def publish(
     metadata: dict[str, str] | None = None,
     key: Ed25519PrivateKey | None = None,
     swarm: Any = None,
+    follow_symlinks: bool = False,
 ) -> PublishedVersion:
     """Publish a model folder as ``name@version``: store, sign, register, and seed.
 
     ``version`` defaults to the next ``v<n>`` the registry has not seen. The signing key is
     this host's (``p2pdist keygen``; created on first publish when absent). With ``seed`` the
-    version is served by this process's swarm while it lives.
+    version is served by this process's swarm while it lives. Symbolic links that leave the
+    folder are refused unless ``follow_symlinks`` (see ``folder_files``).
     """
     from p2pdist import config
     from p2pdist.client import RegistryClient
@@ -223,9 +303,13 @@ def publish(
     client = RegistryClient(config.tracker_url(tracker), config.token(token))
     store = Store(config.home(home))
     folder = Path(folder)
-    wanted = _Options(parent, dict(metadata or {}), private, tuple(web_seeds), torrent_version)
+    wanted = _Options(
+        parent, signed_metadata(metadata, web_seeds), private, tuple(web_seeds), torrent_version
+    )
     registered = _registered(client, name, needed=version is None)
-    described = functools.cache(lambda: describe_files(folder, check_folder(folder)))
+    described = functools.cache(
+        lambda: describe_files(folder, check_folder(folder, follow_symlinks=follow_symlinks))
+    )
     if version is None:
         version = _choose_version(store, described, name, wanted, registered)
     if store.has(name, version):
@@ -235,7 +319,7 @@ def publish(
     else:
         published = _build_new(
             folder, store, client, key, name, version, parent, web_seeds, private,
-            torrent_version, metadata,
+            torrent_version, metadata, follow_symlinks,
         )  # fmt: skip
     client.publish(
         published.manifest.to_bytes(),
@@ -385,6 +469,7 @@ def _build_new(
     private: bool,
     torrent_version: TorrentVersion,
     metadata: dict[str, str] | None,
+    follow_symlinks: bool = False,
 ) -> PublishedVersion:
     from p2pdist.formats.keys import load_signing_key
 
@@ -400,4 +485,5 @@ def _build_new(
         private=private,
         torrent_version=torrent_version,
         metadata=metadata,
+        follow_symlinks=follow_symlinks,
     )

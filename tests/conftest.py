@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist.formats.manifest import Manifest, describe_files, list_files
 from p2pdist.formats.shards import save_state_dict
 from p2pdist.store.cache import Store
+
+if TYPE_CHECKING:
+    from tests.hostile_registry import World
 
 
 @pytest.fixture
@@ -75,8 +80,72 @@ def stored_version(p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKe
     return manifest
 
 
+@pytest.fixture
+def swarm_world(tmp_path: Path, p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A real tracker in this process on loopback (tests/hostile_registry.py ``World``): a
+    publish token for ``org``, a small model folder, a publisher's and a consumer's store.
+    A process swarm a test starts (``p2pdist.load``, ``p2pdist.fetch``) listens on 127.0.0.1
+    and is closed afterwards."""
+    from p2pdist.swarm.session import existing_swarm
+    from p2pdist.tracker import TrackerSettings
+    from tests.hostile_registry import World
+    from tests.tracker_world import make_token, running_tracker
+
+    monkeypatch.setenv("P2PDIST_LISTEN", "127.0.0.1")
+    data = tmp_path / "tracker"
+    data.mkdir()
+    token = make_token(data, "org")
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    try:
+        with running_tracker(TrackerSettings(data, interval=2)) as url:
+            yield World(url, token, data, folder, tmp_path / "publisher", tmp_path / "consumer")
+    finally:
+        swarm = existing_swarm()
+        if swarm is not None:
+            swarm.close()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (every 10 ms) until it is true; fail naming ``what`` after ``timeout``
+    seconds. Tests wait for the state they need this way, never with a fixed sleep: on a slow
+    machine a sleep passes without the state having come, and on a fast one it wastes time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.01)
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections and to ``bind(port 0)``."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+_PORTS = random.SystemRandom()  # not the seedable module RNG: parallel runs must differ
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port that nothing listens on now, chosen outside the kernel's ephemeral
+    range: a port from ``bind(0)`` is one the kernel may give the next outgoing connection
+    (a tracker killed and restarted on its port then found it taken); these ports it never
+    hands out by itself. Two test processes may still pick the same one (1 in thousands)."""
+    ephemeral = ephemeral_ports()
+    pool = (
+        range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    )
+    for _ in range(100):
+        port = _PORTS.choice(pool)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as s:  # a crowded machine: any free port will do
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

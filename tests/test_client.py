@@ -22,7 +22,7 @@ from p2pdist.errors import (
     TrackerError,
 )
 from p2pdist.tracker import TrackerSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.tracker_world import make_token, make_version, running_tracker
 
 MODEL = "acme/llm"
@@ -109,7 +109,15 @@ def test_a_cancel_while_connecting_ends_the_wait_at_once(scheme: str, full_queue
             target=lambda: result.append(client.wait_for_newer("m/x", None, 30, cancel=cancel))
         )
         waiter.start()
-        threading.Event().wait(0.5)  # connecting (http) or in the TLS handshake (https)
+        # connecting (http: its socket made, the SYN unanswered) or, accepted by the
+        # listener, in the TLS handshake (https)
+        wait_until(
+            lambda: (
+                any(c._handle is not None for c in list(client._waits.values()))
+                and (full_queue or any(isinstance(k, tuple) for k in keep))
+            ),
+            "the long-poll connecting",
+        )
         cancel.set()
         client.cancel_waits()
         waiter.join(10)

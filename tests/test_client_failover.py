@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from p2pdist import config
 from p2pdist.client import RegistryClient
 from p2pdist.errors import ConfigError, TrackerError
-from p2pdist.fetcher import _with_announce
+from p2pdist.fetcher import _rewritten
 from p2pdist.formats.bencode import infohashes
 from p2pdist.formats.torrent import read_torrent
 from p2pdist.tracker import TrackerSettings
@@ -60,6 +60,6 @@ def test_the_last_failure_is_raised_when_no_url_answers() -> None:
 def test_a_torrent_announces_to_every_tracker_url() -> None:
     v1 = make_version(Ed25519PrivateKey.generate(), MODEL, "v1")
     urls = ["http://127.0.0.1:1/announce", "http://127.0.0.2:2/announce"]
-    rewritten = _with_announce(v1.torrent, urls)
+    rewritten = _rewritten(v1.torrent, urls, ())
     assert infohashes(rewritten) == infohashes(v1.torrent)  # the info dict is untouched
     assert read_torrent(rewritten).announce == tuple(urls)

@@ -1,99 +1,160 @@
-"""A hostile registry (a small HTTP server in the test) against the client and the CLI.
+"""A hostile registry's catalogue: what a compromised or impersonated registry can send a
+consumer, and what the consumer does with it (docs/SECURITY.md, "Registry").
 
-Finding 9 of the review: ``latest`` or a manifest nested 100,000 deep, or with a 5,000-digit
-size, ended ``p2pdist fetch`` in a Python traceback (RecursionError, ValueError). Each must
-be one line naming the tracker, exit status 1. Kept with the hostile suite; add probes here.
+Each test runs a real tracker in-process on loopback, publishes a real version to it, and puts
+``tests.hostile_registry.HostileRegistry`` between it and a consumer with a real libtorrent
+session; the registry forwards everything and alters the answers a test names. Add a test
+here for each new way a registry can lie.
 """
 
 from __future__ import annotations
 
-import http.server
-import os
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from p2pdist.client import RegistryClient
-from p2pdist.errors import FormatError, TrackerError
-
-DEEP = b"[" * 100_000 + b"]" * 100_000
-DIGITS = b'{"version": ' + b"9" * 5000 + b"}"
-ANSWERS = {
-    "/v1/models/org/deep/latest": DEEP,
-    "/v1/models/org/digits/latest": DIGITS,
-    "/v1/models/org/nan/latest": b'{"version": NaN}',
-    "/v1/models/org/manifest/latest": b'{"version": "v1"}',
-    "/v1/models/org/manifest/versions/v1/manifest": (
-        b'{"format": "p2pdist.manifest", "files": [{"size": ' + b"9" * 5000 + b"}]}"
-    ),
-    "/v1/models/org/deepmanifest/latest": b'{"version": "v1"}',
-    "/v1/models/org/deepmanifest/versions/v1/manifest": DEEP,
-}
-
-
-class _Hostile(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = ANSWERS.get(self.path.partition("?")[0], b'{"error": "no"}')
-        self.send_response(200 if self.path.partition("?")[0] in ANSWERS else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+from p2pdist.errors import SignatureError
+from p2pdist.formats.bencode import bdecode, bencode
+from p2pdist.formats.manifest import WEB_SEEDS_KEY
+from p2pdist.formats.torrent import read_torrent
+from p2pdist.store.cache import Store
+from p2pdist.swarm.origin import create_origin_app
+from p2pdist.swarm.seeder import seed_version
+from tests.conftest import make_version_folder, small_state_dict
+from tests.hostile_registry import (
+    MANIFEST_PATH,
+    NAME,
+    TORRENT_PATH,
+    CallRecorder,
+    HostileRegistry,
+    LoopbackApp,
+    World,
+    loopback_swarm,
+    with_announce,
+    with_web_seeds,
+)
 
 
-@pytest.fixture
-def hostile() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+def test_web_seeds_the_registry_adds_are_never_dialed(swarm_world: World) -> None:
+    """Finding 8: the registry adds a web seed (outside the info dict, so the infohash the
+    manifest signs still matches) pointing at an internal service; the consumer must not
+    send it a single request, and fetches from the peer instead."""
+    manifest = swarm_world.publish()
+    with (
+        CallRecorder() as internal,
+        HostileRegistry(swarm_world.tracker) as registry,
+        loopback_swarm() as seeder,
+        loopback_swarm() as swarm,
+    ):
+        registry.alter(TORRENT_PATH, with_web_seeds(internal.url))
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
+        result = swarm_world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+        assert any(p.endswith("/torrent") for p in registry.requests)
+    assert internal.calls == []
+    assert result.bytes_from_web_seeds == 0
+    assert result.bytes_from_peers >= manifest.total_size
+    stored = Store(swarm_world.consumer_home).torrent(NAME, "v1")
+    assert stored is not None and read_torrent(stored).web_seeds == ()  # nor seeded onwards
 
 
-@pytest.mark.parametrize("model", ["deep", "digits", "nan"])
-def test_hostile_answers_are_one_tracker_error(hostile: str, model: str) -> None:
-    with pytest.raises(TrackerError) as refused:
-        RegistryClient(hostile).latest(f"org/{model}")
-    assert "not the p2pdist registry protocol" in str(refused.value)
-    assert "\n" not in str(refused.value)
-
-
-@pytest.mark.parametrize("model", ["deep", "digits", "manifest", "deepmanifest"])
-def test_fetch_from_a_hostile_registry_is_one_line(
-    hostile: str, model: str, tmp_path: Path
+def test_web_seeds_the_publisher_signed_are_used_even_when_the_registry_drops_them(
+    swarm_world: World,
 ) -> None:
-    env = {
-        **os.environ,
-        "P2PDIST_HOME": str(tmp_path / "home"),
-        "P2PDIST_CONFIG_DIR": str(tmp_path / "config"),
-        "P2PDIST_TRACKER": hostile,
-        "P2PDIST_LISTEN": "127.0.0.1",
-    }
-    env.pop("P2PDIST_TOKEN", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "p2pdist.cli", "fetch", f"org/{model}@latest",
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "JSON" in lines[0], lines[0]
+    """The publisher's origin is signed into the manifest: a registry that strips it from the
+    torrent cannot take it away (the fetch completes from the origin alone, no peer up)."""
+    with LoopbackApp(create_origin_app(Store(swarm_world.publisher_home))) as origin:
+        manifest = swarm_world.publish(web_seeds=[origin.url])
+        assert manifest.web_seeds == (origin.url,)
+        assert manifest.metadata[WEB_SEEDS_KEY] == origin.url
+        with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
+            registry.alter(TORRENT_PATH, with_web_seeds())
+            result = swarm_world.consumer(registry.url, swarm, stall_timeout=30).fetch(f"{NAME}@v1")
+    assert result.bytes_from_web_seeds >= manifest.total_size
+    assert result.bytes_from_peers == 0
 
 
-def test_a_manifest_with_a_hostile_number_is_a_format_error() -> None:
-    from p2pdist.formats.manifest import Manifest
+def test_a_consumers_own_web_seed_setting_is_used(
+    swarm_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host may name origins it trusts itself (P2PDIST_WEB_SEEDS): used although neither
+    the manifest nor the registry names them."""
+    with LoopbackApp(create_origin_app(Store(swarm_world.publisher_home))) as origin:
+        manifest = swarm_world.publish()
+        assert manifest.web_seeds == ()
+        monkeypatch.setenv("P2PDIST_WEB_SEEDS", origin.url)
+        with loopback_swarm() as swarm:
+            result = swarm_world.consumer(swarm_world.tracker, swarm, stall_timeout=30).fetch(
+                f"{NAME}@v1"
+            )
+    assert result.bytes_from_web_seeds >= manifest.total_size
 
-    with pytest.raises(FormatError, match="5000 characters"):
-        Manifest.from_bytes(ANSWERS["/v1/models/org/manifest/versions/v1/manifest"])
+
+def test_a_manifest_altered_after_signing_is_refused_before_any_download(
+    swarm_world: World,
+) -> None:
+    swarm_world.publish()
+
+    def grow(status: int, body: bytes) -> tuple[int, bytes]:
+        return status, body.replace(b'"metadata":{}', b'"metadata":{"x":"y"}')
+
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
+        registry.alter(MANIFEST_PATH, grow)
+        with pytest.raises(SignatureError, match="altered after signing"):
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
+        assert not any(p.endswith("/torrent") for p in registry.requests)
+    assert not Store(swarm_world.consumer_home).has(NAME, "v1")
+
+
+def test_a_torrent_other_than_the_signed_one_is_refused(swarm_world: World) -> None:
+    """A registry that swaps the info dict (other pieces, same files) is caught by the
+    infohash the manifest signs, before libtorrent sees the torrent."""
+    swarm_world.publish()
+
+    def other_pieces(status: int, body: bytes) -> tuple[int, bytes]:
+        top = bdecode(body)
+        pieces = top[b"info"][b"pieces"]
+        top[b"info"][b"pieces"] = bytes([pieces[0] ^ 1]) + pieces[1:]
+        return status, bencode(top)
+
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
+        registry.alter(TORRENT_PATH, other_pieces)
+        with pytest.raises(SignatureError, match="not the one the signed manifest names"):
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v1")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v1")
+
+
+def test_trackers_the_registry_names_in_a_torrent_are_never_announced_to(
+    swarm_world: World,
+) -> None:
+    """The consumer announces to the tracker it is configured with, whatever announce URLs
+    the registry's torrent carries (they lie outside the info dict)."""
+    manifest = swarm_world.publish()
+    with (
+        CallRecorder() as internal,
+        HostileRegistry(swarm_world.tracker) as registry,
+        loopback_swarm() as seeder,
+        loopback_swarm() as swarm,
+    ):
+        registry.alter(TORRENT_PATH, with_announce(f"{internal.url}announce"))
+        seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
+        fetcher = swarm_world.consumer(registry.url, swarm, stall_timeout=30)
+        result = fetcher.fetch(f"{NAME}@v1")
+        assert any(p.endswith("/announce") for p in registry.requests)  # announced here
+    assert internal.calls == []
+    assert result.bytes_from_peers >= manifest.total_size
+    stored = Store(swarm_world.consumer_home).torrent(NAME, "v1")
+    assert stored is not None and read_torrent(stored).announce == (f"{registry.url}/announce",)
+
+
+def test_a_manifest_of_another_version_is_refused(swarm_world: World, tmp_path: Path) -> None:
+    """A replay: asked for v2, the registry answers with v1's manifest (genuinely signed)."""
+    swarm_world.publish("v1")
+    v2 = make_version_folder(tmp_path / "v2", small_state_dict(2))
+    swarm_world.publish("v2", folder=v2)
+    with HostileRegistry(swarm_world.tracker) as registry, loopback_swarm() as swarm:
+        v1_manifest = RegistryClient(swarm_world.tracker).manifest_bytes(NAME, "v1")
+        registry.answer(r"/versions/v2/manifest$", 200, v1_manifest)
+        with pytest.raises(SignatureError, match="answered org/model@v2 with the manifest of"):
+            swarm_world.consumer(registry.url, swarm).fetch(f"{NAME}@v2")
+    assert not Store(swarm_world.consumer_home).has(NAME, "v2")

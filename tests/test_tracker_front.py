@@ -29,7 +29,7 @@ from p2pdist.client import passkey_for
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import STATE, TrackerSettings, TrackerState, create_app
 from p2pdist.tracker.front import MAX_BUFFER, MAX_HEAD, FrontConnection, FrontSite
-from tests.conftest import has_ipv6_loopback
+from tests.conftest import has_ipv6_loopback, wait_until
 from tests.tracker_world import announce_query, make_token, peer_id, publish_directly
 
 LOOPS = ["asyncio", "uvloop"]
@@ -240,10 +240,8 @@ def test_a_client_that_does_not_read_is_held_back_not_dropped(
     with tracker.connect() as c:
         sender = threading.Thread(target=c.send, args=(b"".join(requests),))
         sender.start()
-        # let both sides' buffers fill (polled: a loaded machine takes longer than any sleep)
-        deadline = time.monotonic() + 30
-        while not writing_paused and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # both sides' buffers full: the server stopped writing, then held more than it reads
+        wait_until(lambda: writing_paused and max(held, default=0) > MAX_BUFFER, "a full server")
         counts = [c.bencoded()[0][b"incomplete"] for _ in range(len(requests))]
         sender.join(10)
     assert writing_paused, "the server never had to stop writing: send more"
@@ -519,14 +517,29 @@ def test_a_hand_over_while_writes_are_held_keeps_aiohttp_s_flow_control(
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
+    paused: list[bool] = []
+    queued: list[bytes] = []
+    pause_writing, queue = FrontConnection.pause_writing, FrontConnection._queue
+
+    def counted_pause(self: FrontConnection) -> None:
+        paused.append(True)
+        pause_writing(self)
+
+    def seen_queue(self: FrontConnection, data: bytes) -> None:
+        queued.append(data[-64:])
+        queue(self, data)
+
     monkeypatch.setattr(FrontConnection, "connection_made", small_send_buffer)
+    monkeypatch.setattr(FrontConnection, "pause_writing", counted_pause)
+    monkeypatch.setattr(FrontConnection, "_queue", seen_queue)
     swarm = [announce(public_hash, n, event=None) for n in range(1, 51)]
     held, behind = swarm * 6, [*(swarm * 4), get("/healthz")]
     with tracker.connect() as c:
         c.send(b"".join(held))  # the front answers these until its writes are paused
-        time.sleep(0.3)
+        wait_until(lambda: paused, "the front pausing its writes")
         c.send(b"".join(behind))  # queued behind them, the hand-over last
-        time.sleep(0.3)
+        hand_over = get("/healthz")
+        wait_until(lambda: any(q.endswith(hand_over) for q in queued), "the hand-over queued")
         for _ in range(len(held) + len(behind) - 1):
             assert by_front(c.bencoded()[1])
         status, headers, _ = c.answer()

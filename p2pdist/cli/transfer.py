@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 @click.option(
     "--seed/--no-seed", default=True, help="Keep seeding until stopped (default) or just register."
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Publish what symbolic links that leave FOLDER point to (refused by default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @home_option
 @tracker_option
@@ -56,6 +61,7 @@ def publish(
     private: bool,
     torrent_version: str,
     seed: bool,
+    follow_symlinks: bool,
     as_json: bool,
     home: Path | None,
     tracker: str | None,
@@ -76,6 +82,7 @@ def publish(
         private=private,
         torrent_version=torrent_version,  # type: ignore[arg-type]
         seed=seed,
+        follow_symlinks=follow_symlinks,
     )
     m = published.manifest
     summary = {

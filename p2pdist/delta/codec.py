@@ -317,6 +317,14 @@ def decode_plane(codec: str, payload: memoryview | bytes | None, n: int) -> np.n
             f"delta: zstd plane declares {declared} bytes, expected {n} "
             "(truncated, tampered, or a decompression bomb)"
         )
+    # The one-shot decoder ignores max_window_size (only streaming checks it), so the
+    # format's limit is checked here from the frame header.
+    window = zstandard.get_frame_parameters(payload).window_size
+    if window > MAX_WINDOW_SIZE:
+        raise FormatError(
+            f"delta: zstd plane uses a {window:,}-byte window, above the format's limit of "
+            f"{MAX_WINDOW_SIZE:,} (docs/FORMAT_DELTA.md); the delta is not p2pdist's"
+        )
     try:
         data = _decompressor().decompress(payload, max_output_size=n, allow_extra_data=False)
     except zstandard.ZstdError as e:

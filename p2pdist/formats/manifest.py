@@ -32,6 +32,10 @@ FORMAT_VERSION = 1
 MANIFEST_FILENAME = "p2pdist.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_FILES = 100_000
+WEB_SEEDS_KEY = "p2pdist.web_seeds"
+"""The ``metadata`` key under which a publisher signs its web seeds (BEP 19 URLs, one per
+line). A torrent's ``url-list`` lies outside its info dict, so the registry could change it;
+consumers dial only the web seeds signed here (or in their own configuration)."""
 
 
 def safe_relpath(path: str) -> str:
@@ -144,6 +148,11 @@ class Manifest:
     @property
     def delta_size(self) -> int:
         return sum(f.size for f in self.delta_files)
+
+    @property
+    def web_seeds(self) -> tuple[str, ...]:
+        """The web seeds the publisher signed (``metadata[WEB_SEEDS_KEY]``), in order."""
+        return tuple(self.metadata.get(WEB_SEEDS_KEY, "").split())
 
     @property
     def is_signed(self) -> bool:

@@ -13,9 +13,11 @@ from tests.integration.harness import Node, Tracker
 @pytest.fixture
 def tracker(tmp_path: Path) -> Iterator[Tracker]:
     t = Tracker(tmp_path / "tracker-data")
-    t.start()
-    yield t
-    t.close()
+    t.start()  # stops what it started if it fails
+    try:
+        yield t
+    finally:
+        t.close()
 
 
 @pytest.fixture

@@ -48,23 +48,30 @@ class Tracker:
         args = ("--namespace", namespace) if namespace else ()
         return self.cli("token", *args, *(("--read-only",) if read_only else ()))
 
-    def start(self) -> list[str]:
+    def start(self, timeout: float = 60) -> list[str]:
+        """Start the tracker; its first two lines once it listens. A tracker that does not
+        come up (another first line, an exit, nothing within ``timeout`` s) is killed before
+        the error is raised: a failed start leaves no process behind."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2pdist.tracker", "serve", "--port", str(self.port),
              "--data", str(self.data_dir), "--interval", str(self.interval), *self.backends],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        assert self.proc.stdout is not None
-        lines = [self.proc.stdout.readline().strip(), self.proc.stdout.readline().strip()]
-        assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
+        try:
+            lines = _read_lines(self.proc, 2, timeout)
+            assert lines[0] == f"p2pdist tracker listening on {self.url}", lines
+        except BaseException:
+            self.close()
+            raise
         return lines
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
         self.proc.send_signal(sig)
         out, _ = self.proc.communicate(timeout=30)
+        rest = getattr(self.proc, "_stdout_pending", b"").decode(errors="replace")
         code, self.proc = self.proc.returncode, None
-        return code, out
+        return code, rest + out
 
     def close(self) -> None:
         if self.proc is not None:
@@ -158,6 +165,29 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> s
             proc.wait(timeout=30)
             rest = pending.decode(errors="replace")
             raise AssertionError(f"process exited {proc.returncode}: {chr(10).join(seen)}{rest}")
+
+
+def _read_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
+    """The first ``count`` lines of the process's stdout, read from the raw descriptor with a
+    deadline (a text readline would block forever on a process that hangs silently); bytes
+    read past them are kept for ``Tracker.stop``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
+    deadline = time.monotonic() + timeout
+    while pending.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {count} lines within {timeout} s: {pending!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"exited {proc.wait(30)} before it listened: {pending!r}")
+            pending += chunk
+    *lines, rest = pending.split(b"\n", count)
+    proc._stdout_pending = rest  # type: ignore[attr-defined]
+    return [line.decode(errors="replace").strip() for line in lines]
 
 
 def run_aria2(torrent_file: Path, dest: Path) -> subprocess.CompletedProcess[str]:
