@@ -41,6 +41,14 @@ class PublishedVersion:
     def ref(self) -> str:
         return f"{self.manifest.name}@{self.manifest.version}"
 
+    def __repr__(self) -> str:  # short: the torrents' bytes are tens of kB
+        m = self.manifest
+        parent = f", delta from {m.parent}" if m.parent else ""
+        return (
+            f"PublishedVersion({self.ref}, {len(m.files)} files, {m.total_size:,} bytes{parent}, "
+            f"infohash {self.torrent.info_hash})"
+        )
+
 
 def torrent_name(name: str, version: str, *, delta: bool = False) -> str:
     """The root folder name inside a version's torrents, e.g. ``org--gpt@v3`` (``.delta``)."""
