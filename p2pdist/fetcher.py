@@ -296,16 +296,30 @@ class Fetcher:
     ) -> tuple[Path, Any]:
         dest = self.store.partial_dir(meta.info_hash)
         extra: dict[str, Any] = {} if only is None else {"only_files": only}
+        last: list[Any] = []
+
+        def report(p: Any) -> None:
+            last[:] = [p]
+            assert on_progress is not None
+            on_progress(label, p)
+
         with self.store.downloading(meta.info_hash):
             result = self.swarm.download(
                 meta.data,
                 dest,
                 resume_file=self.store.resume_path(meta.info_hash),
                 use_web_seeds=self.use_web_seeds,
-                on_progress=None if on_progress is None else (lambda p: on_progress(label, p)),
+                on_progress=None if on_progress is None else report,
                 stall_timeout=self.stall_timeout,
                 **extra,
             )
+        if on_progress is not None:  # the swarm may stop before its last update: say it ended
+            from p2pdist.swarm.transfer import Progress
+
+            total = sum(size for path, size in meta.files if only is None or path in only)
+            peers = last[0].peers if last else 0
+            rate = int(total / result.seconds) if result.seconds > 0 else 0
+            on_progress(label, Progress(total, total, rate, 0, peers, 0, "finished", 0.0))
         return dest, result
 
     def _fetch_full(

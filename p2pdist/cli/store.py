@@ -53,14 +53,14 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
         delta = "-" if r["delta_size"] is None else human(r["delta_size"])
         if r["delta_size"] is not None and not r["delta_stored"]:
             delta = f"({delta})"  # published as a delta; this host holds only the full files
-        partial = (
+        some = (
             f"  partial: {r['partial']['files']} of {r['partial']['of']} files"
             if r["partial"]
             else ""
         )
         click.echo(
             f"{r['ref']:40} {human(r['size']):>10} {delta:>10} {r['parent'] or '-':10} "
-            f"{r['created']}{partial}"
+            f"{r['created']}{some}"
         )
     if partial["count"]:
         click.echo(

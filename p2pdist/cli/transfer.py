@@ -116,7 +116,11 @@ def publish(
     help="Copy the files here too.",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print a JSON summary (plan, bytes by source, seconds)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON summary (plan, bytes by source, seconds) on stdout and NDJSON "
+    "progress events on stderr.",
 )
 @click.option("--no-origin", is_flag=True, help="Never download from web seeds (HTTP origins).")
 @click.option(
@@ -191,7 +195,7 @@ def fetch(
 ) -> None:
     """Fetch REF (name@v3, name@latest) from the swarm, verified, into the store."""
     from p2pdist.fetcher import Fetcher
-    from p2pdist.progress import progress_bar
+    from p2pdist.progress import progress_display
 
     fetcher = Fetcher(
         home=home,
@@ -214,7 +218,7 @@ def fetch(
         return
     if keep is not None:
         raise click.UsageError("--keep applies to --follow")
-    with progress_bar(enabled=not as_json) as update:
+    with progress_display("json" if as_json else "auto") as update:
         result = fetcher.fetch(
             ref, out=out, seed=seed, full=full, on_progress=update,
             include=include or None, exclude=exclude or None,

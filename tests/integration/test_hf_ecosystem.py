@@ -117,6 +117,12 @@ def test_include_and_exclude_fetch_only_the_chosen_files(
     publisher.start_seeding("publish", str(src), "--name", NAME, "--version", "v1")
     consumer = nodes("consumer")
 
+    plain = nodes("plain").run("fetch", f"{NAME}@v1", "--include", "*.safetensors")
+    assert plain.returncode == 0, plain.stderr  # stderr is a pipe: lines, not a bar
+    lines = [line for line in plain.stderr.splitlines() if line.startswith(f"{NAME}@v1: ")]
+    assert lines and all("peers, ETA" in line for line in lines)
+    assert "(100%)" in lines[-1] and "KiB" in lines[-1]
+
     configs = consumer.fetch_json(f"{NAME}@v1", "--include", "*.json")
     assert sorted(configs["files"]) == ["config.json", "generation_config.json"]
     json_bytes = sum(p.stat().st_size for p in src.glob("*.json"))
@@ -136,7 +142,12 @@ def test_include_and_exclude_fetch_only_the_chosen_files(
     assert load.returncode == 1
     assert "lacks model.safetensors" in load.stderr and "p2pdist fetch" in load.stderr
 
-    rest = consumer.fetch_json(f"{NAME}@v1", "--exclude", "*.bin")
+    ran = consumer.run("fetch", f"{NAME}@v1", "--exclude", "*.bin", "--json")
+    assert ran.returncode == 0, ran.stderr
+    rest = json.loads(ran.stdout)
+    events = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+    assert events and all(e["event"] == "progress" for e in events)  # NDJSON on stderr
+    assert events[-1]["done"] == events[-1]["total"] > 0
     assert sorted(rest["files"]) == ["config.json", "generation_config.json", "model.safetensors"]
     assert (Path(rest["path"]) / "model.safetensors").read_bytes() == (
         src / "model.safetensors"
