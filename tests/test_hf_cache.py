@@ -55,6 +55,13 @@ def test_placed_versions_are_what_snapshot_download_finds_offline_and_refs_follo
     assert (again.linked, again.copied, again.revision) == (0, 0, second.revision)
     assert hf_cache.snapshot_folder(NAME, cache=cache) == second.snapshot
 
+    scan = hub.scan_cache_dir(cache)  # what `hf cache scan` reads: a well-formed repo
+    assert not scan.warnings, scan.warnings
+    (repo,) = scan.repos
+    assert repo.repo_id == NAME
+    assert {r.commit_hash for r in repo.revisions} == {first.revision, second.revision}
+    assert {ref for r in repo.revisions for ref in r.refs} == {"main", "v1", "v2"}
+
 
 def test_across_filesystems_the_bytes_are_copied_and_the_placement_says_so(
     p2p_home: Path, tmp_path: Path, signing_key: Ed25519PrivateKey
