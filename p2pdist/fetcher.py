@@ -208,6 +208,12 @@ class Fetcher:
             self.trust.check(target, pin=False)
             log.warning("the registry cannot be reached; %s is served from the store", ref)
         chosen = select_files(target, include, exclude)
+        if (
+            chosen is None
+            and self.store.has(ref.name, ref.version)
+            and self.store.is_partial(ref.name, ref.version)
+        ):  # a partial version, now asked for whole: complete it
+            chosen = tuple(f.path for f in target.files)
         if chosen is not None and self.store.has(ref.name, ref.version):
             held = self.store.held_files(ref.name, ref.version)
             if held >= set(chosen):
@@ -215,7 +221,8 @@ class Fetcher:
             else:  # a partial version that this fetch extends: one download of both
                 chosen = tuple(sorted(held | set(chosen)))
         if chosen is not None and not set(chosen) <= self._held(ref.name, ref.version):
-            size = sum(f.size for f in target.files if f.path in set(chosen))
+            held = self._held(ref.name, ref.version)
+            size = sum(f.size for f in target.files if f.path in set(chosen) - held)
             plan = FetchPlan("full", target, size, target.total_size)
         elif full and not self.store.has(ref.name, ref.version):
             plan = FetchPlan("full", target, target.total_size, target.total_size)
@@ -334,7 +341,20 @@ class Fetcher:
                 return 0, 0, 0
             meta = self.checked_torrent(manifest, "full")
             label = f"{manifest.name}@{manifest.version}"
-            dest, result = self._download(meta, label, on_progress, only)
+            held = self._held(manifest.name, manifest.version) & wanted
+            missing = None if not held and only is None else tuple(sorted(wanted - held))
+            dest, result = self._download(meta, label, on_progress, missing)
+            # Files of a partial version already held come from the store (after the
+            # download: libtorrent never writes into a store blob), not from the swarm again.
+            snapshot = self.store.version_dir(manifest.name, manifest.version) / SNAPSHOT
+            for path in sorted(held):
+                target = dest / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                try:
+                    os.link((snapshot / path).resolve(), target)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile((snapshot / path).resolve(), target)
             self._commit(manifest, dest, meta, only)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
 
@@ -459,6 +479,8 @@ class Fetcher:
     def _commit(
         self, manifest: Manifest, dest: Path, meta: TorrentMeta, only: tuple[str, ...] | None
     ) -> None:
+        if only is not None and len(set(only)) == len(manifest.files):
+            only = None  # every file: a whole version
         entries = manifest.files if only is None else [f for f in manifest.files if f.path in only]
         verify_entries(entries, dest)
         # A partial version keeps no torrent: a seed must not offer pieces it does not hold.

@@ -152,6 +152,14 @@ def test_include_and_exclude_fetch_only_the_chosen_files(
     assert (Path(rest["path"]) / "model.safetensors").read_bytes() == (
         src / "model.safetensors"
     ).read_bytes()
+    assert rest["bytes_from_peers"] < rest["full_bytes"] - json_bytes  # json files: held
+    assert consumer.run("verify", f"{NAME}@v1").returncode == 0
+
+    whole = consumer.fetch_json(f"{NAME}@v1")  # no pattern: the partial version is completed
+    assert whole["files"] is None and whole["planned_bytes"] == 40_000  # notes.bin alone
+    assert whole["bytes_from_peers"] < whole["full_bytes"] / 2
+    listed = json.loads(consumer.run("ls", "--json").stdout)["versions"]
+    assert listed[0]["partial"] is None
     assert consumer.run("verify", f"{NAME}@v1").returncode == 0
 
     none = consumer.run("fetch", f"{NAME}@v1", "--include", "*.gguf")
