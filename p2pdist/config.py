@@ -226,3 +226,29 @@ def web_seeds(explicit: Sequence[str] | None = None) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ConfigError(f"{config_file()}: web_seeds must be a string or a list of strings")
+
+
+def hf_hub_cache(explicit: str | Path | None = None) -> Path:
+    """The Hugging Face hub cache that ``fetch --hf-cache`` fills, resolved as huggingface_hub
+    resolves it (its constants.py): flag, ``$HF_HUB_CACHE``, ``$HUGGINGFACE_HUB_CACHE``,
+    ``$HF_HOME/hub``, ``$XDG_CACHE_HOME/huggingface/hub``, ``~/.cache/huggingface/hub``."""
+    if explicit:
+        return Path(os.path.expandvars(str(explicit))).expanduser()
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        value = _env(name)
+        if value:
+            return Path(os.path.expandvars(value)).expanduser()
+    hf_home = _env("HF_HOME")
+    if hf_home is None:
+        xdg = _env("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+        hf_home = str(Path(xdg) / "huggingface")
+    return Path(os.path.expandvars(hf_home)).expanduser() / "hub"
+
+
+def hf_cache_default(explicit: bool | None = None) -> bool:
+    """Whether ``fetch`` also places what it fetched in the Hugging Face cache without being
+    asked: flag, ``$P2PDIST_HF_CACHE`` (1/0), config ``hf_cache = true``, default off."""
+    if explicit is not None:
+        return explicit
+    value = _resolve(None, "P2PDIST_HF_CACHE", "hf_cache", "0", also=bool)
+    return str(value).strip().lower() in ("1", "true", "yes", "on")

@@ -14,6 +14,7 @@ CLI's ``--json`` prints. The order matters and is the point of this module:
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 import shutil
@@ -66,6 +67,18 @@ class FetchResult:
     pinned_key: bool
     fallback: str | None = None
     """Why a planned delta chain was given up for the full download (None: it was not)."""
+    files: tuple[str, ...] | None = None
+    """The files fetched when ``include``/``exclude`` chose some (None: all of them)."""
+    hf_cache: Any = None
+    """The ``hf_cache.Placement`` when the version was placed in the Hugging Face cache."""
+    dropped: tuple[str, ...] = ()
+    """Intermediate versions of a delta chain fetched, used and not kept (``keep_chain``)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"FetchResult({self.manifest.name}@{self.manifest.version}, {self.plan.kind}, "
+            f"path={str(self.path)!r}, {self.seconds:.1f} s)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +96,9 @@ class FetchResult:
             "seconds": round(self.seconds, 3),
             "pinned_key": self.pinned_key,
             "fallback": self.fallback,
+            "files": None if self.files is None else list(self.files),
+            "hf_cache": None if self.hf_cache is None else str(self.hf_cache.snapshot),
+            "dropped": list(self.dropped),
         }
 
 
@@ -101,6 +117,8 @@ class Fetcher:
         client: RegistryClient | None = None,
         trust: TrustStore | None = None,
         web_seeds: Sequence[str] | None = None,
+        hf_cache: bool | None = None,
+        keep_chain: bool = False,
     ) -> None:
         self.store = Store(config.home(home))
         self.client = client or RegistryClient(config.tracker_url(tracker), config.token(token))
@@ -111,6 +129,8 @@ class Fetcher:
         self.stall_timeout = stall_timeout
         self._swarm = swarm
         self._pinned = False
+        self.hf_cache = config.hf_cache_default(hf_cache)
+        self.keep_chain = keep_chain
 
     @property
     def swarm(self) -> Any:
@@ -180,12 +200,18 @@ class Fetcher:
         seed: bool = False,
         full: bool = False,
         on_progress: ProgressCallback | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        hf_cache: bool | None = None,
     ) -> FetchResult:
         """Fetch ``ref_text`` into the store (see the module docstring for the order of steps).
 
         A delta chain whose download stalls (its versions no longer seeded, say after the
         publisher's retention removed them) is given up for the full download, and the result
-        says why; ``full=True`` skips delta chains from the start.
+        says why; ``full=True`` skips delta chains from the start. ``include``/``exclude``
+        (globs, as huggingface_hub's ``allow_patterns``/``ignore_patterns``) fetch only the
+        files they choose (the version is stored as partial). ``hf_cache`` (default: the
+        ``hf_cache`` setting) places the version in the Hugging Face cache as well.
         """
         started = time.monotonic()
         self._pinned = False
@@ -201,12 +227,29 @@ class Fetcher:
             target = self.store.manifest(ref.name, ref.version)
             self.trust.check(target, pin=False)
             log.warning("the registry cannot be reached; %s is served from the store", ref)
-        if full and not self.store.has(ref.name, ref.version):
+        chosen = select_files(target, include, exclude)
+        if (
+            chosen is None
+            and self.store.has(ref.name, ref.version)
+            and self.store.is_partial(ref.name, ref.version)
+        ):  # a partial version, now asked for whole: complete it
+            chosen = tuple(f.path for f in target.files)
+        if chosen is not None and self.store.has(ref.name, ref.version):
+            held = self.store.held_files(ref.name, ref.version)
+            if held >= set(chosen):
+                chosen = None if held >= {f.path for f in target.files} else tuple(sorted(held))
+            else:  # a partial version that this fetch extends: one download of both
+                chosen = tuple(sorted(held | set(chosen)))
+        if chosen is not None and not set(chosen) <= self._held(ref.name, ref.version):
+            held = self._held(ref.name, ref.version)
+            size = sum(f.size for f in target.files if f.path in set(chosen) - held)
+            plan = FetchPlan("full", target, size, target.total_size)
+        elif full and not self.store.has(ref.name, ref.version):
             plan = FetchPlan("full", target, target.total_size, target.total_size)
         else:
             plan = make_plan(
                 target,
-                lambda v: self.store.has(ref.name, v),
+                lambda v: self.store.has(ref.name, v) and not self.store.is_partial(ref.name, v),
                 lambda v: self.trusted_manifest(ref.name, v),
             )
         fallback = None
@@ -225,7 +268,7 @@ class Fetcher:
                 )
             self._check_stored(target)
         elif plan.kind == "full":
-            peers, web, failures = self._fetch_full(target, on_progress)
+            peers, web, failures = self._fetch_full(target, on_progress, only=chosen)
         else:
             assert plan.base is not None
             try:
@@ -236,42 +279,103 @@ class Fetcher:
                 full_size = target.total_size
                 self._check_space(FetchPlan("full", target, full_size, full_size))
                 peers, web, failures = self._fetch_full(target, on_progress)
+        dropped = () if self.keep_chain or plan.kind != "delta" else self._drop_chain(plan)
         snapshot = self.store.snapshot(ref.name, ref.version)
+        placed = None
+        if self.hf_cache if hf_cache is None else hf_cache:
+            from p2pdist.store import hf_cache as hf
+
+            placed = hf.place(self.store, ref.name, ref.version)
         if seed:
             from p2pdist.swarm.seeder import seed_version
 
             seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
-        path = snapshot if out is None else _copy_out(snapshot, target, Path(out))
+        held = self.store.held_files(ref.name, ref.version)
+        path = snapshot if out is None else _copy_out(snapshot, target, Path(out), held)
         seconds = time.monotonic() - started
+        files = None if len(held) == len(target.files) else tuple(sorted(held))
         return FetchResult(
-            target, path, plan, peers, web, failures, seconds, self._pinned, fallback
-        )
+            target, path, plan, peers, web, failures, seconds, self._pinned, fallback,
+            files, placed, dropped,
+        )  # fmt: skip
+
+    def _held(self, name: str, version: str) -> set[str]:
+        return set(self.store.held_files(name, version)) if self.store.has(name, version) else set()
+
+    def _drop_chain(self, plan: FetchPlan) -> tuple[str, ...]:
+        """Remove the versions a delta chain passed through on its way to the target (they
+        were not asked for; ``keep_chain`` keeps them). The base and the target stay."""
+        dropped, digests = [], set()
+        for manifest in plan.chain[:-1]:
+            if self.store.has(manifest.name, manifest.version):
+                self.store.remove(manifest.name, manifest.version)
+                dropped.append(manifest.version)
+                digests.update(f.blake3 for f in (*manifest.files, *manifest.delta_files))
+        self.store.release_blobs(digests)
+        return tuple(dropped)
 
     def _download(
-        self, meta: TorrentMeta, label: str, on_progress: ProgressCallback | None
+        self,
+        meta: TorrentMeta,
+        label: str,
+        on_progress: ProgressCallback | None,
+        only: tuple[str, ...] | None = None,
     ) -> tuple[Path, Any]:
         dest = self.store.partial_dir(meta.info_hash)
+        extra: dict[str, Any] = {} if only is None else {"only_files": only}
+        last: list[Any] = []
+
+        def report(p: Any) -> None:
+            last[:] = [p]
+            assert on_progress is not None
+            on_progress(label, p)
+
         with self.store.downloading(meta.info_hash):
             result = self.swarm.download(
                 meta.data,
                 dest,
                 resume_file=self.store.resume_path(meta.info_hash),
                 use_web_seeds=self.use_web_seeds,
-                on_progress=None if on_progress is None else (lambda p: on_progress(label, p)),
+                on_progress=None if on_progress is None else report,
                 stall_timeout=self.stall_timeout,
+                **extra,
             )
+        if on_progress is not None:  # the swarm may stop before its last update: say it ended
+            from p2pdist.swarm.transfer import Progress
+
+            total = sum(size for path, size in meta.files if only is None or path in only)
+            peers = last[0].peers if last else 0
+            rate = int(total / result.seconds) if result.seconds > 0 else 0
+            on_progress(label, Progress(total, total, rate, 0, peers, 0, "finished", 0.0))
         return dest, result
 
     def _fetch_full(
-        self, manifest: Manifest, on_progress: ProgressCallback | None
+        self,
+        manifest: Manifest,
+        on_progress: ProgressCallback | None,
+        only: tuple[str, ...] | None = None,
     ) -> tuple[int, int, int]:
         with self.store.lock(manifest.name, manifest.version):
-            if self.store.has(manifest.name, manifest.version):  # another process got it
+            wanted = set(only) if only is not None else {f.path for f in manifest.files}
+            if wanted <= self._held(manifest.name, manifest.version):  # another process got it
                 return 0, 0, 0
             meta = self.checked_torrent(manifest, "full")
             label = f"{manifest.name}@{manifest.version}"
-            dest, result = self._download(meta, label, on_progress)
-            self._commit(manifest, dest, meta)
+            held = self._held(manifest.name, manifest.version) & wanted
+            missing = None if not held and only is None else tuple(sorted(wanted - held))
+            dest, result = self._download(meta, label, on_progress, missing)
+            # Files of a partial version already held come from the store (after the
+            # download: libtorrent never writes into a store blob), not from the swarm again.
+            snapshot = self.store.version_dir(manifest.name, manifest.version) / SNAPSHOT
+            for path in sorted(held):
+                target = dest / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                try:
+                    os.link((snapshot / path).resolve(), target)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile((snapshot / path).resolve(), target)
+            self._commit(manifest, dest, meta, only)
         return result.bytes_from_peers, result.bytes_from_web_seeds, result.hash_failures
 
     def _fetch_chain(
@@ -356,7 +460,8 @@ class Fetcher:
         ref = f"{manifest.name}@{manifest.version}"
         vdir = self.store.version_dir(manifest.name, manifest.version)
         records = VerifiedRecords(self.store.root / RECORDS_DIR)
-        parts = [(vdir / SNAPSHOT, manifest.files)]
+        held = self.store.held_files(manifest.name, manifest.version)
+        parts = [(vdir / SNAPSHOT, tuple(f for f in manifest.files if f.path in held))]
         if self.store.has_delta(manifest.name, manifest.version):  # it seeds them too
             parts.append((vdir / DELTA, manifest.delta_files))
         for folder, entries in parts:
@@ -391,9 +496,16 @@ class Fetcher:
                 f"{where}` (or fetch with --full) and fetch again"
             ) from failure
 
-    def _commit(self, manifest: Manifest, dest: Path, meta: TorrentMeta) -> None:
-        verify_entries(manifest.files, dest)
-        self.store.add_version(manifest, dest, torrent=meta.data, move=True, verified=True)
+    def _commit(
+        self, manifest: Manifest, dest: Path, meta: TorrentMeta, only: tuple[str, ...] | None
+    ) -> None:
+        if only is not None and len(set(only)) == len(manifest.files):
+            only = None  # every file: a whole version
+        entries = manifest.files if only is None else [f for f in manifest.files if f.path in only]
+        verify_entries(entries, dest)
+        # A partial version keeps no torrent: a seed must not offer pieces it does not hold.
+        torrent = meta.data if only is None else None
+        self.store.add_version(manifest, dest, torrent=torrent, move=True, verified=True, only=only)
         shutil.rmtree(dest, ignore_errors=True)
 
 
@@ -429,7 +541,33 @@ def _check_torrent(
         raise SignatureError(f"{where}: the torrent's files differ from the signed manifest's")
 
 
-def _copy_out(snapshot: Path, manifest: Manifest, out: Path) -> Path:
+def select_files(
+    manifest: Manifest, include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """The paths ``include``/``exclude`` choose, matched as huggingface_hub matches
+    ``allow_patterns``/``ignore_patterns`` (fnmatch; a pattern ending in ``/`` means the
+    folder's files); None when they choose every file. No file chosen is an error."""
+    if not include and not exclude:
+        return None
+
+    def matches(path: str, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatch(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+    paths = [f.path for f in manifest.files]
+    chosen = [p for p in paths if (not include or matches(p, include))]
+    chosen = [p for p in chosen if not (exclude and matches(p, exclude))]
+    if not chosen:
+        raise NotFoundError(
+            f"{manifest.name}@{manifest.version}: no file matches --include "
+            f"{list(include or [])} --exclude {list(exclude or [])}; its files are "
+            f"{', '.join(paths[:8])}{' …' if len(paths) > 8 else ''}"
+        )
+    return None if len(chosen) == len(paths) else tuple(chosen)
+
+
+def _copy_out(
+    snapshot: Path, manifest: Manifest, out: Path, held: frozenset[str] | None = None
+) -> Path:
     """Copy a version's files into ``out``, a user folder the store must not share bytes with.
 
     Like huggingface_hub's ``local_dir``: files of ``out`` that the version does not have are
@@ -440,6 +578,8 @@ def _copy_out(snapshot: Path, manifest: Manifest, out: Path) -> Path:
     out = out.absolute()
     ref = f"{manifest.name}@{manifest.version}"
     for entry in manifest.files:
+        if held is not None and entry.path not in held:
+            continue
         dst = out / entry.path
         tmp = dst.parent / f".p2pdist-{uuid.uuid4().hex[:12]}.incomplete"
         try:
@@ -483,6 +623,10 @@ def fetch(
     seed: bool = False,
     full: bool = False,
     web_seeds: Sequence[str] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    hf_cache: bool | None = None,
+    keep_chain: bool = False,
 ) -> Path:
     """Fetch ``ref`` (``name@v3``, ``name@latest``) into the store and return its folder.
 
@@ -491,8 +635,15 @@ def fetch(
     ``full`` it downloads the whole version even where a chain of deltas would do.
     Web seeds: those the version's signed manifest names, plus ``web_seeds`` (or the
     configured ones, ``P2PDIST_WEB_SEEDS``); never those only the registry adds.
+    ``include``/``exclude`` are huggingface_hub's ``allow_patterns``/``ignore_patterns``;
+    ``hf_cache`` places the version in the Hugging Face cache (``from_pretrained(name)``
+    then finds it offline); ``keep_chain`` keeps the versions a delta chain passed through.
     """
     fetcher = Fetcher(
-        home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds, web_seeds=web_seeds
+        home=home, tracker=tracker, token=token, use_web_seeds=use_web_seeds,
+        web_seeds=web_seeds, hf_cache=hf_cache, keep_chain=keep_chain,
+    )  # fmt: skip
+    result = fetcher.fetch(
+        ref, out=out, seed=seed, full=full, include=include, exclude=exclude, hf_cache=hf_cache
     )
-    return fetcher.fetch(ref, out=out, seed=seed, full=full).path
+    return result.path

@@ -54,6 +54,14 @@ class PublishedVersion:
     def ref(self) -> str:
         return f"{self.manifest.name}@{self.manifest.version}"
 
+    def __repr__(self) -> str:  # short: the torrents' bytes are tens of kB
+        m = self.manifest
+        parent = f", delta from {m.parent}" if m.parent else ""
+        return (
+            f"PublishedVersion({self.ref}, {len(m.files)} files, {m.total_size:,} bytes{parent}, "
+            f"infohash {self.torrent.info_hash})"
+        )
+
 
 def torrent_name(name: str, version: str, *, delta: bool = False) -> str:
     """The root folder name inside a version's torrents, e.g. ``org--gpt@v3`` (``.delta``)."""
@@ -317,6 +325,8 @@ def publish(
             store, described, name, version, wanted, None if registered is None else version in registered
         )  # fmt: skip
     else:
+        if parent is not None and not store.has(name, parent):
+            raise _unknown_parent(store, name, parent, registered)
         published = _build_new(
             folder, store, client, key, name, version, parent, web_seeds, private,
             torrent_version, metadata, follow_symlinks,
@@ -332,6 +342,24 @@ def publish(
 
         seed_version(store, name, version, swarm=swarm)
     return published
+
+
+def _unknown_parent(
+    store: Store, name: str, parent: str, registered: list[str] | None
+) -> NotFoundError:
+    """Why ``--parent`` cannot be used, and the next step: fetch it when the registry has it;
+    when it exists nowhere, publish without it or name one that exists."""
+    if registered is not None and parent not in registered:
+        stored = [m.version for m in store.versions(name)]
+        have = ", ".join(stored[-5:]) or "none"
+        return NotFoundError(
+            f"--parent {parent}: {name}@{parent} exists neither in the store nor in the "
+            f"registry; publish without --parent or name a stored version (stored: {have})"
+        )
+    return NotFoundError(
+        f"--parent {parent}: {name}@{parent} is not in the store at {store.root}; fetch it "
+        f"first with `p2pdist fetch {name}@{parent}`"
+    )
 
 
 def _registered(client: Any, name: str, *, needed: bool) -> list[str] | None:

@@ -1,8 +1,14 @@
-"""Model references: ``name``, ``name@v3``, ``name@latest``, ``org/name@v3``.
+"""Model references: ``name``, ``name@v3``, ``name@latest``, ``org/Name@v3``.
 
 A reference names a model and, optionally, one version of it. It is the one syntax every
 interface accepts (CLI, ``p2pdist.load``, the registry), so it is parsed strictly here and
 nowhere else.
+
+Names are written as Hugging Face writes repo ids, case included (``meta-llama/Llama-3.1-8B``);
+``Org/M`` and ``org/m`` are two models. On disk a name becomes one folder name that stays
+distinct on case-insensitive filesystems (macOS, Windows): each upper-case letter is written
+``!`` + its lower case, as Go's module cache does (``meta-llama--!llama-3.1-8!b``); names
+without capitals keep the folder they always had.
 """
 
 from __future__ import annotations
@@ -14,13 +20,11 @@ from p2pdist.errors import RefError
 
 LATEST = "latest"
 
-_SEGMENT = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+_SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _NAME_RE = re.compile(rf"^(?:{_SEGMENT}/)?{_SEGMENT}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
 
-ACCEPTED_FORMS = (
-    "name, name@v3, name@latest, org/name@v3 (lowercase letters, digits, '.', '_', '-')"
-)
+ACCEPTED_FORMS = "name, name@v3, name@latest, org/Name@v3 (letters, digits, '.', '_', '-')"
 
 
 def validate_name(name: str) -> str:
@@ -70,14 +74,28 @@ class ModelRef:
 
     @property
     def folder_name(self) -> str:
-        """A filesystem-safe single path component for the model (``org--name``)."""
-        return self.name.replace("/", "--")
+        """One path component for the model, distinct from every other model's even where
+        the filesystem ignores case: ``org/Name`` -> ``org--!name`` (see the module doc)."""
+        return _CAPITAL.sub(lambda m: "!" + m.group(0).lower(), self.name).replace("/", "--")
 
     def with_version(self, version: str) -> ModelRef:
         return ModelRef(self.name, validate_version(version))
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+_CAPITAL = re.compile(r"[A-Z]")
+_ESCAPED = re.compile(r"!([a-z])")
+
+
+def name_from_folder(folder: str) -> str:
+    """The model name a ``folder_name`` stands for (its inverse); RefError if it is none."""
+    name = _ESCAPED.sub(lambda m: m.group(1).upper(), folder.replace("--", "/", 1))
+    validate_name(name)
+    if ModelRef(name).folder_name != folder:  # "!" before a non-letter, a raw capital
+        raise RefError(f"{folder!r} is not the folder name of a model")
+    return name
 
 
 def parse_ref(text: str) -> ModelRef:

@@ -93,7 +93,11 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("fetch", "org/model@v3", "--follow"), 2, "follows name@latest, not org/model@v3"),
         (("fetch", "org/model@v3", "--keep", "2"), 2, "--keep applies to --follow"),
         (("fetch", "org/model@latest", "--follow", "--keep", "0"), 2, "0 is not in the range"),
-        (("publish", ".", "--name", "Org/F", "--no-seed"), 1, "Error: invalid model name 'Org/F'"),
+        (
+            ("publish", ".", "--name", "Org/F!", "--no-seed"),
+            1,
+            "Error: invalid model name 'Org/F!'",
+        ),
         (
             ("publish", ".", "--name", "org/f", "--web-seed", "notaurl", "--no-seed"),
             1,

@@ -232,3 +232,54 @@ def test_a_silent_tracker_times_out() -> None:
         client = RegistryClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.3)
         with pytest.raises(TrackerError, match="not reachable"):
             client.list_models()
+
+
+def test_errors_lead_with_what_happened_and_unknown_models_get_suggestions(
+    world: tuple[str, Path],
+) -> None:
+    url, data_dir = world
+    key = Ed25519PrivateKey.generate()
+    client = RegistryClient(url, token=make_token(data_dir, "acme"))
+    small = make_version(key, "acme/gpt-small", "v1")
+    client.publish(small.manifest_bytes, small.torrent, None)
+    anonymous = RegistryClient(url)
+    with pytest.raises(NotFoundError) as typo:
+        anonymous.latest("acme/gpt-smal")
+    assert str(typo.value).startswith("no model acme/gpt-smal in the registry")
+    assert "did you mean acme/gpt-small?" in str(typo.value)
+    with pytest.raises(NotFoundError, match="did you mean acme/gpt-small"):
+        anonymous.manifest_bytes("Acme/GPT-small", "v1")  # names differ by case only
+    with pytest.raises(NotFoundError) as missing_version:
+        anonymous.manifest_bytes("acme/gpt-small", "v9")
+    message = str(missing_version.value)
+    assert not message.startswith(("GET", "no model")), message
+    assert message.endswith("(GET /v1/models/acme/gpt-small/versions/v9/manifest)")
+
+
+def test_an_unknown_parent_that_exists_nowhere_is_not_told_to_fetch_it(
+    world: tuple[str, Path], p2p_home: Path, tmp_path: Path
+) -> None:
+    from p2pdist.publishing import publish
+    from tests.conftest import make_version_folder, small_state_dict
+
+    url, data_dir = world
+    folder = make_version_folder(tmp_path / "src", small_state_dict())
+    token = make_token(data_dir, "acme")
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(NotFoundError) as nowhere:
+        publish(folder, name="acme/parentless", version="v2", parent="v1", tracker=url,
+                token=token, key=key, seed=False)  # fmt: skip
+    assert "exists neither in the store nor in the registry" in str(nowhere.value)
+    assert "fetch" not in str(nowhere.value)
+
+
+def test_load_takes_the_tracker_and_token_as_fetch_does(
+    world: tuple[str, Path], p2p_home: Path
+) -> None:
+    import p2pdist
+
+    url, data_dir = world
+    token = make_token(data_dir, "acme")
+    # the configured default tracker is down; this one answers, and says what it knows
+    with pytest.raises(NotFoundError, match="no model acme/nothing-here in the registry at"):
+        p2pdist.load("acme/nothing-here", tracker=url, token=token)

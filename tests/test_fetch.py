@@ -76,3 +76,13 @@ def test_a_fetch_that_cannot_fit_is_refused_before_it_fills_the_disk(
     own.mkdir(parents=True)
     (own / "piece").write_bytes(b"x" * 4096)  # this fetch resumes: the rest is already here
     fetcher._check_space(plan)
+
+
+def test_a_fetch_result_has_a_short_repr(stored_version: Manifest, p2p_home: Path) -> None:
+    from p2pdist.fetcher import FetchResult
+    from p2pdist.swarm.plan import FetchPlan
+
+    size = stored_version.total_size
+    plan = FetchPlan("full", stored_version, size, size)
+    result = FetchResult(stored_version, p2p_home, plan, size, 0, 0, 1.25, True)
+    assert repr(result) == f"FetchResult(org/model@v1, full, path={str(p2p_home)!r}, 1.2 s)"

@@ -192,7 +192,8 @@ async def test_parent_must_be_published(client: Any, token: str, key: Any) -> No
         "/v1/models/acme/llm/versions/v..1",
         "/v1/models/acme/llm/versions/-v1",
         "/v1/models/acme/llm/versions/v%201",
-        "/v1/models/Acme/llm/versions/v1",
+        "/v1/models/ac!me/llm/versions/v1",
+        "/v1/models/acme/L--lm/versions/v1",
         "/v1/models/x';DROP TABLE models;--/versions/v1",
         "/v1/models/acme/llm' OR '1'='1/versions/v1",
     ],
@@ -311,3 +312,15 @@ async def test_a_bare_model_name_is_its_own_namespace(
     assert (await (await client.get("/v1/models/gpt/versions/1.0/manifest")).read()) == (
         v1.manifest_bytes
     )
+
+
+async def test_names_as_hugging_face_writes_them_are_distinct_models(
+    client: Any, token: str, key: Any
+) -> None:
+    """``acme/Llama-3.1-8B`` publishes under its own case; ``acme/llama-3.1-8b`` is another."""
+    for name in ("acme/Llama-3.1-8B", "acme/llama-3.1-8b"):
+        r = await publish(client, token, make_version(key, name, "v1"))
+        assert r.status == 201, await r.text()
+    r = await client.get("/v1/models/acme/Llama-3.1-8B/versions/v1/manifest", headers=auth(token))
+    assert r.status == 200, await r.text()
+    assert (await r.json())["name"] == "acme/Llama-3.1-8B"

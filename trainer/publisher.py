@@ -49,9 +49,40 @@ _NUMBERED = re.compile(r"v(\d+)")
 
 
 def cpu_snapshot(weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a module's state dict (or a state dict) that training cannot change."""
-    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    """A detached CPU copy of a module's state dict (or a state dict) that training cannot change.
+
+    Tensors that share storage (tied weights: GPT-2's ``lm_head.weight`` is
+    ``transformer.wte.weight``) are kept once, under the name ``save_pretrained`` keeps
+    (the module's ``_tied_weights_keys`` are the ones dropped): safetensors' own
+    ``_remove_duplicate_names`` chooses, as its ``save_model`` does. ``from_pretrained`` and
+    ``load_into`` tie them again on load.
+    """
+    state = dict(weights.state_dict() if isinstance(weights, torch.nn.Module) else weights)
+    for name in _shared_duplicates(state, _tied_keys(weights)):
+        del state[name]
     return {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
+
+
+def _tied_keys(weights: object) -> list[str]:
+    """The names transformers drops when saving a tied model (a dict in v5, a list before)."""
+    tied = getattr(weights, "_tied_weights_keys", None) or ()
+    return [k for k in tied if isinstance(k, str)]
+
+
+def _shared_duplicates(state: Mapping[str, torch.Tensor], discard: list[str]) -> list[str]:
+    """The names to drop so that each shared storage is written once; none when the sharing
+    is partial (views of a larger tensor), which safetensors cannot express: those are then
+    written as copies."""
+    from safetensors.torch import _remove_duplicate_names
+
+    tensors = {
+        n: t for n, t in state.items() if isinstance(t, torch.Tensor) and t.device.type != "meta"
+    }
+    try:
+        groups = _remove_duplicate_names(tensors, discard_names=discard)
+    except RuntimeError:  # no name covers the whole storage
+        return []
+    return [name for names in groups.values() for name in names]
 
 
 class CheckpointPublisher:

@@ -15,12 +15,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    """Bytes in the one unit system of every display (binary: KiB, MiB, GiB)."""
+    from p2pdist.progress import human_bytes
+
+    return human_bytes(n)
 
 
 home_option = click.option(

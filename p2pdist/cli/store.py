@@ -25,6 +25,7 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for name in store.models():
         for m in store.versions(name):
+            held = len(store.held_files(m.name, m.version))
             rows.append(
                 {
                     "ref": f"{m.name}@{m.version}",
@@ -34,6 +35,9 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
                     "size": m.total_size,
                     "delta_size": m.delta_size if m.parent else None,
                     "delta_stored": store.has_delta(m.name, m.version),
+                    "partial": None
+                    if held == len(m.files)
+                    else {"files": held, "of": len(m.files)},
                 }
             )
     partial = store.partial_downloads()
@@ -49,8 +53,14 @@ def ls_cmd(home: Path | None, as_json: bool) -> None:
         delta = "-" if r["delta_size"] is None else human(r["delta_size"])
         if r["delta_size"] is not None and not r["delta_stored"]:
             delta = f"({delta})"  # published as a delta; this host holds only the full files
+        some = (
+            f"  partial: {r['partial']['files']} of {r['partial']['of']} files"
+            if r["partial"]
+            else ""
+        )
         click.echo(
-            f"{r['ref']:40} {human(r['size']):>10} {delta:>10} {r['parent'] or '-':10} {r['created']}"
+            f"{r['ref']:40} {human(r['size']):>10} {delta:>10} {r['parent'] or '-':10} "
+            f"{r['created']}{some}"
         )
     if partial["count"]:
         click.echo(

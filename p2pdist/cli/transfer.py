@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Model name: name or org/name.")
+@click.option(
+    "--name",
+    default=None,
+    help="Model name: name or org/Name (default: FOLDER when it is a repo id in the HF cache).",
+)
 @click.option("--version", "version", default=None, help="Version (default: the next v<n>).")
 @click.option("--parent", default=None, help="Publish a delta against this stored version.")
 @click.option(
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
 @token_option
 def publish(
     folder: Path,
-    name: str,
+    name: str | None,
     version: str | None,
     parent: str | None,
     web_seeds: tuple[str, ...],
@@ -67,9 +71,23 @@ def publish(
     tracker: str | None,
     token: str | None,
 ) -> None:
-    """Publish FOLDER (a Hugging Face style model folder) as NAME@VERSION and seed it."""
+    """Publish FOLDER (a Hugging Face style model folder) as NAME@VERSION and seed it.
+
+    FOLDER may also be a repo id already in the local Hugging Face cache (``org/Name``, as
+    ``hf download`` or ``fetch --hf-cache`` left it): its ``main`` snapshot is published,
+    under that name unless ``--name`` says otherwise.
+    """
     from p2pdist.publishing import publish as publish_version
 
+    if not folder.exists():
+        from p2pdist.store import hf_cache
+
+        repo_id = str(folder)
+        if hf_cache.in_cache(repo_id):
+            folder = hf_cache.snapshot_folder(repo_id)
+            name = name or repo_id
+    if name is None:
+        raise click.UsageError("--name is required unless FOLDER is a repo id in the HF cache")
     published = publish_version(
         folder,
         name=name,
@@ -116,7 +134,11 @@ def publish(
     help="Copy the files here too.",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print a JSON summary (plan, bytes by source, seconds)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON summary (plan, bytes by source, seconds) on stdout and NDJSON "
+    "progress events on stderr.",
 )
 @click.option("--no-origin", is_flag=True, help="Never download from web seeds (HTTP origins).")
 @click.option(
@@ -145,6 +167,29 @@ def publish(
     default=None,
     help="With --follow: keep only the newest N versions of the model in the store.",
 )
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Fetch only the files matching GLOB (repeatable; like allow_patterns).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip the files matching GLOB (repeatable; like ignore_patterns).",
+)
+@click.option(
+    "--hf-cache/--no-hf-cache",
+    default=None,
+    help="Also place the version in the Hugging Face cache (HF_HUB_CACHE), hard-linked, so "
+    "from_pretrained(NAME) finds it offline (default: the hf_cache setting, off).",
+)
+@click.option(
+    "--keep-chain",
+    is_flag=True,
+    help="Keep the intermediate versions a delta chain passed through (default: removed).",
+)
 @home_option
 @tracker_option
 @token_option
@@ -159,6 +204,10 @@ def fetch(
     full: bool,
     follow: bool,
     keep: int | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    hf_cache: bool | None,
+    keep_chain: bool,
     home: Path | None,
     tracker: str | None,
     token: str | None,
@@ -167,7 +216,7 @@ def fetch(
 ) -> None:
     """Fetch REF (name@v3, name@latest) from the swarm, verified, into the store."""
     from p2pdist.fetcher import Fetcher
-    from p2pdist.progress import progress_bar
+    from p2pdist.progress import progress_display
 
     fetcher = Fetcher(
         home=home,
@@ -175,10 +224,12 @@ def fetch(
         token=token,
         use_web_seeds=not no_origin,
         stall_timeout=stall_timeout,
+        hf_cache=hf_cache,
+        keep_chain=keep_chain,
     )
     if follow:
-        ignored = [flag for flag, given in (("--full", full), ("--out", out), ("--seed", seed))
-                   if given]  # fmt: skip
+        ignored = [flag for flag, given in (("--full", full), ("--out", out), ("--seed", seed),
+                   ("--include", include), ("--exclude", exclude)) if given]  # fmt: skip
         if ignored:
             raise click.UsageError(f"{', '.join(ignored)}: for one fetch, not with --follow "
                                    "(which seeds what it fetches)")  # fmt: skip
@@ -193,8 +244,11 @@ def fetch(
             "--metrics-port is for processes that keep running: --seed or --follow"
         )
     node_metrics = start_metrics(metrics_host, metrics_port)
-    with progress_bar(enabled=not as_json) as update:
-        result = fetcher.fetch(ref, out=out, seed=seed, full=full, on_progress=update)
+    with progress_display("json" if as_json else "auto") as update:
+        result = fetcher.fetch(
+            ref, out=out, seed=seed, full=full, on_progress=update,
+            include=include or None, exclude=exclude or None,
+        )  # fmt: skip
     if node_metrics is not None:
         node_metrics.record_fetch(result)
     _print_fetch(result, as_json, indent=2)
@@ -218,6 +272,16 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
         f"{human(result.bytes_from_peers)} from peers, "
         f"{human(result.bytes_from_web_seeds)} from web seeds"
     )
+    if result.files is not None:
+        click.echo(f"  partial: {len(result.files)} of {len(m.files)} files", err=True)
+    if result.dropped:
+        click.echo(
+            f"  intermediate versions not kept: {', '.join(result.dropped)} (--keep-chain "
+            "keeps them)",
+            err=True,
+        )
+    if result.hf_cache is not None:
+        click.echo(f"  {result.hf_cache.describe()}", err=True)
     click.echo(str(result.path))
 
 

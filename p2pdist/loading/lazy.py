@@ -153,7 +153,8 @@ def open(
     if "dtype" in kwargs:
         kwargs["dtype"] = parse_dtype(kwargs["dtype"])
     check_policy(kwargs.get("verify", "always"))
-    folder, manifest, store = resolve(ref, home=home, fetch=fetch)
+    where = {k: kwargs.pop(k, None) for k in ("tracker", "token")}
+    folder, manifest, store = resolve(ref, home=home, fetch=fetch, **where)
     reader = VerifiedReader(folder, manifest, store=store, **kwargs)
     if seed:
         seed_in_background(store, manifest, folder)

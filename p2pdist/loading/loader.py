@@ -193,26 +193,34 @@ def _stage_run(
 
 # -- references -----------------------------------------------------------------------------
 def resolve(
-    ref: str, *, home: str | Path | None = None, fetch: bool = True
+    ref: str,
+    *,
+    home: str | Path | None = None,
+    fetch: bool = True,
+    tracker: str | None = None,
+    token: str | None = None,
 ) -> tuple[Path, Manifest, Store]:
     """The version folder, manifest and store for ``ref``; fetches when asked and needed.
 
     A concrete version already stored is used with no network at all. ``latest`` asks the
-    network (through fetch) when ``fetch`` is true, and falls back to the newest stored
-    version when fetch is off or the tracker cannot be reached.
+    network (through fetch, with ``tracker`` and ``token``) when ``fetch`` is true, and falls
+    back to the newest stored version when fetch is off or the tracker cannot be reached.
+    A version fetched in part (``--include``) without all its weight files is refused,
+    naming the files it lacks.
     """
     mref = parse_ref(ref)
     store = Store(home)
     if not mref.is_latest and store.has(mref.name, mref.version):
         return (
             store.snapshot(mref.name, mref.version),
-            store.manifest(mref.name, mref.version),
+            _whole_weights(store, store.manifest(mref.name, mref.version)),
             store,
         )
     stored_latest = store.latest(mref.name) if mref.is_latest else None
     if not fetch:
         if stored_latest is not None:
-            return store.snapshot(mref.name, stored_latest.version), stored_latest, store
+            snapshot = store.snapshot(mref.name, stored_latest.version)
+            return snapshot, _whole_weights(store, stored_latest), store
         raise NotFoundError(
             f"{mref} is not in the store at {store.root}; fetch it first with "
             f"`p2pdist fetch {mref}`, or call load(..., fetch=True)"
@@ -220,16 +228,38 @@ def resolve(
     from p2pdist.fetcher import fetch as fetch_version
 
     try:
-        path = Path(fetch_version(str(mref), home=store.root))
+        path = Path(fetch_version(str(mref), home=store.root, tracker=tracker, token=token))
     except TrackerError as e:
         if stored_latest is None:
             raise
         log.warning("%s; using the newest stored version %s", e, stored_latest.version)
-        return store.snapshot(mref.name, stored_latest.version), stored_latest, store
+        snapshot = store.snapshot(mref.name, stored_latest.version)
+        return snapshot, _whole_weights(store, stored_latest), store
     for candidate in (path.parent / MANIFEST_FILENAME, path / MANIFEST_FILENAME):
         if candidate.is_file():
-            return path, Manifest.read(candidate), store
+            return path, _whole_weights(store, Manifest.read(candidate)), store
     raise NotFoundError(f"{path}: fetched, but no {MANIFEST_FILENAME} beside it")
+
+
+def _whole_weights(store: Store, manifest: Manifest) -> Manifest:
+    """``manifest``, unless the store holds only part of the version and some of its
+    weight files (``.safetensors``) are among the parts it lacks: then a NotFoundError."""
+    ref = f"{manifest.name}@{manifest.version}"
+    if not store.has(manifest.name, manifest.version):
+        return manifest
+    held = store.held_files(manifest.name, manifest.version)
+    missing = [
+        f.path for f in manifest.files if f.path not in held and f.path.endswith(".safetensors")
+    ]
+    if missing:
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        raise NotFoundError(
+            f"{ref} was fetched in part (--include/--exclude) and lacks {shown}; fetch the rest "
+            f"with `p2pdist fetch {ref}`"
+        )
+    return manifest
 
 
 def seed_in_background(store: Store, manifest: Manifest, folder: Path) -> threading.Thread:
@@ -266,16 +296,19 @@ def load(
     home: str | Path | None = None,
     fetch: bool = True,
     copy: bool = False,
+    tracker: str | None = None,
+    token: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of ``ref`` on ``device``, verified against the signed manifest.
 
     ``seed=True`` keeps serving the version to other hosts from a background thread, started
-    after the tensors are handed over. See ``load_folder`` for ``dtype``, ``verify``, ``copy``.
+    after the tensors are handed over. See ``load_folder`` for ``dtype``, ``verify``, ``copy``;
+    ``tracker`` and ``token`` are those of ``fetch`` (default: the configured ones).
     """
     dev = parse_device(device)
     dtype = parse_dtype(dtype)
     check_policy(verify)
-    folder, manifest, store = resolve(ref, home=home, fetch=fetch)
+    folder, manifest, store = resolve(ref, home=home, fetch=fetch, tracker=tracker, token=token)
     tensors = load_folder(
         folder, manifest, device=dev, dtype=dtype, verify=verify, store=store, copy=copy
     )

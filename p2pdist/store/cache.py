@@ -7,6 +7,7 @@ Layout under ``$P2PDIST_HOME`` (see docs/FORMAT.md)::
         snapshot/<path> -> blobs/<blake3>    the Hugging Face folder (relative symlinks)
         delta/<path>    -> blobs/<blake3>    delta files against the parent, when published so
         p2pdist.json                         the signed manifest
+        partial.json                         the files held, when a fetch chose some (--include)
         full.torrent, delta.torrent          the torrents, when known
     staging/<pid>-<id>/                      work in progress; never read by anyone else
     locks/                                   file locks (per version, and one for gc)
@@ -23,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from p2pdist.errors import (
     ConflictError,
     IntegrityError,
     NotFoundError,
+    RefError,
     StoreError,
 )
 from p2pdist.formats.digest import hash_file
@@ -50,11 +53,12 @@ from p2pdist.formats.manifest import (
     safe_relpath,
     verify_entries,
 )
-from p2pdist.ref import ModelRef, validate_name, validate_version
+from p2pdist.ref import ModelRef, name_from_folder, validate_name, validate_version
 
 SNAPSHOT = "snapshot"
 DELTA = "delta"
 FULL_TORRENT = "full.torrent"
+PARTIAL = "partial.json"
 DELTA_TORRENT = "delta.torrent"
 
 
@@ -210,6 +214,18 @@ class Store:
         path = self._require(name, version) / DELTA
         return path if path.is_dir() else None
 
+    def held_files(self, name: str, version: str) -> frozenset[str]:
+        """The paths of the version's files this store holds: all of them, unless a fetch
+        chose some (``--include``/``--exclude``), which ``partial.json`` records."""
+        vdir = self._require(name, version)
+        if (vdir / PARTIAL).is_file():
+            return frozenset(json.loads((vdir / PARTIAL).read_text())["files"])
+        return frozenset(f.path for f in self.manifest(name, version).files)
+
+    def is_partial(self, name: str, version: str) -> bool:
+        """Whether the stored version lacks some of its files (a fetch with ``--include``)."""
+        return (self._require(name, version) / PARTIAL).is_file()
+
     def torrent(self, name: str, version: str, kind: str = "full") -> bytes | None:
         path = self._require(name, version) / (FULL_TORRENT if kind == "full" else DELTA_TORRENT)
         return path.read_bytes() if path.is_file() else None
@@ -218,7 +234,8 @@ class Store:
         names = []
         for d in sorted(self.models_dir.iterdir()):
             if d.is_dir() and any((v / MANIFEST_FILENAME).is_file() for v in d.iterdir()):
-                names.append(d.name.replace("--", "/", 1))
+                with contextlib.suppress(RefError):  # a folder p2pdist did not make
+                    names.append(name_from_folder(d.name))
         return names
 
     def versions(self, name: str) -> list[Manifest]:
@@ -284,6 +301,7 @@ class Store:
         delta_torrent: bytes | None = None,
         move: bool = False,
         verified: bool = False,
+        only: Collection[str] | None = None,
     ) -> Path:
         """Commit a version: blobs first, then one atomic rename of its folder.
 
@@ -292,28 +310,44 @@ class Store:
         just did; ``move`` lets files on the store's filesystem be renamed instead of copied.
         Adding a version that is already stored with the same manifest is a no-op; with a
         different manifest it is a ConflictError (versions are immutable).
+
+        ``only`` (paths) adds a partial version holding just those files; it is recorded in
+        ``partial.json``, and adding the version again with more files replaces it.
         """
         name, version = manifest.name, manifest.version
         files_dir = Path(files_dir)
+        entries = manifest.files
+        if only is not None:
+            wanted = set(only)
+            entries = tuple(e for e in manifest.files if e.path in wanted)
+            if len(entries) == len(manifest.files):
+                only = None
         with self.lock(name, version), self._gc_lock(exclusive=False):
             vdir = self.version_dir(name, version)
+            replacing = False
             if (vdir / MANIFEST_FILENAME).is_file():
                 existing = (vdir / MANIFEST_FILENAME).read_bytes()
-                if existing == manifest.to_bytes():
+                if existing != manifest.to_bytes():
+                    raise ConflictError(
+                        f"{name}@{version} is already in the store with a different manifest; "
+                        "versions are immutable: publish a new version"
+                    )
+                held = self.held_files(name, version)
+                if held >= {e.path for e in entries}:
                     return vdir / SNAPSHOT
-                raise ConflictError(
-                    f"{name}@{version} is already in the store with a different manifest; "
-                    "versions are immutable: publish a new version"
-                )
+                replacing = True  # a partial version that this add completes (further)
             if not verified:
-                verify_entries(manifest.files, files_dir)
+                verify_entries(entries, files_dir)
                 if delta_dir is not None:
                     verify_entries(manifest.delta_files, delta_dir)
             with (
                 self.staging() as stage,
                 _store_errors(f"cannot add {name}@{version} to {self.root}"),
             ):
-                self._link_entries(manifest.files, files_dir, stage, vdir, SNAPSHOT, move=move)
+                self._link_entries(entries, files_dir, stage, vdir, SNAPSHOT, move=move)
+                if only is not None:
+                    held_now = sorted(e.path for e in entries)
+                    (stage / PARTIAL).write_text(json.dumps({"files": held_now}))
                 if delta_dir is not None and manifest.delta_files:
                     self._link_entries(
                         manifest.delta_files, Path(delta_dir), stage, vdir, DELTA, move=move
@@ -325,7 +359,13 @@ class Store:
                 (stage / MANIFEST_FILENAME).write_bytes(manifest.to_bytes())
                 _fsync_dir(stage)
                 vdir.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(stage, vdir)
+                if replacing:
+                    trash = self.staging_root / f"{os.getpid()}-rm-{uuid.uuid4().hex[:8]}"
+                    os.rename(vdir, trash)
+                    os.rename(stage, vdir)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.rename(stage, vdir)
                 _fsync_dir(vdir.parent)
         return vdir / SNAPSHOT
 
@@ -392,8 +432,9 @@ class Store:
         failure is an IntegrityError naming the version and how to repair it."""
         manifest = self.manifest(name, version)
         vdir = self.version_dir(name, version)
+        held = self.held_files(name, version)
         try:
-            verify_entries(manifest.files, vdir / SNAPSHOT)
+            verify_entries([f for f in manifest.files if f.path in held], vdir / SNAPSHOT)
             if manifest.delta_files and (vdir / DELTA).is_dir():
                 verify_entries(manifest.delta_files, vdir / DELTA)
         except IntegrityError as e:
@@ -421,6 +462,21 @@ class Store:
                     if (vdir / DELTA).is_dir():
                         refs.update(f.blake3 for f in m.delta_files)
         return refs
+
+    def release_blobs(self, digests: Collection[str]) -> int:
+        """Delete those of ``digests`` that no stored version references (the blobs of
+        versions just removed); the bytes freed. Unlike ``gc`` it touches nothing else."""
+        if not digests:
+            return 0
+        freed = 0
+        with self._gc_lock(exclusive=True):
+            keep = self.referenced_blobs()
+            for digest in set(digests) - keep:
+                blob = self.blob_path(digest)
+                with contextlib.suppress(FileNotFoundError):
+                    freed += blob.stat().st_size
+                    blob.unlink()
+        return freed
 
     def gc(self, *, partial_max_age: float = 24 * 3600) -> GcReport:
         """Delete blobs that no stored version references, stale staging folders, and

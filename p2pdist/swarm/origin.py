@@ -17,7 +17,7 @@ from aiohttp import web
 from p2pdist.errors import P2PDistError
 from p2pdist.formats.manifest import safe_relpath
 from p2pdist.formats.torrent import read_torrent
-from p2pdist.ref import validate_name, validate_version
+from p2pdist.ref import name_from_folder, validate_version
 from p2pdist.store.cache import DELTA, SNAPSHOT, Store
 
 STORE = web.AppKey("store", Store)
@@ -31,7 +31,7 @@ def _resolve(store: Store, root: str, path: str) -> Path:
     try:
         if not sep:
             raise ValueError(root)
-        name = validate_name(folder.replace("--", "/", 1))
+        name = name_from_folder(folder)
         validate_version(version)
         safe_relpath(path)
     except (P2PDistError, ValueError):

@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,7 @@ class Swarm:
         on_progress: Callable[[Progress], None] | None = None,
         stall_timeout: float = 60.0,
         keep_seeding: bool = False,
+        only_files: Collection[str] | None = None,
     ) -> TransferResult:
         """Download the torrent so that its files end up at dest/<relative path>; block.
 
@@ -199,6 +200,8 @@ class Swarm:
         arrives for `stall_timeout` seconds, StoreError when the files cannot be written.
         With `keep_seeding` the torrent stays in the session (see `transfer()`); otherwise
         it is removed and the resume file deleted once the download is complete.
+        `only_files` (paths relative to the torrent's root) downloads just those files
+        (libtorrent file priority 0 for the others); the download is complete when they are.
         """
         meta = read_torrent(torrent)
         dest = Path(dest)
@@ -210,6 +213,8 @@ class Swarm:
         if resume_file is not None and resume_file.is_file():
             resume = read_resume(resume_file, meta)
         atp = torrent_params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
+        if only_files is not None:
+            atp.file_priorities = _file_priorities(atp.ti, meta.name, only_files)
         started = time.monotonic()
         web_seeds = len(meta.web_seeds) if use_web_seeds else 0
         endpoints = _web_endpoints(meta.web_seeds) if web_seeds else None
@@ -484,6 +489,15 @@ def _file_error(meta: TorrentMeta, error: Any, filename: str, message: str) -> E
             f"{where}cannot write {label(meta)}: {os.strerror(code)}; check the folder"
         )
     return SwarmError(f"{label(meta)}: {message}")
+
+
+def _file_priorities(ti: Any, root: str, only_files: Collection[str]) -> list[int]:
+    """libtorrent file priorities: 4 (default) for the chosen files, 0 (skip) for the rest."""
+    layout, prefix, wanted = ti.layout(), root + "/", set(only_files)
+    return [
+        4 if layout.file_path(i).removeprefix(prefix) in wanted else 0
+        for i in range(layout.num_files())
+    ]
 
 
 def _safe_upload(handle: Any, fallback: int) -> int:

@@ -479,3 +479,28 @@ def test_a_forked_child_of_a_publishing_process_exits(p2p_home: Path, tmp_path: 
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120
     )
     assert done.stdout.strip() == "child exited", done.stdout + done.stderr
+
+
+def test_tied_weights_are_written_once_and_the_version_loads_with_from_pretrained(
+    make_publisher: Callable[..., CheckpointPublisher], tmp_path: Path
+) -> None:
+    """A GPT-2 with tied lm_head: the version holds what save_pretrained writes, no more."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.GPT2Config(vocab_size=512, n_positions=32, n_embd=64, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    hf_names = set(load_state_dict(tmp_path / "hf"))
+    publisher = make_publisher(side_files={"config.json": config.to_dict()})
+    published = publisher.publish(model).result(timeout=WAIT)
+    assert len(repr(published)) < 300 and "org/model@v1" in repr(published)
+
+    stored = load_state_dict(published.snapshot)
+    assert set(stored) == hf_names and "lm_head.weight" not in stored
+    weights = (published.snapshot / "model.safetensors").stat().st_size
+    assert weights <= (tmp_path / "hf" / "model.safetensors").stat().st_size + 4096
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(published.snapshot).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.transformer.wte.weight.data_ptr()
