@@ -82,6 +82,7 @@ class FetchResult:
             "seconds": round(self.seconds, 3),
             "pinned_key": self.pinned_key,
             "fallback": self.fallback,
+            "downloaded": "full" if self.fallback else self.plan.kind,
         }
 
 
@@ -146,10 +147,17 @@ class Fetcher:
         _check_torrent(meta, ref, entries, where)
         # Announce to the tracker this host is configured with, under its own passkey for a
         # private model (not the publisher's); the infohash covers only the info dict.
-        announce = self.client.announce_url(private=meta.private)
+        announce = self.announce_url(meta.private)
         if meta.announce != (announce,):
             meta = read_torrent(_with_announce(meta.data, announce))
         return meta
+
+    def announce_url(self, private: bool) -> str:
+        """Where this host announces: the configured tracker (this host's passkey for a
+        private model), with its announced address and site when configured."""
+        from p2pdist.swarm.seeder import with_hints
+
+        return with_hints(self.client.announce_url(private=private))
 
     # -- the fetch ----------------------------------------------------------------------------
     def fetch(
@@ -211,16 +219,19 @@ class Fetcher:
             try:
                 peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
             except SwarmError as stalled:
-                fallback = f"{stalled}; fetched {ref} in full instead"
-                log.warning("%s", fallback)
+                log.warning("%s; fetching %s in full instead", stalled, ref)
                 full_size = target.total_size
                 self._check_space(FetchPlan("full", target, full_size, full_size))
                 peers, web, failures = self._fetch_full(target, on_progress)
+                # said only once the full download has worked (it may fail too)
+                fallback = f"{stalled}; fetched {ref} in full instead ({full_size:,} bytes)"
         snapshot = self.store.snapshot(ref.name, ref.version)
         if seed:
             from p2pdist.swarm.seeder import seed_version
 
-            seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
+            seed_version(
+                self.store, ref.name, ref.version, swarm=self.swarm, announce=self.announce_url
+            )
         path = snapshot if out is None else _copy_out(snapshot, target, Path(out))
         seconds = time.monotonic() - started
         return FetchResult(
