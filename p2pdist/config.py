@@ -200,13 +200,6 @@ def announce_address(explicit: str | None = None) -> str | None:
         ) from None
 
 
-def site(explicit: str | None = None) -> str | None:
-    """This host's site (a data centre, a rack), announced so the tracker hands out peers of
-    the same site first: flag, ``$P2PDIST_SITE``, config ``site``, or None (the tracker then
-    goes by address prefix)."""
-    return _resolve(explicit, "P2PDIST_SITE", "site", None)
-
-
 def ssrf_mitigation(explicit: bool | None = None) -> bool:
     """libtorrent's SSRF mitigation (default on): ``$P2PDIST_SSRF_MITIGATION=0`` turns it off.
 

@@ -33,6 +33,7 @@ from aiohttp import web
 from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
+from p2pdist.tracker.locality import prefer_site
 from p2pdist.tracker.peers import Peer
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
@@ -59,6 +60,8 @@ class Announce(NamedTuple):
     left: int
     event: str
     numwant: int
+    ip: str | None = None
+    """The address the peer asks to be dialled at (BEP 3 ``ip``), honoured only when private."""
 
 
 def parse_query(raw: str, max_len: int) -> dict[str, list[bytes]]:
@@ -144,6 +147,7 @@ def parse_announce(
         left=_integer(params, "left"),
         event=event,
         numwant=min(numwant, max_numwant),
+        ip=_text(params, "ip", required=False),
     )
 
 
@@ -221,8 +225,11 @@ def _fast_announce(
         or event not in EVENTS
     ):
         return None
+    ip = get("ip")
+    if ip is not None and "%" in ip:
+        ip = unquote_to_bytes(ip).decode("ascii", "replace")
     return Announce(
-        info_hash, peer_id, port, uploaded, downloaded, left, event, min(numwant, max_numwant)
+        info_hash, peer_id, port, uploaded, downloaded, left, event, min(numwant, max_numwant), ip
     )
 
 
@@ -336,10 +343,25 @@ async def _announce_after_lookup(
         return _refused(state, e)
 
 
+def _announced_address(ip: str | None) -> str | None:
+    """A peer's own ``ip=`` (a host behind a proxy or NAT that knows its reachable address),
+    honoured only for private-range addresses: a public one could aim a swarm at a stranger."""
+    if not ip:
+        return None
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return None
+    return str(address) if address.is_private and not address.is_unspecified else None
+
+
 def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
     """Put the announcing peer in its swarm (or take it out) and answer with peers to try."""
     if not host:
         raise Refusal("cannot tell the address this announce comes from")
+    host = _announced_address(query.ip) or host
     try:
         peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
     except ValueError:
@@ -358,6 +380,10 @@ def _record(state: TrackerState, query: Announce, host: str | None) -> bytes:
     else:
         sample = peers.sample(info_hash, peer, query.numwant)
         compact, compact6 = sample.peers, sample.peers6
+        if peer.is_ipv6:  # across sites, only gateways cross (tracker/locality.py)
+            compact6 = prefer_site(peer.compact, compact6, 18)
+        else:
+            compact = prefer_site(peer.compact, compact, 6)
     return _answer(
         _intervals(state.settings),
         counts.complete,

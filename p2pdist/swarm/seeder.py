@@ -50,19 +50,13 @@ def process_swarm() -> Any:
 
 
 def with_hints(announce: str) -> str:
-    """``announce`` carrying this host's announced address and site, when configured
-    (``ip=`` of BEP 3, and ``site=`` for the tracker's locality); libtorrent appends its own
-    parameters after them."""
-    hints = []
+    """``announce`` carrying this host's announced address when one is configured (BEP 3
+    ``ip=``, which the tracker honours for private-range addresses); libtorrent appends its
+    own parameters after it."""
     address = config.announce_address()
-    if address:
-        hints.append(f"ip={quote(address)}")
-    site = config.site()
-    if site:
-        hints.append(f"site={quote(site, safe='')}")
-    if not hints:
+    if not address:
         return announce
-    return announce + ("&" if "?" in announce else "?") + "&".join(hints)
+    return announce + ("&" if "?" in announce else "?") + f"ip={quote(address)}"
 
 
 def seed_version(

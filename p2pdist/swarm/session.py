@@ -100,7 +100,13 @@ class Swarm:
             extra_settings=extra_settings,
         )
         try:
-            self._session = lt.session(settings)
+            # No default plugins: peer exchange (ut_pex) would pass peers on behind the
+            # tracker's back (its locality policy decides who crosses a thin link, and
+            # BEP 27 wants it off for private swarms); metadata exchange is useless to a
+            # client that always has the .torrent. smart_ban stays: it bans the peer that
+            # sent the bad block of a piece that failed its hash check.
+            self._session = lt.session(settings, 0)
+            self._session.add_extension("smart_ban")
         except RuntimeError as exc:
             where = settings["listen_interfaces"]
             raise SwarmError(f"cannot start a session on {where}: {exc}") from exc

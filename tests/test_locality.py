@@ -1,0 +1,46 @@
+"""The tracker's locality policy: across sites only gateways cross; one site is untouched."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from p2pdist.tracker.locality import GATEWAYS, prefer_site, site_of
+
+
+def entry(address: str, port: int = 6881) -> bytes:
+    return ipaddress.ip_address(address).packed + port.to_bytes(2, "big")
+
+
+def entries(blob: bytes, size: int = 6) -> list[bytes]:
+    return [blob[i : i + size] for i in range(0, len(blob), size)]
+
+
+def test_one_site_is_handed_out_unchanged() -> None:
+    others = b"".join(entry(f"10.0.0.{i}") for i in range(2, 9))
+    assert prefer_site(entry("10.0.0.1"), others, 6) == others
+
+
+def test_only_gateways_cross_between_two_sites() -> None:
+    seed = entry("10.1.0.10")
+    site_b = [entry(f"10.2.0.{i}") for i in range(10, 18)]
+    swarm = [seed, *site_b]
+
+    def handed(me: bytes) -> list[bytes]:
+        return entries(prefer_site(me, b"".join(e for e in swarm if e != me), 6))
+
+    to_seed = handed(seed)
+    assert len(to_seed) == GATEWAYS and all(site_of(e) == site_of(site_b[0]) for e in to_seed)
+    crossing = [me for me in site_b if seed in handed(me)]
+    assert sorted(crossing) == sorted(to_seed)  # both sides agree on who the gateways are
+    for me in site_b:
+        got = handed(me)
+        assert all(e in got for e in site_b if e != me)  # every local peer, always
+        assert got[: len(site_b) - 1] == [e for e in site_b if e != me]  # local first
+
+
+def test_ipv6_sites_are_64_bit_prefixes() -> None:
+    me = ipaddress.ip_address("fd00:1::5").packed + b"\x1a\xe1"
+    near = ipaddress.ip_address("fd00:1::6").packed + b"\x1a\xe1"
+    far = ipaddress.ip_address("fd00:2::6").packed + b"\x1a\xe1"
+    got = prefer_site(me, far + near, 18)
+    assert got[:18] == near
