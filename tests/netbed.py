@@ -160,6 +160,7 @@ class Bed:
         self.tracker_url = ""
         self._tracker: tuple[Host, subprocess.Popen[str]] | None = None
         self._bind: str | None = None
+        self._tracker_extra: tuple[str, ...] = ()
 
     def __enter__(self) -> Bed:
         return self
@@ -316,7 +317,9 @@ table ip p2pbed_nat {{
         self.procs.append(proc)
         return proc
 
-    def start_tracker(self, host: Host, *, interval: int = 2, bind: str | None = None) -> str:
+    def start_tracker(
+        self, host: Host, *, interval: int = 2, bind: str | None = None, extra: Sequence[str] = ()
+    ) -> str:
         """Run the tracker on ``host`` (listening on ``bind``, default the host's address);
         every host made afterwards (and those made before) is pointed at it. Returns its URL."""
         url = f"http://{host.addr}:{TRACKER_PORT}"
@@ -325,7 +328,7 @@ table ip p2pbed_nat {{
             host,
             host.cmd(sys.executable, "-m", "p2pdist.tracker", "serve", "--host", bind or host.addr,
                      "--port", str(TRACKER_PORT), "--data", str(data),
-                     "--interval", str(interval)),
+                     "--interval", str(interval), *extra),
         )  # fmt: skip
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -333,7 +336,7 @@ table ip p2pbed_nat {{
             proc.kill()
             raise RuntimeError(f"tracker did not start: {line} {proc.communicate()[1]}")
         self._tracker = (host, proc)
-        self._bind = bind
+        self._bind, self._tracker_extra = bind, tuple(extra)
         self.tracker_url = url
         for h in self.hosts.values():
             h.env["P2PDIST_TRACKER"] = url
@@ -348,7 +351,9 @@ table ip p2pbed_nat {{
     def restart_tracker(self, *, interval: int = 2) -> str:
         assert self._tracker is not None
         host, _ = self._tracker
-        return self.start_tracker(host, interval=interval, bind=self._bind)
+        return self.start_tracker(
+            host, interval=interval, bind=self._bind, extra=self._tracker_extra
+        )
 
     def tracker_token(self, namespace: str | None = None) -> str:
         """A registry token (a publisher's with ``namespace``), from the tracker's data."""
@@ -409,6 +414,7 @@ def two_sites(
     thin_bps: int = mbit(20),
     cap_bps: int | None = None,
     interval: int = 2,
+    tracker_args: Sequence[str] = (),
 ) -> Iterator[Bed]:
     """Site A (10.213.1.0/24, with the tracker at .2) and site B (10.213.2.0/24) joined by
     router ``rt`` whose leg to B is capped at ``thin_bps`` each way."""
@@ -417,7 +423,7 @@ def two_sites(
         a, b = bed.switch("sa"), bed.switch("sb")
         bed.router("rt", [(a, f"{SUBNET}.1.1", None), (b, f"{SUBNET}.2.1", thin_bps)])
         tracker = bed.host("tracker", a, f"{SUBNET}.1.2", gateway=f"{SUBNET}.1.1")
-        bed.start_tracker(tracker, interval=interval)
+        bed.start_tracker(tracker, interval=interval, extra=tracker_args)
         for i, name in enumerate(site_a):
             bed.host(name, a, f"{SUBNET}.1.{10 + i}", gateway=f"{SUBNET}.1.1",
                      up_bps=cap_bps, down_bps=cap_bps)  # fmt: skip

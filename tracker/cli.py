@@ -93,11 +93,22 @@ def tracker_group() -> None:
 @click.option("--open", "track_unknown", is_flag=True,
               help="Also track infohashes the registry does not know.")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
+@click.option("--no-locality", is_flag=True,
+              help="Hand out peers regardless of site (tracker/locality.py; for comparisons).")  # fmt: skip
 def serve(
-    host: str, port: int, data_dir: Path | None, interval: int, track_unknown: bool, verbose: bool
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    interval: int,
+    track_unknown: bool,
+    verbose: bool,
+    no_locality: bool,
 ) -> None:
     """Serve /announce, /scrape, the /v1/ registry, /metrics and a status page."""
+    from p2pdist.tracker import locality
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    locality.ENABLED = not no_locality
     settings = TrackerSettings(
         data_dir=data_dir or default_data_dir(), interval=interval, track_unknown=track_unknown
     )

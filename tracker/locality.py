@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import hashlib
 
+ENABLED = True
+"""Off (``p2pdist-tracker serve --no-locality``): every peer is handed any peer."""
+
 GATEWAYS = 2
 """Peers per site that exchange pieces with other sites."""
 
@@ -51,7 +54,7 @@ def _rank(compact: bytes) -> bytes:
 def prefer_site(me: bytes, compact: bytes, size: int) -> bytes:
     """The entries of ``compact`` (``size`` bytes each) that the peer ``me`` (its compact
     entry) should be handed: same-site peers first, other sites only through gateways."""
-    if len(me) != size or not compact or _one_site(me, compact, size):
+    if not ENABLED or len(me) != size or not compact or _one_site(me, compact, size):
         return compact  # the common case, decided at C speed: announces must stay cheap
     entries = [compact[i : i + size] for i in range(0, len(compact) - size + 1, size)]
     mine = site_of(me)
