@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
+from typing import Any
 
+from p2pdist.formats.bencode import bdecode
+from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.locality import GATEWAYS, prefer_site, site_of
+from tests.tracker_world import announce_query, peer_id, publish_directly
 
 
 def entry(address: str, port: int = 6881) -> bytes:
@@ -44,3 +49,23 @@ def test_ipv6_sites_are_64_bit_prefixes() -> None:
     far = ipaddress.ip_address("fd00:2::6").packed + b"\x1a\xe1"
     got = prefer_site(me, far + near, 18)
     assert got[:18] == near
+
+
+async def test_the_tracker_honours_a_private_announced_address_only(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "tracker"
+    info_hash = publish_directly(data, "acme/public", "v1")
+    client = await aiohttp_client(create_app(TrackerSettings(data_dir=data, interval=60)))
+
+    async def announce(n: int, **extra: str) -> dict[bytes, Any]:
+        query = announce_query(info_hash, peer_id(n), port=7000 + n, **extra)
+        r = await client.get(f"/announce?{query}")
+        return bdecode(await r.read())
+
+    await announce(1, ip="10.9.8.7")  # a private address: dial me there
+    await announce(2, ip="100.64.0.1")  # not private (shared space): not taken on its word
+    seen = await announce(3)
+    assert sorted(entries(seen[b"peers"])) == sorted(
+        [entry("10.9.8.7", 7001), entry("127.0.0.1", 7002)]
+    )
