@@ -21,19 +21,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# aria2c (a standard BitTorrent client, for the interoperability test), the zstd CLI (the
-# delta benchmark's baseline), and for the network test bed (tests/netbed.py, bench/cluster.py)
-# ip/tc (iproute2), nft (nftables), iperf3 and curl. Best effort: without root or apt the
-# dependent tests skip with a visible reason.
-SYSTEM_PACKAGES := aria2 zstd iproute2 nftables iperf3 curl
-SYSTEM_COMMANDS := aria2c zstd ip tc nft iperf3 curl
+# aria2c (a standard BitTorrent client, for the interoperability test) and the zstd CLI (the
+# delta benchmark's baseline). Best effort: without root or apt the dependent tests skip
+# with a visible reason.
 system-deps:
-	@missing=0; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
-	if [ $$missing = 1 ]; then \
+	@if ! command -v aria2c >/dev/null 2>&1 || ! command -v zstd >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
-			|| echo "warning: could not install $(SYSTEM_PACKAGES); their tests will be skipped"; \
-		else echo "warning: some of $(SYSTEM_COMMANDS) missing and no root apt-get; their tests will be skipped"; fi; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq aria2 zstd >/dev/null \
+			|| echo "warning: could not install aria2/zstd; their tests will be skipped"; \
+		else echo "warning: aria2c/zstd missing and no root apt-get; their tests will be skipped"; fi; \
 	fi
 
 demo: install
