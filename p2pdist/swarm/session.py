@@ -104,8 +104,9 @@ class Swarm:
             # tracker's back (its locality policy decides who crosses a thin link, and
             # BEP 27 wants it off for private swarms); metadata exchange is useless to a
             # client that always has the .torrent. smart_ban stays: it bans the peer that
-            # sent the bad block of a piece that failed its hash check.
-            self._session = lt.session(settings, 0)
+            # sent the bad block of a piece that failed its hash check. (The bindings take a
+            # dict of settings, as their examples do; the stubs know only packs.)
+            self._session = lt.session(settings, 0)  # type: ignore[call-overload]
             self._session.add_extension("smart_ban")
         except RuntimeError as exc:
             where = settings["listen_interfaces"]

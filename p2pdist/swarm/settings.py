@@ -105,7 +105,7 @@ def torrent_params(
     data = meta.data
     strip_web = not use_web_seeds and bool(meta.web_seeds)
     if strip_web or trackers is not None:
-        decoded = lt.bdecode(data)
+        decoded: Any = lt.bdecode(data)
         if strip_web:
             decoded.pop(b"url-list", None)
             decoded.pop(b"httpseeds", None)
