@@ -5,8 +5,8 @@ across about once, not once per consumer. Handing peers of the announcer's own s
 not enough with BitTorrent clients such as libtorrent, which dial every peer they are given
 (they rank peers by their own rule, not the tracker's order): every consumer at site B that
 is given the seed at site A pulls pieces over the thin link. So the tracker decides who
-crosses: each site has a few *gateways* (the GATEWAYS peers of the site whose ranks, a hash
-of their address and port, are lowest), and
+crosses: each site has GATEWAYS *gateways* (the peers of the site whose ranks, a hash of
+their address and port, are lowest), and
 
 - a gateway is handed the peers of its own site and the gateways of the other sites;
 - any other peer is handed the peers of its own site only.
@@ -28,8 +28,11 @@ import hashlib
 ENABLED = True
 """Off (``p2pdist-tracker serve --no-locality``): every peer is handed any peer."""
 
-GATEWAYS = 2
-"""Peers per site that exchange pieces with other sites."""
+GATEWAYS = 1
+"""Peers per site that exchange pieces with other sites. bench/cluster.py part 3 (seed at
+site A, 8 consumers at B, 20 Mbit/s between): 1 gateway 1.28 model sizes over the thin link
+(1.58 with locality off, same run), 2 gateways 1.62 (1.73 off): early arrivals that were
+gateways keep their connections, and fewer gateways leave fewer of them."""
 
 PREFIX_BYTES = {4: 3, 16: 8}
 """Address bytes that name a site: /24 for IPv4, /64 for IPv6."""
