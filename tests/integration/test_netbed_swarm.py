@@ -209,3 +209,6 @@ def test_the_swarm_goes_on_when_the_publisher_leaves(workdir: Path) -> None:
         seed.communicate(timeout=30)
         result = c2.fetch_json(f"{NAME}@v1", "--stall-timeout", "60")
         same_files(src, Path(result["path"]))
+        keeper.send_signal(signal.SIGTERM)  # `fetch --seed` stops as cleanly as `seed`
+        _, err = keeper.communicate(timeout=30)
+        assert keeper.returncode == 0 and "Stopped seeding." in err
