@@ -186,15 +186,63 @@ def listen_interface(explicit: str | None = None) -> str:
     return value
 
 
-def upload_rate_limit(explicit: int | None = None) -> int:
-    """Upload cap in bytes/s for this host's session (0 = none): flag or ``$P2PDIST_UPLOAD_LIMIT``."""
+def _count(
+    explicit: int | None, env_name: str, file_key: str, what: str, unit: str = "bytes/s"
+) -> int:
     if explicit is not None:
         return explicit
-    value = _resolve(None, "P2PDIST_UPLOAD_LIMIT", "upload_limit", "0", also=int)
+    value = _resolve(None, env_name, file_key, "0", also=int)
     try:
         return max(0, int(str(value)))
     except ValueError:
-        raise ConfigError(f"upload limit {value!r} must be an integer number of bytes/s") from None
+        raise ConfigError(f"{what} {value!r} must be an integer number of {unit}") from None
+
+
+def upload_rate_limit(explicit: int | None = None) -> int:
+    """Upload cap in bytes/s for this host's session (0 = none): flag or ``$P2PDIST_UPLOAD_LIMIT``."""
+    return _count(explicit, "P2PDIST_UPLOAD_LIMIT", "upload_limit", "upload limit")
+
+
+def download_rate_limit(explicit: int | None = None) -> int:
+    """Download cap in bytes/s (0 = none): flag, ``$P2PDIST_DOWNLOAD_LIMIT``, config
+    ``download_limit``."""
+    return _count(explicit, "P2PDIST_DOWNLOAD_LIMIT", "download_limit", "download limit")
+
+
+def listen_port(explicit: int | None = None) -> int:
+    """The TCP (and uTP) port peers reach this host on: flag, ``$P2PDIST_PORT``, config
+    ``port``, or 0 (any free port). Firewalls and Kubernetes NetworkPolicies need a fixed one."""
+    port = _count(explicit, "P2PDIST_PORT", "port", "listen port", "0..65535")
+    if port > 65535:
+        raise ConfigError(f"listen port {port} must be at most 65535 (P2PDIST_PORT)")
+    return port
+
+
+def utp(explicit: bool | None = None) -> bool:
+    """Whether the swarm also speaks uTP: flag, ``$P2PDIST_UTP=1``, config ``utp = true``;
+    off by default. uTP yields to other traffic on shared internet links, but libtorrent's
+    uTP ran 27x slower than TCP between hosts of one network (docs/NETWORK.md)."""
+    if explicit is not None:
+        return explicit
+    value = _resolve(None, "P2PDIST_UTP", "utp", "0", also=bool)
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def announce_address(explicit: str | None = None) -> str | None:
+    """The address other peers should dial this host at, announced to the tracker instead of
+    the one the tracker sees (a host behind a proxy or a port forward): flag,
+    ``$P2PDIST_ANNOUNCE_ADDRESS``, config ``announce_address``, or None (what the tracker sees)."""
+    value = _resolve(explicit, "P2PDIST_ANNOUNCE_ADDRESS", "announce_address", None)
+    if value is None:
+        return None
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"announce address {value!r} must be an IP address (P2PDIST_ANNOUNCE_ADDRESS)"
+        ) from None
 
 
 def ssrf_mitigation(explicit: bool | None = None) -> bool:

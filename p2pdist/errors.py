@@ -16,6 +16,8 @@ program can catch exactly what it expects::
     ├── AuthError(PermissionError)      a missing or insufficient token
     ├── TrackerError(ConnectionError)   the tracker is down or answered nonsense
     ├── SwarmError                      a download that cannot complete (no peers, no origin, stalled)
+    ├── SwarmError                      a download that cannot complete (no peers, no origin, stalled)
+    │   └── NoSeedersError              the tracker knows no complete copy and there is no origin
     ├── StoreError(OSError)             the local store cannot be written (disk full, permissions)
     └── MissingDependencyError(ImportError)  an optional extra (torch) that this install lacks
 
@@ -94,6 +96,10 @@ class SwarmError(P2PDistError):
     """A transfer that cannot complete: no peers and no origin, a stall, a fatal torrent error."""
 
 
+class NoSeedersError(SwarmError):
+    """The tracker knows no complete copy of a torrent and no web seed serves it."""
+
+
 class StoreError(P2PDistError, OSError):
     """The local store cannot be read or written (disk full, permissions, a held lock)."""
 
@@ -110,6 +116,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "MissingDependencyError",
+    "NoSeedersError",
     "NotFoundError",
     "P2PDistError",
     "RefError",

@@ -99,6 +99,7 @@ class FetchResult:
             "files": None if self.files is None else list(self.files),
             "hf_cache": None if self.hf_cache is None else str(self.hf_cache.snapshot),
             "dropped": list(self.dropped),
+            "downloaded": "full" if self.fallback else self.plan.kind,
         }
 
 
@@ -178,7 +179,7 @@ class Fetcher:
         # private model (not the publisher's), and dial only the web seeds the publisher
         # signed or this host configured: the infohash covers only the info dict, so the
         # registry could have changed both (docs/SECURITY.md).
-        announce = self.client.announce_urls(private=meta.private)
+        announce = self.announce_urls(meta.private)
         seeds = tuple(dict.fromkeys((*manifest.web_seeds, *self.web_seeds)))
         unsigned = [url for url in meta.web_seeds if url not in seeds]
         if unsigned:
@@ -190,6 +191,17 @@ class Fetcher:
         # The info dict is kept byte for byte, so only these fields change.
         data = _rewritten(meta.data, announce, seeds)
         return dataclasses.replace(meta, data=data, announce=tuple(announce), web_seeds=seeds)
+
+    def announce_urls(self, private: bool) -> list[str]:
+        """Where this host announces: every configured tracker (this host's passkey for a
+        private model), with its announced address and site when configured."""
+        from p2pdist.swarm.seeder import with_hints
+
+        return [with_hints(url) for url in self.client.announce_urls(private=private)]
+
+    def announce_url(self, private: bool) -> str:
+        """The first of ``announce_urls``: what a seeded version announces to."""
+        return self.announce_urls(private)[0]
 
     # -- the fetch ----------------------------------------------------------------------------
     def fetch(
@@ -274,11 +286,12 @@ class Fetcher:
             try:
                 peers, web, failures = self._fetch_chain(plan.base, plan.chain, on_progress)
             except SwarmError as stalled:
-                fallback = f"{stalled}; fetched {ref} in full instead"
-                log.warning("%s", fallback)
+                log.warning("%s; fetching %s in full instead", stalled, ref)
                 full_size = target.total_size
                 self._check_space(FetchPlan("full", target, full_size, full_size))
                 peers, web, failures = self._fetch_full(target, on_progress)
+                # said only once the full download has worked (it may fail too)
+                fallback = f"{stalled}; fetched {ref} in full instead ({full_size:,} bytes)"
         dropped = () if self.keep_chain or plan.kind != "delta" else self._drop_chain(plan)
         snapshot = self.store.snapshot(ref.name, ref.version)
         placed = None
@@ -289,7 +302,9 @@ class Fetcher:
         if seed:
             from p2pdist.swarm.seeder import seed_version
 
-            seed_version(self.store, ref.name, ref.version, swarm=self.swarm)
+            seed_version(
+                self.store, ref.name, ref.version, swarm=self.swarm, announce=self.announce_url
+            )
         held = self.store.held_files(ref.name, ref.version)
         path = snapshot if out is None else _copy_out(snapshot, target, Path(out), held)
         seconds = time.monotonic() - started

@@ -37,6 +37,7 @@ from p2pdist.formats.bencode import bencode
 from p2pdist.ref import ModelRef
 from p2pdist.tracker.db import Grant, TrackedHash
 from p2pdist.tracker.forwarded import request_address
+from p2pdist.tracker.locality import prefer_site
 from p2pdist.tracker.peers import Peer, Recorded, SwarmCounts
 from p2pdist.tracker.state import STATE, TrackerSettings, TrackerState
 
@@ -63,6 +64,8 @@ class Announce(NamedTuple):
     left: int
     event: str
     numwant: int
+    ip: str | None = None
+    """The address the peer asks to be dialled at (BEP 3 ``ip``), honoured only when private."""
 
 
 def parse_query(raw: str, max_len: int) -> dict[str, list[bytes]]:
@@ -148,6 +151,7 @@ def parse_announce(
         left=_integer(params, "left"),
         event=event,
         numwant=min(numwant, max_numwant),
+        ip=_text(params, "ip", required=False),
     )
 
 
@@ -225,8 +229,11 @@ def _fast_announce(
         or event not in EVENTS
     ):
         return None
+    ip = get("ip")
+    if ip is not None and "%" in ip:
+        ip = unquote_to_bytes(ip).decode("ascii", "replace")
     return Announce(
-        info_hash, peer_id, port, uploaded, downloaded, left, event, min(numwant, max_numwant)
+        info_hash, peer_id, port, uploaded, downloaded, left, event, min(numwant, max_numwant), ip
     )
 
 
@@ -384,11 +391,26 @@ async def _announce_after_lookup(
         return _refused(state, e)
 
 
+def _announced_address(ip: str | None) -> str | None:
+    """A peer's own ``ip=`` (a host behind a proxy or NAT that knows its reachable address),
+    honoured only for private-range addresses: a public one could aim a swarm at a stranger."""
+    if not ip:
+        return None
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return None
+    return str(address) if address.is_private and not address.is_unspecified else None
+
+
 def _record(state: TrackerState, query: Announce, host: str | None) -> Answer:
     """Put the announcing peer in its swarm (or take it out) and answer with peers to try
     (bytes from an in-process peer store, a coroutine from a networked one)."""
     if not host:
         raise Refusal("cannot tell the address this announce comes from")
+    host = _announced_address(query.ip) or host
     try:
         peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
     except ValueError:
@@ -397,33 +419,41 @@ def _record(state: TrackerState, query: Announce, host: str | None) -> Answer:
         query.info_hash, peer, query.event, query.numwant, time.monotonic()
     )
     if isinstance(recorded, Recorded):
-        return _recorded(state, query.event, recorded)
-    return _recorded_later(state, query.event, recorded)
+        return _recorded(state, query.event, peer, recorded)
+    return _recorded_later(state, query.event, peer, recorded)
 
 
-async def _recorded_later(state: TrackerState, event: str, pending: Awaitable[Recorded]) -> bytes:
+async def _recorded_later(
+    state: TrackerState, event: str, peer: Peer, pending: Awaitable[Recorded]
+) -> bytes:
     try:
-        return _recorded(state, event, await pending)
+        return _recorded(state, event, peer, await pending)
     except StoreError as e:
         return _refused(state, Refusal(str(e)))
     except Refusal as e:
         return _refused(state, e)
 
 
-def _recorded(state: TrackerState, event: str, recorded: Recorded) -> bytes:
+def _recorded(state: TrackerState, event: str, peer: Peer, recorded: Recorded) -> bytes:
     if not recorded.accepted:
         raise Refusal(
             "this swarm is full, or holds as many peers of your address as one may; try again later"
         )
     state.metrics.announces[event or "none"] += 1
     counts = recorded.counts
+    compact, compact6 = recorded.sample.peers, recorded.sample.peers6
+    if event != "stopped":  # across sites, only gateways cross (tracker/locality.py)
+        if peer.is_ipv6:
+            compact6 = prefer_site(peer.compact, compact6, 18)
+        else:
+            compact = prefer_site(peer.compact, compact, 6)
     return _answer(
         _intervals(state.settings),
         counts.complete,
         counts.incomplete,
         counts.downloaded,
-        recorded.sample.peers,
-        None if event == "stopped" else recorded.sample.peers6,
+        compact,
+        None if event == "stopped" else compact6,
     )
 
 

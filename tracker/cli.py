@@ -184,6 +184,8 @@ def tracker_group() -> None:
               type=click.IntRange(1), help="Connections one client address may hold at once "
               "(trusted proxies exempt).")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (one line each).")
+@click.option("--no-locality", is_flag=True,
+              help="Hand out peers regardless of site (tracker/locality.py; for comparisons).")  # fmt: skip
 def serve(
     host: str,
     port: int,
@@ -199,12 +201,16 @@ def serve(
     db: str | None,
     peers: str | None,
     fresh_db: bool,
+    no_locality: bool,
 ) -> None:
     """Serve /announce, /scrape, the /v1/ registry, /metrics and a status page.
 
     Several trackers given the same --db postgresql://… and --peers redis://… serve one
     registry and one swarm (replicas behind a load balancer, or listed as tracker tiers).
     """
+    from p2pdist.tracker import locality
+
+    locality.ENABLED = not no_locality
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",

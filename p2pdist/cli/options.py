@@ -62,9 +62,15 @@ def start_metrics(host: str, port: int | None) -> NodeMetrics | None:
 
 
 def wait_forever(message: str) -> None:
-    """Print ``message`` and block until Ctrl-C (the swarm seeds from its own threads)."""
+    """Print ``message`` and block until Ctrl-C or SIGTERM (the swarm seeds from its own
+    threads); either is a clean stop: resume data written, exit 0."""
+    import signal
     import time
 
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     click.echo(message, err=True)
     try:
         while True:

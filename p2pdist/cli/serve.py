@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import click
 
 from p2pdist import config
-from p2pdist.cli.options import home_option, metrics_options, start_metrics, wait_forever
-from p2pdist.errors import P2PDistError
+from p2pdist.cli.options import (
+    home_option,
+    metrics_options,
+    start_metrics,
+    token_option,
+    tracker_option,
+)
 
 
 @click.command()
 @home_option
-@metrics_options  # issue 16 (ops): the optional node exporter; see p2pdist/metrics.py
-def seed(home: Path | None, metrics_port: int | None, metrics_host: str) -> None:
-    """Seed every version in the local store until stopped."""
+@tracker_option
+@token_option
+@click.option("--status-every", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between status lines when stderr is not a terminal (0: none).")  # fmt: skip
+@metrics_options  # the optional node exporter; see p2pdist/metrics.py
+def seed(
+    home: Path | None,
+    tracker: str | None,
+    token: str | None,
+    status_every: float,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Seed every version in the local store until stopped (SIGINT or SIGTERM).
+
+    Follows the store: versions added while it runs (publish --no-seed, fetch, another
+    process) are served within seconds, removed ones dropped. Announces to the configured
+    tracker (--tracker, $P2PDIST_TRACKER), private models under this host's own token.
+    """
+    from p2pdist.client import RegistryClient
     from p2pdist.store.cache import Store
-    from p2pdist.swarm.seeder import seed_all
+    from p2pdist.swarm.seeder import SeedDaemon, process_swarm, with_hints
 
     store = Store(config.home(home))
+    client = RegistryClient(config.tracker_url(tracker), config.token(token))
 
-    def skipped(ref: str, error: P2PDistError) -> None:
-        click.echo(f"Not seeding {ref}: {error}; check it with `p2pdist verify {ref}`", err=True)
+    def announce(private: bool) -> str:
+        return with_hints(client.announce_url(private=private))
 
-    transfers = seed_all(store, on_skip=skipped)
-    if not transfers:
-        click.echo(f"Nothing to seed in {store.root}.")
-        return
-    start_metrics(metrics_host, metrics_port)  # issue 16 (ops)
-    wait_forever(f"Seeding {len(transfers)} torrents from {store.root}; press Ctrl-C to stop.")
+    def say(line: str) -> None:
+        click.echo(f"p2pdist seed: {line}", err=True)
+
+    stop = threading.Event()
+    caught: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    swarm = process_swarm()
+    daemon = SeedDaemon(store, swarm=swarm, announce=announce, say=say)
+    daemon.sync()
+    start_metrics(metrics_host, metrics_port)
+    torrents = sum(len(t) for t in daemon.serving.values())
+    click.echo(
+        f"Seeding {torrents} torrents ({len(daemon.serving)} versions) from {store.root} on "
+        f"port {swarm.listen_port}, announcing to {client.base_url}; following the store; "
+        "Ctrl-C or SIGTERM stops.",
+        err=True,
+    )
+    daemon.run(stop, status_every=None if sys.stderr.isatty() else (status_every or None))
+    status = daemon.status()
+    swarm.close()
+    say(f"stopped on {caught[0] if caught else 'request'} ({status})")
 
 
 @click.command()

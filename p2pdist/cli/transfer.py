@@ -267,8 +267,9 @@ def _print_fetch(result: Any, as_json: bool, indent: int | None = None) -> None:
         click.echo(f"Delta chain given up: {result.fallback}", err=True)
     if result.pinned_key:
         click.echo(f"Pinned publisher key of {m.name}: {m.public_key}", err=True)
+    how = "in full: the delta chain was given up" if result.fallback else result.plan.describe()
     click.echo(
-        f"Fetched {m.name}@{m.version} ({result.plan.describe()}) in {result.seconds:.1f} s: "
+        f"Fetched {m.name}@{m.version} ({how}) in {result.seconds:.1f} s: "
         f"{human(result.bytes_from_peers)} from peers, "
         f"{human(result.bytes_from_web_seeds)} from web seeds"
     )

@@ -13,8 +13,8 @@ a process killed with SIGKILL gets no chance to write it at shutdown. `download(
 caller on a condition variable fed by that thread.
 
 The settings (swarm/settings.py) follow the pitfalls measured in DESIGN.md ("The swarm"): many
-peers per IP (every test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off on
-loopback, rate limits applied to local peers when set, `min_announce_interval` from the
+peers per IP (every test peer lives on 127.0.0.1), DHT/LSD/UPnP/NAT-PMP off, uTP off unless
+asked, rate limits applied to local peers when set, `min_announce_interval` from the
 tracker's interval, and the add flags cleared of both `paused` and `auto_managed`.
 """
 
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import libtorrent as lt
 
-from p2pdist.errors import StoreError, SwarmError
+from p2pdist.errors import NoSeedersError, StoreError, SwarmError
 from p2pdist.formats.torrent import TorrentMeta, read_torrent
 from p2pdist.swarm.settings import (
     read_resume,
@@ -53,6 +53,15 @@ RESUME_INTERVAL = 2.0
 RECONNECT_INTERVAL = 5.0
 """Seconds between re-dials of the peers a caller named (they may start after us)."""
 
+NO_SEEDERS_GRACE = 6.0
+"""Seconds a download waits, with no data coming, after the tracker said no host holds a
+complete copy (and no web seed or named peer can serve it) before it gives up: a seed that
+starts meanwhile is found by the scrapes asked for every SCRAPE_INTERVAL."""
+
+SCRAPE_INTERVAL = 2.0
+"""Seconds between scrapes (and re-announces while the tracker fails) of a download that
+receives nothing: a seed that just started, or a tracker that just came back, is found fast."""
+
 SHUTDOWN_WAIT = 5.0
 """Seconds to wait for resume data and removals while stopping."""
 
@@ -63,7 +72,7 @@ _WEB = (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
 class Swarm:
     """The process's libtorrent session; one per process (see `get_swarm`), more in tests.
 
-    `loopback` (uTP off) defaults to whether `listen_interface` is a loopback address.
+    `utp` adds uTP to TCP (off by default: TCP is what a cluster needs, docs/NETWORK.md).
     `ssrf_mitigation` stays on unless a caller on loopback needs a tracker path other than
     /announce. `announce_interval_hint` (the tracker's interval, seconds) lowers libtorrent's
     300 s `min_announce_interval`, which otherwise overrides the tracker's.
@@ -77,7 +86,7 @@ class Swarm:
         upload_rate_limit: int = 0,
         download_rate_limit: int = 0,
         announce_interval_hint: int | None = None,
-        loopback: bool | None = None,
+        utp: bool = False,
         ssrf_mitigation: bool = True,
         extra_settings: dict[str, Any] | None = None,
     ) -> None:
@@ -87,13 +96,19 @@ class Swarm:
             upload_rate_limit=upload_rate_limit,
             download_rate_limit=download_rate_limit,
             announce_interval_hint=announce_interval_hint,
-            loopback=loopback,
+            utp=utp,
             ssrf_mitigation=ssrf_mitigation,
             extra_settings=extra_settings,
         )
         try:
-            # the bindings take a dict of settings (their examples do); the stubs know only packs
-            self._session = lt.session(settings)  # type: ignore[call-overload]
+            # No default plugins: peer exchange (ut_pex) would pass peers on behind the
+            # tracker's back (its locality policy decides who crosses a thin link, and
+            # BEP 27 wants it off for private swarms); metadata exchange is useless to a
+            # client that always has the .torrent. smart_ban stays: it bans the peer that
+            # sent the bad block of a piece that failed its hash check. (The bindings take a
+            # dict of settings, as their examples do; the stubs know only packs.)
+            self._session = lt.session(settings, 0)  # type: ignore[call-overload]
+            self._session.add_extension("smart_ban")
         except RuntimeError as exc:
             where = settings["listen_interfaces"]
             raise SwarmError(f"cannot start a session on {where}: {exc}") from exc
@@ -125,6 +140,7 @@ class Swarm:
         *,
         verify_on_start: bool = False,
         super_seeding: bool = False,
+        trackers: Sequence[str] | None = None,
     ) -> Transfer:
         """Serve the torrent's files from root/<relative path>, whatever the torrent's name.
 
@@ -132,7 +148,9 @@ class Swarm:
         first time a peer asks for it, not all up front); `verify_on_start` checks them all
         first and serves only the pieces that pass. `super_seeding` (BEP 16) offers each
         peer one piece at a time so an origin sends each piece about once (bench/swarm.py:
-        1.3 copies instead of 2.4 for 16 consumers, but no faster on loopback).
+        1.3 copies instead of 2.4 for 16 consumers, but no faster on loopback). `trackers`
+        replace the torrent's announce URLs (same infohash). A trusted piece that fails its
+        hash check when first served is not served; `Transfer.damaged_files()` names its files.
         """
         meta = read_torrent(torrent)
         root = Path(root)
@@ -140,7 +158,7 @@ class Swarm:
             path = root / rel
             if not path.is_file() or path.stat().st_size != size:
                 raise StoreError(f"{path}: missing or not {size} bytes; cannot seed {label(meta)}")
-        atp = torrent_params(meta, root, use_web_seeds=True, resume=None)
+        atp = torrent_params(meta, root, use_web_seeds=True, resume=None, trackers=trackers)
         if not verify_on_start:
             atp.flags |= lt.torrent_flags.seed_mode
         if super_seeding:
@@ -221,6 +239,8 @@ class Swarm:
         state = self._add(atp, meta, resume_file=resume_file, web_endpoints=endpoints)
         handle = state.handle
         last_done, last_change, next_dial = -1, time.monotonic(), 0.0
+        next_probe, no_seeders_since = time.monotonic() + SCRAPE_INTERVAL, None
+        can_fail_fast = not web_seeds and not peers
         seen: Progress | None = None
         try:
             while True:
@@ -234,6 +254,23 @@ class Swarm:
                     error, finished = state.error, state.finished
                     progress, known = state.progress, state.list_peers
                     closed = self._closed
+                    tracker_seeds, tracker_error = state.tracker_seeds, state.tracker_error
+                if now >= next_probe and now - last_change >= SCRAPE_INTERVAL:
+                    # Nothing arrives: ask the tracker again now rather than at its interval
+                    # (a seed may have just started, the tracker may be back after a restart).
+                    _probe_tracker(handle, tracker_error is not None)
+                    next_probe = now + SCRAPE_INTERVAL
+                seeding_peers = progress.seeds if progress is not None else 0
+                if can_fail_fast and tracker_seeds == 0 and seeding_peers == 0:
+                    no_seeders_since = no_seeders_since or now
+                    if now - max(no_seeders_since, last_change) > NO_SEEDERS_GRACE:
+                        raise NoSeedersError(
+                            f"no host is seeding {label(meta)} (the tracker knows no complete "
+                            f"copy, {known} other peer(s), no web seed); start `p2pdist seed` "
+                            "on the publisher or a host that holds it"
+                        )
+                else:
+                    no_seeders_since = None
                 if error is not None:
                     raise error
                 if closed:
@@ -258,8 +295,8 @@ class Swarm:
                 if now - last_change > stall_timeout:
                     raise SwarmError(
                         f"download of {label(meta)} stalled: no data for {stall_timeout:g} s "
-                        f"with {known} peer(s) and {web_seeds} web seed(s) known; "
-                        "check that a seed or the origin is up"
+                        f"with {known} peer(s) and {web_seeds} web seed(s) known"
+                        f"{_stall_cause(state, handle)}"
                     )
         except BaseException:
             self._save_and_remove(state)
@@ -410,6 +447,8 @@ class Swarm:
                 state = self._torrents.get(st.handle)
                 if state is not None:
                     state.progress = _progress(st)
+                    if int(st.num_complete) >= 0:
+                        state.tracker_seeds = int(st.num_complete)
                     state.list_peers = int(st.list_peers)
                     state.payload_up = int(st.total_payload_upload)
             return
@@ -421,6 +460,16 @@ class Swarm:
                 state.peer_bytes += state.block_length(alert.piece_index, alert.block_index)
         elif isinstance(alert, lt.hash_failed_alert):
             state.hash_failures += 1
+            state.failed_pieces.add(int(alert.piece_index))
+        elif isinstance(alert, lt.peer_ban_alert):
+            state.banned.add(f"{alert.endpoint[0]}:{alert.endpoint[1]}")
+        elif isinstance(alert, lt.tracker_reply_alert):
+            state.tracker_error = None
+        elif isinstance(alert, lt.scrape_reply_alert):
+            state.tracker_error = None
+            state.tracker_seeds = int(alert.complete)
+        elif isinstance(alert, (lt.tracker_error_alert, lt.scrape_failed_alert)):
+            state.tracker_error = str(alert.message())
         elif isinstance(alert, lt.torrent_finished_alert):
             state.finished = True
         elif isinstance(alert, lt.save_resume_data_alert):
@@ -435,6 +484,42 @@ class Swarm:
             state.error = _file_error(state.meta, alert.error, "", alert.message())
         elif isinstance(alert, lt.torrent_removed_alert):
             state.removed = True
+
+
+def _probe_tracker(handle: Any, failing: bool) -> None:
+    """Scrape the torrent's tracker (seeders now), or re-announce while it fails."""
+    try:
+        if failing:
+            handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        else:
+            handle.scrape_tracker()
+    except RuntimeError:
+        pass
+
+
+def _stall_cause(state: TorrentState, handle: Any) -> str:
+    """What a stall message adds: hash failures and who sent them, pieces no peer has, a
+    failing tracker; or the generic advice."""
+    parts = []
+    if state.hash_failures:
+        who = f" (banned: {', '.join(sorted(state.banned))})" if state.banned else ""
+        parts.append(f"{state.hash_failures} piece(s) from peers failed their hash check{who}")
+    try:
+        have = handle.status().pieces
+        availability = handle.piece_availability()
+        missing = sum(1 for i, got in enumerate(have) if not got and availability[i] == 0)
+    except (RuntimeError, IndexError):
+        missing = 0
+    if missing:
+        parts.append(
+            f"{missing} piece(s) are held by no connected peer (a seed's stored copy may be "
+            "damaged: its `p2pdist seed` output names the file)"
+        )
+    if state.tracker_error:
+        parts.append(f"the tracker fails: {state.tracker_error}")
+    if not parts:
+        return "; check that a seed or the origin is up"
+    return "; " + "; ".join(parts)
 
 
 def _web_endpoints(urls: Sequence[str]) -> set[tuple[str, int]]:

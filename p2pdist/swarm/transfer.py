@@ -83,6 +83,10 @@ class TorrentState:
         self.web_endpoints: set[tuple[str, int]] | None = None  # None: no web seeds
         self.peer_bytes = 0
         self.storage_size = meta.total_size
+        self.failed_pieces: set[int] = set()
+        self.tracker_seeds = -1  # complete copies the tracker knows (-1: not told yet)
+        self.tracker_error: str | None = None
+        self.banned: set[str] = set()  # peers libtorrent banned for sending corrupt data
 
     def block_length(self, piece: int, block: int) -> int:
         """Bytes in one 16 KiB block (the torrent's last block may be short)."""
@@ -125,6 +129,47 @@ class Transfer:
         except RuntimeError:
             return ()
         return tuple((str(p.ip[0]), int(p.ip[1])) for p in infos if int(p.connection_type) == 1)
+
+    @property
+    def hash_failures(self) -> int:
+        """Pieces that failed their hash check in this transfer (a seed: its own stored copy)."""
+        with self._swarm._cond:
+            return self._state.hash_failures
+
+    def damaged_files(self) -> list[str]:
+        """Files (paths inside the torrent) holding a piece that failed its hash check."""
+        with self._swarm._cond:
+            pieces = sorted(self._state.failed_pieces)
+        import libtorrent as lt
+
+        meta = self._state.meta
+        info = lt.torrent_info(meta.data)
+        layout = info.layout()
+        found: list[str] = []
+        for piece in pieces:
+            for part in info.map_block(piece, 0, info.piece_size(piece)):
+                if layout.file_flags(part.file_index) & lt.file_storage.flag_pad_file:
+                    continue
+                rel = layout.file_path(part.file_index).removeprefix(meta.name + "/")
+                if rel not in found:
+                    found.append(rel)
+        return found
+
+    def retry_tracker(self) -> bool:
+        """Re-announce now if the last announce failed (a tracker back from a restart has
+        forgotten every peer); True when it asked."""
+        with self._swarm._cond:
+            failing = self._state.tracker_error is not None and not self._state.removed
+        if failing:
+            import libtorrent as lt
+
+            try:
+                self._state.handle.force_reannounce(
+                    0, -1, lt.reannounce_flags_t.ignore_min_interval
+                )
+            except RuntimeError:
+                return False
+        return failing
 
     def stop(self) -> None:
         """Stop serving; the files stay where they are."""

@@ -129,7 +129,9 @@ def test_a_delta_chain_nobody_seeds_gives_way_to_the_full_download(
     publisher.start_seeding("seed")  # v1 and v3 (full and delta), not v2
     result = consumer.fetch_json(f"{NAME}@v3", "--stall-timeout", "3")
     assert result["plan"] == "delta" and result["chain"] == ["v2", "v3"]
-    assert "stalled" in result["fallback"] and "in full instead" in result["fallback"]
+    fallback = result["fallback"]  # the old seed's entry may or may not have expired yet
+    assert "stalled" in fallback or f"no host is seeding {NAME}@v2 (delta)" in fallback
+    assert "in full instead" in fallback and result["downloaded"] == "full"
     assert result["bytes_from_peers"] >= result["full_bytes"] - 1
     assert_same_files(tmp_path / "v3", Path(result["path"]))
     forced = other.fetch_json(f"{NAME}@v3", "--full", "--stall-timeout", "30")

@@ -1,0 +1,391 @@
+"""The swarm benchmark on real hosts (issue 14): network namespaces on the test bed.
+
+Every host is a network namespace with its own address and a link shaped by tbf qdiscs
+(tests/netbed.py), running the real `p2pdist` CLI; the tracker runs on its own host. Parts:
+
+1. one consumer, an F-byte version, unshaped veth: `p2pdist fetch` vs aria2c downloading the
+   same published .torrent from the same `p2pdist seed`, and vs raw TCP (iperf3) on the link;
+2. 1 seed + N consumers, every host capped at the same rate u each way: time from starting
+   all fetches to the last one's exit vs the fluid bound F/u * max(1, N/(N+1)), and vs one HTTP
+   origin (`p2pdist origin`, same cap) serving the same N hosts with curl; copies the seed
+   sent (its interface's transmitted bytes / F, headers included);
+3. two sites joined by a thin link, the seed at site A, 8 consumers at site B: bytes over the
+   thin link (the router's interface counters) / F;
+4. RL-style: 8 followers (`fetch --follow`) run while the publisher pushes a new bf16 version
+   (a delta); time from `publish` returning to every follower holding it vs delta size / u.
+
+CPU: the machine's busy fraction (/proc/stat) over each timed run, and CPU seconds of the
+processes involved. The machine has 2 cores shared with other work: figures are ratios
+against baselines measured in the same run. Run as root, one benchmark at a time:
+
+    flock /tmp/p2pdist-bench.lock .venv/bin/python bench/cluster.py --parts 1 2 \
+        --size-mib 1024 --swarm-mib 256 --consumers 4 8 --cap-mbit 100 --json cluster.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.netbed import Bed, Host, flat_lan, mbit, skip_reason, two_sites  # noqa: E402
+
+MiB = 1 << 20
+NAME = "org/bench"
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuMeter:
+    """The machine's busy fraction (of all cores) between start and stop."""
+
+    def __enter__(self) -> CpuMeter:
+        self.start = cpu_times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = cpu_times()
+        busy, total = end[0] - self.start[0], end[1] - self.start[1]
+        self.busy = busy / total if total else 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_model(folder: Path, size: int, seed: int = 0, dtype: str = "uint8") -> Path:
+    """A model folder of about ``size`` bytes of random weights in 4 shards."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    per = size // 4
+    for i in range(4):
+        if dtype == "uint8":
+            t = torch.randint(0, 256, (per,), generator=g, dtype=torch.uint8)
+        else:
+            t = torch.randn(per // 2, generator=g).to(torch.bfloat16)
+        save_file({f"layer.{i}.weight": t}, str(folder / f"model-{i:05d}-of-00004.safetensors"))
+    (folder / "config.json").write_text('{"model_type": "bench"}\n')
+    return folder
+
+
+def nudge(src: Path, dest: Path, fraction: float, seed: int) -> Path:
+    """``src`` a training step later: ``fraction`` of the elements of one shard changed."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    shard = sorted(dest.glob("*.safetensors"))[0]
+    state = load_file(str(shard))
+    g = torch.Generator().manual_seed(seed)
+    for key, t in state.items():
+        n = max(1, int(t.numel() * fraction))
+        idx = torch.randint(0, t.numel(), (n,), generator=g)
+        flat = t.flatten().clone()
+        flat[idx] = (flat[idx].float() + 1e-2).to(t.dtype)
+        state[key] = flat.view(t.shape)
+    save_file(state, str(shard))
+    return dest
+
+
+def publish(host: Host, folder: Path, version: str, *extra: str) -> dict[str, Any]:
+    done = host.run("publish", str(folder), "--name", NAME, "--version", version, "--no-seed",
+                    "--json", *extra, timeout=900)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"publish failed: {done.stderr}")
+    return json.loads(done.stdout)
+
+
+def start_seed(host: Host) -> subprocess.Popen[str]:
+    proc = host.start("seed", "--status-every", "0", log="seed.log")
+    deadline = time.monotonic() + 120
+    while "Seeding" not in (host.root / "seed.log").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((host.root / "seed.log").read_text())
+        time.sleep(0.2)
+    return proc
+
+
+def publisher(bed: Bed, host: Host) -> Host:
+    host.env["P2PDIST_TOKEN"] = bed.tracker_token("org")
+    return host
+
+
+def timed_fetches(hosts: list[Host], ref: str, *extra: str) -> tuple[float, list[dict], float]:
+    """Start ``fetch ref`` on every host at once; (seconds to the last exit, results, CPU s)."""
+    t0 = time.monotonic()
+    procs = [h.start("fetch", ref, "--json", *extra) for h in hosts]
+    results, cpu = [], 0.0
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()  # fetch says little on stderr
+        _, status, usage = os.wait4(proc.pid, 0)  # the CPU it used, which communicate() loses
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+        if proc.returncode != 0:
+            raise RuntimeError(f"fetch failed: {err[-2000:]}")
+        results.append(json.loads(out))
+    return time.monotonic() - t0, results, cpu
+
+
+def iperf(bed: Bed, server: Host, client: Host, seconds: int = 4) -> float:
+    """Raw TCP rate server <- client in bytes/s (iperf3)."""
+    srv = bed.spawn(server, server.cmd("iperf3", "-s", "-1", "-B", server.addr))
+    time.sleep(0.5)
+    out = subprocess.run(client.cmd("iperf3", "-c", server.addr, "-t", str(seconds), "-J"),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    srv.wait(timeout=30)
+    return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 8
+
+
+def version_dir(host: Host, version: str) -> Path:
+    return host.root / "store" / "models" / NAME.replace("/", "--") / version
+
+
+# -- parts ------------------------------------------------------------------------------------
+def part1(work: Path, size: int) -> dict[str, Any]:
+    src = write_model(work / "model1", size)
+    with flat_lan(work / "bed1", ["seed", "c1", "aria"]) as bed:
+        seed_host = publisher(bed, bed.hosts["seed"])
+        c1, aria = bed.hosts["c1"], bed.hosts["aria"]
+        tcp = iperf(bed, c1, seed_host)
+        publish(seed_host, src, "v1")
+        seed = start_seed(seed_host)
+        seed_cpu0 = proc_cpu(seed.pid)
+        with CpuMeter() as cpu:
+            fetch_s, (result,), fetch_cpu = timed_fetches([c1], f"{NAME}@v1")
+        seed_cpu_fetch = proc_cpu(seed.pid) - seed_cpu0
+        torrent = version_dir(seed_host, "v1") / "full.torrent"
+        dest = aria.root / "aria-out"
+        seed_cpu0 = proc_cpu(seed.pid)
+        with CpuMeter() as cpu_aria:
+            t0 = time.monotonic()
+            done = subprocess.run(
+                aria.cmd("aria2c", "--dir", str(dest), "--seed-time=0", "--enable-dht=false",
+                         "--enable-dht6=false", "--bt-enable-lpd=false",
+                         "--enable-peer-exchange=false", "--bt-stop-timeout=120",
+                         "--summary-interval=0", "--console-log-level=warn",
+                         "--file-allocation=none", "--bt-hash-check-seed=false", str(torrent)),
+                capture_output=True, text=True, timeout=1800,
+            )  # fmt: skip
+            aria_s = time.monotonic() - t0
+        seed_cpu_aria = proc_cpu(seed.pid) - seed_cpu0
+        if done.returncode != 0:
+            raise RuntimeError(f"aria2c failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    rate = size / fetch_s
+    return {
+        "size": size,
+        "iperf3_Bps": tcp,
+        "fetch_s": fetch_s,
+        "fetch_Bps": rate,
+        "fetch_cpu_s": fetch_cpu,
+        "seed_cpu_s_during_fetch": seed_cpu_fetch,
+        "machine_busy_fetch": cpu.busy,
+        "aria2c_s": aria_s,
+        "seed_cpu_s_during_aria2c": seed_cpu_aria,
+        "machine_busy_aria2c": cpu_aria.busy,
+        "fetch_over_aria2c": fetch_s / aria_s,
+        "fetch_over_iperf3_rate": rate / tcp,
+        "fetch_result_seconds": result["seconds"],
+    }
+
+
+def part2(work: Path, size: int, n: int, cap_bps: int, origin: bool) -> dict[str, Any]:
+    src = write_model(work / f"model2-{size}", size, seed=2)
+    names = [f"c{i}" for i in range(1, n + 1)]
+    with flat_lan(work / f"bed2-{n}", ["seed", *names], cap_bps=cap_bps) as bed:
+        seed_host = publisher(bed, bed.hosts["seed"])
+        consumers = [bed.hosts[c] for c in names]
+        published = publish(seed_host, src, "v1")
+        total = int(published["full_bytes"])
+        seed = start_seed(seed_host)
+        sent0 = bed.link_bytes(seed_host.ns, "eth0")[1]
+        seed_cpu0 = proc_cpu(seed.pid)
+        with CpuMeter() as cpu:
+            swarm_s, _, fetch_cpu = timed_fetches(consumers, f"{NAME}@v1")
+        copies = (bed.link_bytes(seed_host.ns, "eth0")[1] - sent0) / total
+        seed_cpu = proc_cpu(seed.pid) - seed_cpu0
+        seed.terminate()
+        seed.wait(timeout=60)
+        http_s = None
+        if origin:
+            port = 8000
+            bed.spawn(seed_host, seed_host.p2pdist("origin", "--host", seed_host.addr,
+                                                   "--port", str(port)), log="origin.log")  # fmt: skip
+            time.sleep(3)
+            files = sorted(p.name for p in src.iterdir())
+            root = f"http://{seed_host.addr}:{port}/{NAME.replace('/', '--')}@v1"
+            t0 = time.monotonic()
+            procs = []
+            for h in consumers:
+                out = h.root / "http"
+                out.mkdir(exist_ok=True)
+                urls = []
+                for f in files:
+                    urls += [f"{root}/{f}", "-o", str(out / f)]
+                procs.append(bed.spawn(h, h.cmd("curl", "-sSf", "--noproxy", "*", *urls)))
+            for proc in procs:
+                _, err = proc.communicate(timeout=3600)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"curl failed: {err}")
+            http_s = time.monotonic() - t0
+    u = cap_bps / 8
+    bound = total / u * max(1.0, n / (n + 1))
+    return {
+        "n": n,
+        "size": total,
+        "cap_bps": cap_bps,
+        "swarm_s": swarm_s,
+        "bound_s": bound,
+        "swarm_over_bound": swarm_s / bound,
+        "seed_copies": copies,
+        "fetch_cpu_s": fetch_cpu,
+        "seed_cpu_s": seed_cpu,
+        "machine_busy": cpu.busy,
+        "http_origin_s": http_s,
+        "http_over_swarm": (http_s / swarm_s) if http_s else None,
+    }
+
+
+def part3(work: Path, size: int, n: int, thin_bps: int, locality: bool) -> dict[str, Any]:
+    src = write_model(work / f"model3-{size}", size, seed=3)
+    names = [f"b{i}" for i in range(1, n + 1)]
+    args = () if locality else ("--no-locality",)
+    with two_sites(work / f"bed3-{locality}", ["seed"], names, thin_bps=thin_bps,
+                   tracker_args=args) as bed:  # fmt: skip
+        seed_host = publisher(bed, bed.hosts["seed"])
+        published = publish(seed_host, src, "v1")
+        total = int(published["full_bytes"])
+        start_seed(seed_host)
+        router = bed.ns("rt")
+        before = bed.link_bytes(router, "leg1")[1]
+        with CpuMeter() as cpu:
+            seconds, _, _ = timed_fetches([bed.hosts[b] for b in names], f"{NAME}@v1")
+        crossed = bed.link_bytes(router, "leg1")[1] - before
+    return {
+        "n": n,
+        "locality": locality,
+        "size": total,
+        "thin_bps": thin_bps,
+        "seconds": seconds,
+        "thin_link_bytes": crossed,
+        "crossings": crossed / total,
+        "one_crossing_s": total / (thin_bps / 8),
+        "machine_busy": cpu.busy,
+    }
+
+
+def part4(work: Path, size: int, n: int, cap_bps: int, fraction: float) -> dict[str, Any]:
+    v1 = write_model(work / f"model4-v1-{size}", size, seed=4, dtype="bf16")
+    v2 = nudge(v1, work / f"model4-v2-{size}", fraction, seed=5)
+    names = [f"f{i}" for i in range(1, n + 1)]
+    with flat_lan(work / "bed4", ["pub", *names], cap_bps=cap_bps) as bed:
+        pub = publisher(bed, bed.hosts["pub"])
+        followers = [bed.hosts[f] for f in names]
+        publish(pub, v1, "v1")
+        start_seed(pub)
+        for f in followers:
+            f.start("fetch", f"{NAME}@latest", "--follow", log="follow.log")
+        deadline = time.monotonic() + 900
+        while not all((version_dir(f, "v1") / "p2pdist.json").is_file() for f in followers):
+            if time.monotonic() > deadline:
+                raise RuntimeError("followers never got v1")
+            time.sleep(0.2)
+        published = publish(pub, v2, "v2", "--parent", "v1")
+        t0 = time.monotonic()
+        while not all((version_dir(f, "v2") / "p2pdist.json").is_file() for f in followers):
+            if time.monotonic() > t0 + 900:
+                raise RuntimeError("followers never got v2")
+            time.sleep(0.05)
+        seconds = time.monotonic() - t0
+    delta = int(published["delta_bytes"] or 0)
+    return {
+        "n": n,
+        "size": size,
+        "cap_bps": cap_bps,
+        "delta_bytes": delta,
+        "seconds": seconds,
+        "delta_over_link_s": delta / (cap_bps / 8) if delta else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--size-mib", type=int, default=1024, help="part 1's version size")
+    parser.add_argument("--swarm-mib", type=int, default=256, help="part 2's version size")
+    parser.add_argument("--consumers", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--cap-mbit", type=float, default=100)
+    parser.add_argument("--no-origin", action="store_true", help="skip part 2's HTTP origin")
+    parser.add_argument("--sites-mib", type=int, default=64, help="part 3's version size")
+    parser.add_argument("--thin-mbit", type=float, default=20)
+    parser.add_argument("--rl-mib", type=int, default=64, help="part 4's version size")
+    parser.add_argument("--rl-fraction", type=float, default=0.01)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    why = skip_reason()
+    if why:
+        raise SystemExit(why)
+    out: dict[str, Any] = {"argv": sys.argv[1:], "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="p2pdist-cluster-") as tmp:
+        work = Path(tmp)
+        if 1 in args.parts:
+            out["part1"] = r = part1(work, args.size_mib * MiB)
+            print(
+                  f"part 1: fetch {r['fetch_s']:.1f} s, aria2c {r['aria2c_s']:.1f} s "
+                  f"({r['fetch_over_aria2c']:.2f}x), fetch {r['fetch_Bps'] / 1e6:.0f} MB/s = "
+                  f"{r['fetch_over_iperf3_rate']:.3f}x iperf3 {r['iperf3_Bps'] / 1e6:.0f} MB/s; "
+                  f"machine busy {r['machine_busy_fetch']:.0%} (fetch), "
+                  f"{r['machine_busy_aria2c']:.0%} (aria2c)", flush=True)  # fmt: skip
+        if 2 in args.parts:
+            out["part2"] = []
+            for n in args.consumers:
+                r = part2(work, args.swarm_mib * MiB, n, mbit(args.cap_mbit), not args.no_origin)
+                out["part2"].append(r)
+                http = f"{r['http_origin_s']:.1f}" if r["http_origin_s"] else "-"
+                print(f"part 2: N={n}: swarm {r['swarm_s']:.1f} s = "
+                      f"{r['swarm_over_bound']:.2f}x bound {r['bound_s']:.1f} s; origin {http} s; "
+                      f"seed copies {r['seed_copies']:.2f}; busy {r['machine_busy']:.0%}",
+                      flush=True)  # fmt: skip
+        if 3 in args.parts:
+            out["part3"] = []
+            for locality in (True, False):
+                r = part3(work, args.sites_mib * MiB, 8, mbit(args.thin_mbit), locality)
+                out["part3"].append(r)
+                print(f"part 3 (locality {'on' if locality else 'off'}): {r['crossings']:.2f} "
+                      f"model sizes over the thin link, {r['seconds']:.1f} s (one crossing "
+                      f"{r['one_crossing_s']:.1f} s)", flush=True)  # fmt: skip
+        if 4 in args.parts:
+            out["part4"] = r = part4(work, args.rl_mib * MiB, 8, mbit(args.cap_mbit),
+                                     args.rl_fraction)  # fmt: skip
+            print(f"part 4: delta {r['delta_bytes']} B at 8 followers in {r['seconds']:.1f} s "
+                  f"(delta/link {r['delta_over_link_s']})", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Network settings (issue 14): TCP unless uTP is asked for, a fixed port, both caps, an
+announced address; each from the environment, checked, and reaching the session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pdist import config
+from p2pdist.errors import ConfigError
+from p2pdist.swarm.seeder import with_hints
+from p2pdist.swarm.session import Swarm
+from p2pdist.swarm.settings import session_settings
+
+from .conftest import free_port
+
+
+def _settings(**overrides: object) -> dict[str, object]:
+    kwargs: dict[str, object] = dict(
+        listen_interface="0.0.0.0", port=0, upload_rate_limit=0, download_rate_limit=0,
+        announce_interval_hint=None, utp=False, ssrf_mitigation=True, extra_settings=None,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return session_settings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tcp_only_unless_utp_is_asked_for(p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    off = _settings()  # on every interface, not only loopback
+    assert off["enable_outgoing_utp"] is False and off["enable_incoming_utp"] is False
+    assert config.utp() is False
+    monkeypatch.setenv("P2PDIST_UTP", "1")
+    assert config.utp() is True
+    on = _settings(utp=config.utp())
+    assert on["enable_outgoing_utp"] is True and on["enable_incoming_utp"] is True
+
+
+def test_port_and_caps_reach_the_session(p2p_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv("P2PDIST_PORT", str(port))
+    monkeypatch.setenv("P2PDIST_DOWNLOAD_LIMIT", "3000000")
+    assert config.listen_port() == port and config.download_rate_limit() == 3_000_000
+    settings = _settings(port=config.listen_port(), download_rate_limit=3_000_000)
+    assert settings["listen_interfaces"].endswith(f":{port}")
+    assert settings["download_rate_limit"] == 3_000_000
+    assert settings["ignore_limits_on_local_network"] is False  # a cap holds on a LAN too
+    with Swarm(port=port) as swarm:
+        assert swarm.listen_port == port
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reader", "message"),
+    [
+        ("P2PDIST_PORT", "70000", config.listen_port, "at most 65535"),
+        ("P2PDIST_PORT", "http", config.listen_port, "listen port 'http'"),
+        ("P2PDIST_DOWNLOAD_LIMIT", "fast", config.download_rate_limit, "download limit 'fast'"),
+        ("P2PDIST_ANNOUNCE_ADDRESS", "host.example", config.announce_address, "IP address"),
+    ],
+)
+def test_a_bad_network_setting_is_one_config_error(
+    p2p_home: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, reader, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        reader()
+
+
+def test_the_announced_address_rides_on_the_announce_url(
+    p2p_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "http://127.0.0.1:6969/announce"
+    assert with_hints(url) == url
+    monkeypatch.setenv("P2PDIST_ANNOUNCE_ADDRESS", "10.1.2.3")
+    assert with_hints(url) == f"{url}?ip=10.1.2.3"
+    monkeypatch.setenv("P2PDIST_ANNOUNCE_ADDRESS", "fd00::7")
+    assert with_hints(url + "?x=1") == f"{url}?x=1&ip=fd00%3A%3A7"
