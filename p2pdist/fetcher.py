@@ -253,8 +253,8 @@ class Fetcher:
             else:  # a partial version that this fetch extends: one download of both
                 chosen = tuple(sorted(held | set(chosen)))
         if chosen is not None and not set(chosen) <= self._held(ref.name, ref.version):
-            held = self._held(ref.name, ref.version)
-            size = sum(f.size for f in target.files if f.path in set(chosen) - held)
+            have = self._held(ref.name, ref.version)
+            size = sum(f.size for f in target.files if f.path in set(chosen) - have)
             plan = FetchPlan("full", target, size, target.total_size)
         elif full and not self.store.has(ref.name, ref.version):
             plan = FetchPlan("full", target, target.total_size, target.total_size)
@@ -320,7 +320,8 @@ class Fetcher:
     def _drop_chain(self, plan: FetchPlan) -> tuple[str, ...]:
         """Remove the versions a delta chain passed through on its way to the target (they
         were not asked for; ``keep_chain`` keeps them). The base and the target stay."""
-        dropped, digests = [], set()
+        dropped: list[str] = []
+        digests: set[str] = set()
         for manifest in plan.chain[:-1]:
             if self.store.has(manifest.name, manifest.version):
                 self.store.remove(manifest.name, manifest.version)

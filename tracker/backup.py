@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from p2pdist.errors import ConflictError, NotFoundError, StoreError
-from p2pdist.tracker.db import DB_FILENAME, SCHEMA_VERSION
+from p2pdist.tracker.db import DB_FILENAME
+from p2pdist.tracker.registry_sql import SCHEMA_VERSION
 
 _COUNTED = ("models", "versions", "tokens")
 
@@ -148,7 +149,10 @@ def backup_database(
         source.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return BackupResult(target, target.stat().st_size, seconds=time.monotonic() - started, **counts)
+    return BackupResult(
+        target, target.stat().st_size, counts["models"], counts["versions"], counts["tokens"],
+        seconds=time.monotonic() - started,
+    )  # fmt: skip
 
 
 def _hold_exclusively(path: Path) -> sqlite3.Connection:

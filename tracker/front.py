@@ -235,7 +235,10 @@ class Front:
         del held[transport]
         self.open -= 1
         self.evicted += 1
-        transport.abort()
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+        else:
+            transport.close()
 
     def close(self) -> None:
         """Stop the timer and close every connection the front holds (answers written so far

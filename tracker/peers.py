@@ -136,7 +136,7 @@ async def resolved(value: Maybe[T]) -> T:
     """The value of a peer store's answer, awaited if the store answered with an awaitable."""
     if inspect.isawaitable(value):
         return await value
-    return value  # type: ignore[return-value]
+    return value
 
 
 def open_peer_store(where: str | None, ttl: float) -> PeerStore:

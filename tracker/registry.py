@@ -80,7 +80,7 @@ def _not_found(name: str) -> ApiError:
 async def _readable_model(request: web.Request, name: str) -> ModelInfo:
     """The model, if it exists and this request may read it; else 404 alike."""
     state = request.app[STATE]
-    info = await state.db_call(lambda db: db.model(name))
+    info: ModelInfo | None = await state.db_call(lambda db: db.model(name))
     if info is None or not await _may_read(request, info):
         raise _not_found(name)
     return info

@@ -287,9 +287,9 @@ class SqlRegistry:
     def audit(self, model: str | None = None) -> list[tuple[str, str, str, str]]:
         """The audit trail (time, model, action, detail), oldest first."""
         if model is None:
-            return [tuple(r) for r in self._read("SELECT at, model, action, detail FROM audit")]  # type: ignore[misc]
+            return [tuple(r) for r in self._read("SELECT at, model, action, detail FROM audit")]
         rows = self._read("SELECT at, model, action, detail FROM audit WHERE model = ?", model)
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
     def apply_statement(self, statement: Statement) -> str:
         """Check a publisher's signed statement against the model's pinned key and apply it;

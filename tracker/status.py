@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -50,7 +50,7 @@ def render_metrics(
     m = state.metrics
     out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    def family(name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]) -> None:
         _family(out, f"p2pdist_tracker_{name}", kind, help_text, samples)
 
     family(

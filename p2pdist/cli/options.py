@@ -47,7 +47,7 @@ def metrics_options(f: F) -> F:
         "--metrics-port", type=click.IntRange(0, 65535), default=None,
         help="Serve Prometheus metrics (bytes up/down, peers, versions served, hash failures) "
         "at http://HOST:PORT/metrics; 0 picks a free port. Off unless given.",
-    )(f)  # type: ignore[return-value]  # fmt: skip
+    )(f)  # fmt: skip
 
 
 def start_metrics(host: str, port: int | None) -> NodeMetrics | None:

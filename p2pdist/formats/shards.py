@@ -56,11 +56,11 @@ def _plan_shards(tensors: Mapping[str, torch.Tensor], max_shard_size: int) -> li
 
 def _prepare(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detach, move to CPU, make contiguous, and un-share storages (safetensors refuses sharing)."""
-    torch = require_torch("writing a state dict")
+    th = require_torch("writing a state dict")
     prepared: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for name, tensor in state_dict.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+        if not isinstance(name, str) or not isinstance(tensor, th.Tensor):
             raise FormatError(f"state dict entry {name!r} is not a str -> torch.Tensor pair")
         t = tensor.detach().to("cpu").contiguous()
         key = (t.untyped_storage().data_ptr(), int(t.storage_offset())) if t.numel() else None
