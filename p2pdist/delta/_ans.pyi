@@ -1,9 +1,9 @@
 """Types of the C extension p2pdist.delta._ans (p2pdist/delta/_ans/module.c)."""
 
-from typing_extensions import Buffer
 from typing import Any, Literal
 
 import numpy as np
+from typing_extensions import Buffer
 
 _Bytes = Buffer | np.ndarray[Any, Any]
 """Any contiguous buffer: the kernel reads and writes through the buffer protocol."""
