@@ -31,6 +31,20 @@ class _Group(click.Group):
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
 
+    # `tracker` is mounted on first use: importing it pulls in aiohttp (1.4 s on a loaded
+    # 2-core machine), which every fetch and seed paid at start for nothing.
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "tracker"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "tracker" and cmd_name not in self.commands:
+            try:
+                from p2pdist.tracker.cli import tracker_group
+            except ImportError:  # pragma: no cover - the tracker ships in the same distribution
+                return None
+            self.add_command(tracker_group, "tracker")
+        return super().get_command(ctx, cmd_name)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="p2pdist")
@@ -73,17 +87,6 @@ def _add_commands() -> None:
 
 
 _add_commands()
-
-
-def _mount_optional_groups() -> None:
-    try:
-        from p2pdist.tracker.cli import tracker_group
-    except ImportError:  # pragma: no cover - the tracker ships in the same distribution
-        return
-    cli.add_command(tracker_group, "tracker")
-
-
-_mount_optional_groups()
 
 
 def main() -> None:

@@ -468,7 +468,7 @@ class Swarm:
         elif isinstance(alert, lt.scrape_reply_alert):
             state.tracker_error = None
             state.tracker_seeds = int(alert.complete)
-        elif isinstance(alert, (lt.tracker_error_alert, lt.scrape_failed_alert)):
+        elif isinstance(alert, lt.tracker_error_alert):  # (a failed scrape is no outage)
             state.tracker_error = str(alert.message())
         elif isinstance(alert, lt.torrent_finished_alert):
             state.finished = True

@@ -212,3 +212,19 @@ def test_the_swarm_goes_on_when_the_publisher_leaves(workdir: Path) -> None:
         keeper.send_signal(signal.SIGTERM)  # `fetch --seed` stops as cleanly as `seed`
         _, err = keeper.communicate(timeout=30)
         assert keeper.returncode == 0 and "Stopped seeding." in err
+
+
+def test_a_bed_removes_what_a_killed_bed_left(workdir: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs: the owner of a bed killed before cleanup
+    left = f"p2pbed-{gone.pid}-host"
+    subprocess.run(["ip", "netns", "add", left], check=True)
+    try:
+        with flat_lan(workdir, []) as bed:
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+            assert left not in listed.stdout
+            mine = list(bed.namespaces)
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        assert not any(ns in listed.stdout for ns in mine)  # and it removed its own
+    finally:
+        subprocess.run(["ip", "netns", "del", left], capture_output=True)
