@@ -8,14 +8,16 @@ peer, so every request takes the front's full path: parse, checks, peers, answer
 - ``tls``: the same port with ``--tls-cert/--tls-key`` (a test CA's ECDSA P-256 certificate);
 - ``proxied``: http with ``--trusted-proxy 127.0.0.1/32`` and an ``X-Forwarded-For`` header
   on every request (the forwarded address is parsed per request);
-- ``before`` (with ``--before-python``): the same ``plain`` load against another checkout's
-  interpreter (e.g. main's venv, the code before this branch), to show what the connection
-  door and the address checks cost on the hot path.
+- ``before`` (with ``--before-tree DIR``): the same ``plain`` load against the code of another
+  checkout, run by this interpreter from ``DIR`` (``git archive <commit> | tar -x -C DIR``,
+  then ``p2pdist/tracker`` and ``p2pdist/trainer`` linked to ``../tracker``, ``../trainer``
+  and the built ``_ans`` extension copied in), to show what the connection door and the
+  address checks cost on the hot path.
 
 Server and wrk share the machine's cores: the ratios are the numbers to compare.
 
     flock /tmp/p2pdist-bench.lock .venv/bin/python bench/tracker_edge.py \\
-        [--duration 8] [--connections 50] [--before-python /work/main/.venv/bin/python]
+        [--duration 8] [--connections 50] [--before-tree /tmp/before]
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def _serve(python: str, data: Path, cwd: Path, *flags: str) -> tuple[subprocess.
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert "listening on" in line, line
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"{python} in {cwd}: tracker did not start: {line}{proc.stdout.read()}")
     return proc, port
 
 
@@ -74,7 +78,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--before-python", default=None)
+    parser.add_argument("--before-tree", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -105,8 +109,8 @@ def main() -> None:
                 ("X-Forwarded-For: 127.0.0.7",),
             ),
         }
-        if args.before_python:
-            rows["before"] = (args.before_python, Path("/tmp"), (), "http", ())
+        if args.before_tree:
+            rows["before"] = (sys.executable, args.before_tree, (), "http", ())
         results: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(args.rounds):  # interleaved, so drift hits every row alike
             for name, (python, cwd, flags, scheme, headers) in rows.items():

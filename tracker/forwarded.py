@@ -26,7 +26,6 @@ Network = IPv4Network | IPv6Network
 _HEADERS = re.compile(rb"\r\n(x-forwarded-for|x-real-ip):[ \t]*([^\r]*)", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=8192)
 def _parse(text: str) -> IPv4Address | IPv6Address | None:
     """An address from a forwarded entry (``1.2.3.4``, ``[::1]``, ``1.2.3.4:5678``), or None."""
     text = text.strip()
@@ -43,12 +42,21 @@ def _parse(text: str) -> IPv4Address | IPv6Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=8192)
+def _classify(text: str, proxies: tuple[Network, ...]) -> tuple[str | None, bool]:
+    """``text`` as an address (normalised, or None when it is none) and whether it is one of
+    the ``proxies``; cached, since a proxy's clients come back again and again."""
+    address = _parse(text)
+    if address is None:
+        return None, False
+    return str(address), any(address in net for net in proxies)
+
+
 def is_trusted(peer: str | None, proxies: Sequence[Network]) -> bool:
     """Whether a connection from ``peer`` comes from one of the trusted ``proxies``."""
     if peer is None or not proxies:
         return False
-    address = _parse(peer)
-    return address is not None and any(address in net for net in proxies)
+    return _classify(peer, tuple(proxies))[1]
 
 
 def client_address(
@@ -65,24 +73,27 @@ def client_address(
     ``X-Real-IP``, else the proxy's own address. Unparseable entries stop the walk: what
     lies left of them cannot be trusted either.
     """
-    if not is_trusted(peer, proxies):
+    if peer is None or not proxies:
+        return peer
+    nets = tuple(proxies)
+    if not _classify(peer, nets)[1]:
         return peer
     if forwarded_for:
         entries = forwarded_for.split(",")
         for entry in reversed(entries):
-            address = _parse(entry)
+            address, trusted = _classify(entry, nets)
             if address is None:
                 break
-            if not any(address in net for net in proxies):
-                return str(address)
+            if not trusted:
+                return address
         else:
-            first = _parse(entries[0])  # a chain of trusted proxies only: the farthest one
+            first = _classify(entries[0], nets)[0]  # only trusted proxies: the farthest one
             if first is not None:
-                return str(first)
+                return first
     if real_ip:
-        address = _parse(real_ip)
+        address = _classify(real_ip, nets)[0]
         if address is not None:
-            return str(address)
+            return address
     return peer
 
 
