@@ -56,8 +56,21 @@ def _wrk_pair(ports: list[int], script: Path, hash_file: Path, mode: str,
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle, since boot (every process on the machine)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _setup(label: str, tmp: Path, backends: list[str], replicas: int, script: Path,
-           args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+           args: argparse.Namespace, warmup: float, redis_pid: int | None) -> dict[str, Any]:  # fmt: skip
     tracker = [sys.executable, "-m", "p2pdist.tracker"]
     data = [tmp / f"{label}-{i}" for i in range(replicas)]
     token = subprocess.run(
@@ -80,15 +93,26 @@ def _setup(label: str, tmp: Path, backends: list[str], replicas: int, script: Pa
         hash_file.write_text("".join(h.hex() + "\n" for h in hashes))
         time.sleep(1.5)  # the other replica's poll of the registry picks the versions up
         targets = ports if replicas == 2 else ports * 2
-        _wrk_pair(targets, script, hash_file, "warm", args, args.warmup)
-        return _wrk_pair(targets, script, hash_file, "steady", args, args.duration)
+        _wrk_pair(targets, script, hash_file, "warm", args, warmup)
+        pids = [s.pid for s in servers]
+        before = ([_cpu_s(p) for p in pids], _cpu_s(redis_pid) if redis_pid else 0.0,
+                  _machine_busy_s(), time.monotonic())  # fmt: skip
+        result = _wrk_pair(targets, script, hash_file, "steady", args, args.duration)
+        wall = time.monotonic() - before[3]
+        result["cpu"] = {
+            "trackers": sum(_cpu_s(p) for p in pids) - sum(before[0]),
+            "redis": (_cpu_s(redis_pid) - before[1]) if redis_pid else 0.0,
+            "machine": _machine_busy_s() - before[2],
+            "wall": wall,
+        }
+        return result
     finally:
         for server in servers:
             server.terminate()
             server.wait(30)
 
 
-def replica_bench(args: argparse.Namespace) -> None:
+def replica_bench(args: argparse.Namespace) -> float:
     sys.path.insert(0, str(ROOT))
     from tests.backends import PostgresServer, RedisServer
 
@@ -102,11 +126,16 @@ def replica_bench(args: argparse.Namespace) -> None:
         pg = PostgresServer(tmp / "pg")
         redis = RedisServer(tmp / "redis")
         try:
-            single = _setup("single", tmp, [], 1, script, args)
+            single = _setup("single", tmp, [], 1, script, args, args.warmup, None)
             shared = [
                 "--db", f"{pg.base_url}/postgres", "--peers", redis.url,
             ]  # fmt: skip
-            replicated = _setup("replicas", tmp, shared, 2, script, args)
+            # the replicas' warm-up runs longer, so that about as many (peer, swarm) pairs have
+            # joined (same swarm sizes, same answers) at their slower rate
+            assert redis._proc is not None
+            replicated = _setup(
+                "replicas", tmp, shared, 2, script, args, round(args.warmup * 2.5), redis._proc.pid
+            )
         finally:
             redis.close()
             pg.close()
@@ -121,3 +150,12 @@ def replica_bench(args: argparse.Namespace) -> None:
               f"{r['peers_per_answer']:>10.1f}{r['refusals']:>9}{r['errors']:>8}")  # fmt: skip
     ratio = replicated["requests_per_s"] / single["requests_per_s"]
     print(f"ratio 2 replicas on Redis / 1 in-process: {ratio:.2f}")
+    print("where the 2 cores went during the measured pass (CPU seconds per wall second):")
+    for label, r in (("1 tracker", single), ("2 replicas", replicated)):
+        c = r["cpu"]
+        rest = c["machine"] - c["trackers"] - c["redis"]
+        n = r["requests_per_s"] * c["wall"]
+        print(f"  {label:<11} trackers {c['trackers'] / c['wall']:.2f}  redis-server "
+              f"{c['redis'] / c['wall']:.2f}  wrk + everything else {rest / c['wall']:.2f}  "
+              f"(tracker CPU per announce {1e6 * c['trackers'] / n:.0f} us)")  # fmt: skip
+    return ratio

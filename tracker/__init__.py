@@ -1,6 +1,8 @@
 """The p2pdist tracker: a BitTorrent tracker and a model registry on one port.
 
-Run it with ``p2pdist tracker serve --data DIR`` (or ``python -m p2pdist.tracker serve``):
+Run it with ``p2pdist tracker serve --data DIR`` (or ``python -m p2pdist.tracker serve``);
+several replicas share one registry and one swarm with ``--db postgresql://…`` and
+``--peers redis://…`` (``registry_store.py``, ``peers.py``):
 announces and scrapes are answered by a raw HTTP/1.1 front below aiohttp (``front.py``), every
 other request by the aiohttp application of ``create_app``, on the same port. Make tokens
 with ``p2pdist tracker token --data DIR [--namespace NS] [--read-only]``.
@@ -25,6 +27,12 @@ Registry (JSON; refusals ``{"error": "<one line>", "type": "<ErrorName>"}`` with
                                                    long-polls, 204 when nothing newer came
     GET  /v1/models/{name}/versions/{version}/manifest           the canonical manifest bytes
     GET  /v1/models/{name}/versions/{version}/torrent?kind=full|delta   application/x-bittorrent
+
+    POST /v1/models/{name}/statements            a publisher-signed yank, tag or rotate-key
+                                                   (``p2pdist.formats.statement``)
+    GET  /v1/models/{name}/resolve/{ref}          {"version": V} for a version, tag or latest;
+                                                   410 for a withdrawn version, with the reason
+    GET  /v1/models/{name}/tags                   {"tags": {tag: version}}
 
 Status: ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (HTML).
 

@@ -245,6 +245,10 @@ the aiohttp handlers below and the raw front (``front.py``) both call them, so e
 refusal and metric is the same whichever path a request takes."""
 
 
+UNKNOWN_REFRESH_SECONDS = 0.2
+"""On a shared registry, announces for unknown swarm ids look at it at most this often."""
+
+
 def _refused(state: TrackerState, error: Refusal) -> bytes:
     """A bencoded ``failure reason`` answer, counted in the failures metric."""
     state.metrics.announce_failures += 1
@@ -369,7 +373,7 @@ async def _announce_after_refresh(
     """An announce for a swarm id this replica does not know (yet): another replica may have
     just published it, so look at the shared registry once before answering."""
     try:
-        await state.refresh()
+        await state.refresh(min_age=UNKNOWN_REFRESH_SECONDS)
     except StoreError as e:
         return _refused(state, Refusal(str(e)))
     answer = answer_announce(state, raw_query, passkey, host, refreshed=True)

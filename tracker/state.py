@@ -179,6 +179,7 @@ class TrackerState:
         self._executor: ThreadPoolExecutor | None = None
         self._seen_seq = 0
         self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = float("-inf")
         self._poller: asyncio.Task[None] | None = None
         self._token_grants: dict[str, Grant] = {}
         self._passkey_grants: dict[str, Grant] = {}
@@ -228,12 +229,18 @@ class TrackerState:
                 self._passkey_grants.clear()
                 grants_cleared = loop.time()
 
-    async def refresh(self) -> None:
+    async def refresh(self, min_age: float = 0.0) -> None:
         """Learn of versions published since the last look (by any replica): track their
-        swarms and wake their long-polls. Concurrent callers share one query."""
+        swarms and wake their long-polls. Concurrent callers share one query; with
+        ``min_age``, a look younger than that many seconds is not repeated (so a flood of
+        announces for unknown swarm ids costs the registry at most a query per ``min_age``)."""
         if self._refreshing is not None:
             return await asyncio.shield(self._refreshing)
-        self._refreshing = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if min_age and loop.time() - self._refreshed_at < min_age:
+            return
+        self._refreshed_at = loop.time()
+        self._refreshing = loop.create_future()
         try:
             changes = await self.db_call(lambda db: db.changes(self._seen_seq))
             for published in changes:

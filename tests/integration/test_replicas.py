@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pdist.client import RegistryClient
 from p2pdist.errors import TrackerError
+from p2pdist.formats.bencode import bdecode
 from tests.backends import PostgresServer, RedisServer
 from tests.conftest import make_version_folder, small_state_dict
 from tests.integration.harness import Node, Tracker
 from tests.integration.test_publish_fetch import model_state
-from tests.tracker_world import make_version
+from tests.tracker_world import announce_query, make_version, peer_id
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,10 @@ def test_a_publish_through_one_wakes_a_long_poll_on_the_other(replicas: list[Tra
     through_b = RegistryClient(b.url, token)
     v1, v2 = make_version(key, NAME, "v1"), make_version(key, NAME, "v2", parent="v1")
     through_a.publish(v1.manifest_bytes, v1.torrent, v1.delta_torrent)
+    # at once (before B's next poll of the registry): B accepts announces for the new swarm
+    with urllib.request.urlopen(f"{b.url}/announce?{announce_query(v1.v1, peer_id(1))}") as r:
+        answer = bdecode(r.read())
+    assert b"failure reason" not in answer and answer[b"incomplete"] == 1, answer
     assert through_b.latest(NAME) == "v1"
     woken: list[str | None] = []
     waiter = threading.Thread(
