@@ -218,6 +218,10 @@ def fetch(
         return
     if keep is not None:
         raise click.UsageError("--keep applies to --follow")
+    if seed and (include or exclude):
+        raise click.UsageError(
+            "--seed serves whole versions; a fetch with --include/--exclude holds part of one"
+        )
     with progress_display("json" if as_json else "auto") as update:
         result = fetcher.fetch(
             ref, out=out, seed=seed, full=full, on_progress=update,
