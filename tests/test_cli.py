@@ -92,6 +92,8 @@ def test_verify_reports_a_tampered_file_in_one_line(
         (("fetch", "org/model@latest", "--out", "x", "--follow"), 2, "--out: for one fetch"),
         (("fetch", "org/model@v3", "--follow"), 2, "follows name@latest, not org/model@v3"),
         (("fetch", "org/model@v3", "--keep", "2"), 2, "--keep applies to --follow"),
+        (("fetch", "org/model@v3", "--seed", "--include", "*.json"), 2, "--seed serves whole"),
+        (("fetch", "org/model@latest", "--follow", "--include", "*.json"), 2, "--include: for one"),
         (("fetch", "org/model@latest", "--follow", "--keep", "0"), 2, "0 is not in the range"),
         (
             ("publish", ".", "--name", "Org/F!", "--no-seed"),

@@ -239,6 +239,10 @@ def fetch(
         return
     if keep is not None:
         raise click.UsageError("--keep applies to --follow")
+    if seed and (include or exclude):
+        raise click.UsageError(
+            "--seed serves whole versions; a fetch with --include/--exclude holds part of one"
+        )
     if metrics_port is not None and not seed:
         raise click.UsageError(
             "--metrics-port is for processes that keep running: --seed or --follow"

@@ -193,7 +193,7 @@ class Demo:
         model = lm.build_model(config, seed=0)
         trainer = lm.Trainer(model, corpus, seed=0, threads=1)
         self.say("trainer", f"{config.num_params() / 1e6:.2f} M-parameter byte-level LM on "
-                 f"{len(corpus.train) / 1e6:.1f} MB of Python docstrings; "
+                 f"{_mb(len(corpus.train))} of Python docstrings; "
                  f"held-out perplexity {lm.perplexity(model, corpus, config=config):.2f}")  # fmt: skip
         for c in consumers:
             c.next("ready", 120)
@@ -300,7 +300,10 @@ def _uploaded(swarm: Any, manifest: Any) -> int:
 
 
 def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
+    """Sizes in the unit system of every p2pdist display (binary: KiB, MiB, GiB)."""
+    from p2pdist.progress import human_bytes
+
+    return "-" if n is None else human_bytes(n)
 
 
 def run_demo(*, keep: bool = False, steps: int = 40, consumers: int = 3) -> int:

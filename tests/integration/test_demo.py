@@ -29,7 +29,8 @@ def test_demo_runs_and_reports_measured_numbers(tmp_path) -> None:  # type: igno
     assert re.search(r"consumer3\s+v3 by delta from v2", out), out
     assert re.search(r"consumer[12]\s+v2 by delta from v1", out), out
     assert "perplexity" in out and "what moved" in out
-    table_rows = re.findall(r"│\s+(v[123]) │\s+([\d.]+) MB │\s+(-|[\d.]+ MB) │", out)
+    size = r"[\d.]+ (?:B|KiB|MiB|GiB)"  # one unit system: binary, as every display
+    table_rows = re.findall(rf"│\s+(v[123]) │\s+({size}) │\s+(-|{size}) │", out)
     assert [r[0] for r in table_rows] == ["v1", "v2", "v3"], out
     assert table_rows[0][2] == "-" and table_rows[1][2] != "-"
     assert not any(tmp_path.glob("p2pdist-demo-*")), "the demo must clean up without --keep"
