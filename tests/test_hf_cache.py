@@ -105,3 +105,19 @@ def test_a_repo_id_not_in_the_cache_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="hf download org/absent"):
         hf_cache.snapshot_folder("org/absent", cache=tmp_path)
     assert not hf_cache.in_cache("not a repo id", cache=tmp_path)
+
+
+def test_a_snapshot_is_published_through_its_links_only_while_they_stay_in_the_repo(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "hub" / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text("{}")
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").symlink_to("../../blobs/abc")
+    assert hf_cache.links_stay_in_repo(snapshot)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not the model's")
+    (snapshot / "extra.txt").symlink_to(outside)
+    assert not hf_cache.links_stay_in_repo(snapshot)

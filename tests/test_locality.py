@@ -6,6 +6,8 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.locality import GATEWAYS, prefer_site, site_of
@@ -51,21 +53,24 @@ def test_ipv6_sites_are_64_bit_prefixes() -> None:
     assert got[:18] == near
 
 
-async def test_the_tracker_honours_a_private_announced_address_only(
-    aiohttp_client: Any, tmp_path: Path
+@pytest.mark.parametrize("accept_ip_from", [(), ("127.0.0.0/8",), ("10.0.0.0/8",)])
+async def test_an_announced_address_is_honoured_only_from_accepted_networks(
+    aiohttp_client: Any, tmp_path: Path, accept_ip_from: tuple[str, ...]
 ) -> None:
     data = tmp_path / "tracker"
     info_hash = publish_directly(data, "acme/public", "v1")
-    client = await aiohttp_client(create_app(TrackerSettings(data_dir=data, interval=60)))
+    settings = TrackerSettings(data_dir=data, interval=60, accept_ip_from=accept_ip_from)
+    client = await aiohttp_client(create_app(settings))
 
     async def announce(n: int, **extra: str) -> dict[bytes, Any]:
         query = announce_query(info_hash, peer_id(n), port=7000 + n, **extra)
         r = await client.get(f"/announce?{query}")
         return bdecode(await r.read())
 
-    await announce(1, ip="10.9.8.7")  # a private address: dial me there
-    await announce(2, ip="100.64.0.1")  # not private (shared space): not taken on its word
+    await announce(1, ip="127.0.0.9")  # a private address: dial me there
+    await announce(2, ip="0.0.0.0")  # nobody's address: never taken
     seen = await announce(3)
+    honoured = accept_ip_from == ("127.0.0.0/8",)  # the client (127.0.0.1) is in it
     assert sorted(entries(seen[b"peers"])) == sorted(
-        [entry("10.9.8.7", 7001), entry("127.0.0.1", 7002)]
+        [entry("127.0.0.9" if honoured else "127.0.0.1", 7001), entry("127.0.0.1", 7002)]
     )

@@ -118,7 +118,7 @@ def _announce_once(https: Served, bundle: Path, info_hash: bytes, torrent: bytes
     None when the tracker replied, else libtorrent's tracker error."""
     settings = session_settings(
         listen_interface="127.0.0.1", port=0, upload_rate_limit=0, download_rate_limit=0,
-        announce_interval_hint=None, loopback=True, ssrf_mitigation=True, extra_settings=None,
+        announce_interval_hint=None, utp=False, ssrf_mitigation=True, extra_settings=None,
     )  # fmt: skip
     assert os.environ["SSL_CERT_FILE"] == str(bundle)
     session = lt.session(settings)

@@ -420,7 +420,7 @@ def test_ipv6_peers_get_their_address_from_the_socket(
 ) -> None:
     with serve(TrackerSettings(data_dir=data_dir), loop_kind, host="::1") as served:
         with served.connect() as c:
-            c.send(announce(public_hash, 1, ip="10.9.9.9"))  # the ip parameter is ignored
+            c.send(announce(public_hash, 1, ip="127.0.0.9"))  # the ip parameter is ignored
             c.bencoded()
             c.send(announce(public_hash, 2))
             answer, headers = c.bencoded()

@@ -24,6 +24,7 @@ them, so the two paths cannot drift apart.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -395,16 +396,19 @@ async def _announce_after_lookup(
         return _refused(state, e)
 
 
-def _announced_address(ip: str | None) -> str | None:
-    """A peer's own ``ip=`` (a host behind a proxy or NAT that knows its reachable address),
-    honoured only for private-range addresses: a public one could aim a swarm at a stranger."""
-    if not ip:
+def _announced_address(state: TrackerState, ip: str | None, host: str) -> str | None:
+    """A peer's own ``ip=`` (a host behind NAT or a proxy that knows its reachable address),
+    honoured only from clients in ``--accept-ip-from`` and only for a private-range address:
+    from anyone, or to a public address, it could aim a swarm at a stranger."""
+    networks = state.settings.ip_networks
+    if not ip or not networks:
         return None
-    import ipaddress
-
     try:
+        source = ipaddress.ip_address(host)
         address = ipaddress.ip_address(ip.strip("[]"))
     except ValueError:
+        return None
+    if not any(source in network for network in networks):
         return None
     return str(address) if address.is_private and not address.is_unspecified else None
 
@@ -414,7 +418,7 @@ def _record(state: TrackerState, query: Announce, host: str | None) -> Answer:
     (bytes from an in-process peer store, a coroutine from a networked one)."""
     if not host:
         raise Refusal("cannot tell the address this announce comes from")
-    host = _announced_address(query.ip) or host
+    host = _announced_address(state, query.ip, host) or host
     try:
         peer = Peer.from_address(query.peer_id, host, query.port, seeder=query.left == 0)
     except ValueError:

@@ -177,6 +177,9 @@ def tracker_group() -> None:
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
               help="A proxy whose X-Forwarded-For / X-Real-IP name the client (repeatable); "
               "from anyone else those headers are ignored.")  # fmt: skip
+@click.option("--accept-ip-from", "accept_ip_from", multiple=True, metavar="CIDR",
+              help="Clients in this network may announce their own private address (BEP 3 "
+              "ip=, P2PDIST_ANNOUNCE_ADDRESS; repeatable). Ignored from anyone else.")  # fmt: skip
 @click.option("--idle-timeout", default=TrackerSettings.idle_timeout, show_default=True,
               type=click.FloatRange(1, 3600), help="Seconds an idle connection is kept.")  # fmt: skip
 @click.option("--max-connections-per-address", "per_address",
@@ -195,6 +198,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     trusted_proxies: tuple[str, ...],
+    accept_ip_from: tuple[str, ...],
     idle_timeout: float,
     per_address: int,
     verbose: bool,
@@ -224,6 +228,7 @@ def serve(
             interval=interval,
             track_unknown=track_unknown,
             trusted_proxies=trusted_proxies,
+            accept_ip_from=accept_ip_from,
             idle_timeout=idle_timeout,
             max_connections_per_address=per_address,
             db=db,
@@ -263,7 +268,7 @@ def token(
     if namespace is not None and ("/" in namespace or not _is_name(namespace)):
         raise click.BadParameter(
             f"{namespace!r} is not a namespace: one name segment, the org of org/model "
-            "(lowercase letters, digits, '.', '_', '-')",
+            "(letters, digits, '.', '_', '-')",
             param_hint="--namespace",
         )
     if list_tokens and revoke is not None:

@@ -87,6 +87,11 @@ class TrackerSettings:
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of proxies whose ``X-Forwarded-For`` / ``X-Real-IP`` name the client
     (``--trusted-proxy``); forwarded headers from any other address are ignored."""
+    accept_ip_from: tuple[str, ...] = ()
+    """CIDRs whose clients may name their own address (BEP 3 ``ip=``, for a host behind NAT
+    or a proxy that knows where peers should dial it; ``--accept-ip-from``). The named
+    address must be private-range too. From anyone else ``ip=`` is ignored: it would let a
+    client aim a swarm at a stranger."""
     idle_timeout: float = 30.0
     """Seconds an idle keep-alive connection is kept, on the front and on aiohttp's path."""
     max_connections_per_address: int = 256
@@ -98,14 +103,21 @@ class TrackerSettings:
         """``trusted_proxies`` parsed (checked when the settings are made)."""
         return tuple(ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
 
+    @cached_property
+    def ip_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``accept_ip_from`` parsed (checked when the settings are made)."""
+        return tuple(ip_network(cidr, strict=False) for cidr in self.accept_ip_from)
+
     def __post_init__(self) -> None:
-        for cidr in self.trusted_proxies:
-            try:
-                ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"trusted proxy {cidr!r} is not an address or CIDR (like 10.0.0.0/8)"
-                ) from None
+        for what, cidrs in (("trusted proxy", self.trusted_proxies),
+                            ("--accept-ip-from", self.accept_ip_from)):  # fmt: skip
+            for cidr in cidrs:
+                try:
+                    ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"{what} {cidr!r} is not an address or CIDR (like 10.0.0.0/8)"
+                    ) from None
 
     @property
     def db_path(self) -> Path:

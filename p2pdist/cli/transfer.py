@@ -86,6 +86,7 @@ def publish(
         if hf_cache.in_cache(repo_id):
             folder = hf_cache.snapshot_folder(repo_id)
             name = name or repo_id
+            follow_symlinks = follow_symlinks or hf_cache.links_stay_in_repo(folder)
     if name is None:
         raise click.UsageError("--name is required unless FOLDER is a repo id in the HF cache")
     published = publish_version(

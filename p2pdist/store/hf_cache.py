@@ -192,6 +192,23 @@ def snapshot_folder(
     return snapshot
 
 
+def links_stay_in_repo(snapshot: Path) -> bool:
+    """Whether every symbolic link in a cache snapshot resolves inside its own repo folder
+    (``snapshots/<rev>/file -> ../../blobs/<hash>``, as huggingface_hub writes them). Such a
+    snapshot is published through its links; one that links elsewhere is refused as any
+    folder would be."""
+    repo = snapshot.resolve().parent.parent
+    for path in snapshot.rglob("*"):
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                return False
+            if not target.is_relative_to(repo):
+                return False
+    return True
+
+
 def in_cache(repo_id: str, *, cache: str | Path | None = None) -> bool:
     """Whether ``repo_id`` has a ``main`` snapshot in the hub cache."""
     try:

@@ -84,7 +84,7 @@ def test_clean_shutdown_on_signal(tracker: Tracker, sig: int) -> None:
 
 
 def test_token_cli_refuses_a_bad_namespace(tracker: Tracker) -> None:
-    for bad in ("Not A Name", "Org", "org/model"):
+    for bad in ("Not A Name", "Org!", "org/model"):
         with pytest.raises(subprocess.CalledProcessError) as info:
             tracker.cli("token", "--namespace", bad)
         assert info.value.returncode == 2 and "Traceback" not in info.value.stderr
