@@ -323,10 +323,10 @@ def _timed(route: str) -> Callable[[Callable[..., Answer]], Callable[..., Answer
 
     def wrap(fn: Callable[..., Answer]) -> Callable[..., Answer]:
         @functools.wraps(fn)
-        def timed(state: TrackerState, *args: Any) -> Answer:
+        def timed(state: TrackerState, *args: Any, **kwargs: Any) -> Answer:
             started = time.perf_counter()
             try:
-                return fn(state, *args)
+                return fn(state, *args, **kwargs)
             finally:
                 state.metrics.latency[route].observe(time.perf_counter() - started)
 
