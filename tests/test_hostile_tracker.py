@@ -282,3 +282,25 @@ def test_the_ip_parameter_cannot_point_a_swarm_at_someone_else(
                 answer = http_get(c, f"/announce?{query}&ipv6=%3A%3A1")
         blob = bdecode(answer.partition(b"\r\n\r\n")[2])[b"peers"]
         assert blob == socket.inet_aton("127.0.0.2") + (7002).to_bytes(2, "big")
+
+
+def test_a_publish_body_that_stops_arriving_is_ended_by_the_idle_timeout(
+    data_dir: Path,
+) -> None:
+    """A publisher's token is no licence to hold a connection open by trickling its body."""
+    token = make_token(data_dir, "acme")
+    with serving(TrackerSettings(data_dir=data_dir, idle_timeout=1.0)) as served:
+        with connect_from("127.0.0.2", served.port) as c:
+            c.sendall(
+                b"POST /v1/models/acme/m/versions/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + token.encode() + b"\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"ma'
+            )
+            answer = b""  # before the fix, no answer came: recv timed out (10 s)
+            while b"stopped arriving" not in answer:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"the request body stopped arriving for 1 s" in answer, answer[:300]

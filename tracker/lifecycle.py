@@ -20,7 +20,7 @@ from aiohttp import web
 
 from p2pdist.formats.statement import Statement
 from p2pdist.ref import LATEST, ModelRef, validate_version
-from p2pdist.tracker.registry import _name, grant_of, readable_model
+from p2pdist.tracker.registry import _name, grant_of, read_body, readable_model
 from p2pdist.tracker.registry_store import RegistryStore
 from p2pdist.tracker.state import STATE, ApiError
 
@@ -37,9 +37,7 @@ async def post_statement(request: web.Request) -> web.Response:
         raise ApiError(401, "statements need a token: pass one (P2PDIST_TOKEN)", "AuthError")
     if not grant.can_publish(namespace):
         raise ApiError(403, f"this token cannot publish in namespace {namespace}", "AuthError")
-    body = await request.content.read(MAX_STATEMENT + 1)
-    if len(body) > MAX_STATEMENT:
-        raise ApiError(413, f"a statement is at most {MAX_STATEMENT} bytes", "FormatError")
+    body = await read_body(request, MAX_STATEMENT)
     statement = await asyncio.to_thread(Statement.from_bytes, body)
     if statement.model != name:
         raise ApiError(

@@ -210,6 +210,28 @@ def _store(db: RegistryStore, new: NewVersion) -> tuple[str, list[TrackedHash]]:
     return outcome, tracked
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """A request body of at most ``limit`` bytes, read under the idle timeout: a body that
+    stops arriving (or trickles a byte now and then) for ``idle_timeout`` seconds is a 408,
+    so no client holds a connection and its buffers open by sending slowly."""
+    idle = request.app[STATE].settings.idle_timeout
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408, f"the request body stopped arriving for {idle:g} s", "FormatError"
+            ) from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"a request body is at most {limit} bytes", "FormatError")
+        chunks.append(chunk)
+
+
 async def publish(request: web.Request) -> web.Response:
     """``POST /v1/models/{name}/versions/{version}``."""
     state = request.app[STATE]
@@ -220,7 +242,7 @@ async def publish(request: web.Request) -> web.Response:
         raise ApiError(401, "publishing needs a token: pass one (P2PDIST_TOKEN)", "AuthError")
     if not grant.can_publish(namespace):
         raise ApiError(403, f"this token cannot publish in namespace {namespace}", "AuthError")
-    body = await request.read()
+    body = await read_body(request, state.settings.max_body)
     new = await asyncio.to_thread(check_publish, name, version, body)
     outcome, tracked = await state.db_call(_store, new)
     state.track(tracked)

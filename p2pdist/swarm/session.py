@@ -261,7 +261,16 @@ class Swarm:
                     _probe_tracker(handle, tracker_error is not None)
                     next_probe = now + SCRAPE_INTERVAL
                 seeding_peers = progress.seeds if progress is not None else 0
-                if can_fail_fast and tracker_seeds == 0 and seeding_peers == 0:
+                connected = progress.peers if progress is not None else 0
+                # every peer the tracker named is connected and none is a seed: a peer not
+                # reached yet (its announce is stale on one replica, it is slow to accept)
+                # may still be one, so that case waits for the stall timeout instead
+                if (
+                    can_fail_fast
+                    and tracker_seeds == 0
+                    and seeding_peers == 0
+                    and connected >= known
+                ):
                     no_seeders_since = no_seeders_since or now
                     if now - max(no_seeders_since, last_change) > NO_SEEDERS_GRACE:
                         raise NoSeedersError(
