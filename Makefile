@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # Debian packages the tests and benchmarks use: aria2c (a standard BitTorrent client, for the
-# interoperability test), the zstd CLI (the delta benchmark's baseline), iproute2, nftables and
-# iperf3 (the multi-host test bed: network namespaces, tbf-shaped links, NAT), nginx (a
-# TLS-terminating proxy in front of the tracker), PostgreSQL and Redis (tracker replicas).
-# Installed when missing and root; elsewhere the dependent tests skip with a visible reason.
-DEBIAN_PACKAGES := aria2 zstd iproute2 nftables iperf3 nginx-light postgresql redis-server
+# interoperability test), the zstd CLI (the delta benchmark's baseline), iproute2, nftables,
+# iperf3 and curl (the multi-host test bed and bench/cluster.py: network namespaces,
+# tbf-shaped links, NAT), nginx (a TLS-terminating proxy in front of the tracker), PostgreSQL
+# and Redis (tracker replicas). Installed when missing and root; elsewhere the dependent tests
+# skip with a visible reason.
+DEBIAN_PACKAGES := aria2 zstd iproute2 nftables iperf3 curl nginx-light postgresql redis-server
 
 system-deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,12 +40,6 @@ system-deps:
 				-o DPkg::Lock::Timeout=300 $$missing >/dev/null \
 			|| echo "warning: could not install" $$missing "; their tests will be skipped"; \
 		else echo "warning:" $$missing "missing and no root apt-get; their tests will be skipped"; fi; \
-	fi
-	@if ! command -v redis-server >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null \
-			|| echo "warning: could not install postgresql/redis-server; the replica tests will be skipped"; \
-		else echo "warning: postgresql/redis-server missing and no root apt-get; the replica tests will be skipped"; fi; \
 	fi
 
 demo: install
