@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from p2pdist.errors import ConfigError
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import TrackerSettings, create_app
 from p2pdist.tracker.locality import GATEWAYS, prefer_site, site_of
@@ -74,3 +75,8 @@ async def test_an_announced_address_is_honoured_only_from_accepted_networks(
     assert sorted(entries(seen[b"peers"])) == sorted(
         [entry("127.0.0.9" if honoured else "127.0.0.1", 7001), entry("127.0.0.1", 7002)]
     )
+
+
+def test_a_bad_accept_ip_from_network_is_one_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--accept-ip-from 'nope' is not an address or CIDR"):
+        TrackerSettings(data_dir=tmp_path, accept_ip_from=("nope",))
