@@ -1,12 +1,14 @@
 """p2pdist among the Hugging Face tools, for real: a tiny GPT-2 saved by transformers,
 published and fetched through a real tracker and swarm, then found by repo id by
 ``from_pretrained`` and ``snapshot_download`` offline; fetches of a subset of files; and a
-repo id already in the HF cache published as is. No hub is ever contacted (HF_HUB_OFFLINE)."""
+repo id already in the HF cache published as is; a follower keeping refs/main at the newest
+version. No hub is ever contacted (HF_HUB_OFFLINE)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.integration.harness import Node
 
 transformers = pytest.importorskip(
@@ -165,3 +168,44 @@ def test_include_and_exclude_fetch_only_the_chosen_files(
     none = consumer.run("fetch", f"{NAME}@v1", "--include", "*.gguf")
     assert none.returncode == 1 and "no file matches" in none.stderr
     assert "Traceback" not in none.stderr
+
+
+def test_a_follower_with_the_hf_cache_on_keeps_refs_main_at_the_newest_version(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    """``fetch --follow`` on a host whose config turns the HF cache on (P2PDIST_HF_CACHE=1):
+    every version it follows is placed, and ``refs/main`` moves to the newest, so a program
+    that loads by repo id picks up each new version."""
+
+    import torch
+
+    publisher = nodes("publisher", publisher=True)
+    v1_src = tiny_gpt2(tmp_path / "v1")
+    publisher.start_seeding("publish", str(v1_src), "--name", NAME, "--version", "v1")
+    hf_cache = tmp_path / "hf-hub"
+    refs = hf_cache / "models--org--Tiny-GPT2" / "refs"
+    follower = nodes("follower", HF_HUB_CACHE=str(hf_cache), P2PDIST_HF_CACHE="1")
+    following = follower.start("fetch", f"{NAME}@latest", "--follow")
+    try:
+        wait_until(lambda: (refs / "v1").is_file(), "v1 placed in the HF cache", timeout=120)
+        assert (refs / "main").read_text() == (refs / "v1").read_text()
+
+        v2_src = tmp_path / "v2"
+        model = transformers.GPT2LMHeadModel.from_pretrained(v1_src)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1.5)  # a new version of the same model
+        model.save_pretrained(v2_src)
+        publisher.start_seeding("publish", str(v2_src), "--name", NAME, "--version", "v2")
+        wait_until(lambda: (refs / "v2").is_file(), "v2 placed in the HF cache", timeout=120)
+        wait_until(
+            lambda: (refs / "main").read_text() == (refs / "v2").read_text(),
+            "refs/main at v2",
+            timeout=30,
+        )
+        snapshot = hf_cache / "models--org--Tiny-GPT2" / "snapshots" / (refs / "v2").read_text()
+        placed = (snapshot / "model.safetensors").read_bytes()
+        assert placed == (v2_src / "model.safetensors").read_bytes()
+        assert placed != (v1_src / "model.safetensors").read_bytes()
+    finally:
+        following.send_signal(signal.SIGINT)
+        following.communicate(timeout=60)
