@@ -191,7 +191,8 @@ class TrackerState:
         self._executor: ThreadPoolExecutor | None = None
         self._seen_seq = 0
         self._refreshing: asyncio.Future[None] | None = None
-        self._refreshed_at = float("-inf")
+        self._refreshed_at = float("-inf")  # when the last look at the registry began
+        self._refresh_ok = False
         self._poller: asyncio.Task[None] | None = None
         self._token_grants: dict[str, Grant] = {}
         self._passkey_grants: dict[str, Grant] = {}
@@ -243,14 +244,26 @@ class TrackerState:
 
     async def refresh(self, min_age: float = 0.0) -> None:
         """Learn of versions published since the last look (by any replica): track their
-        swarms and wake their long-polls. Concurrent callers share one query; with
-        ``min_age``, a look younger than that many seconds is not repeated (so a flood of
-        announces for unknown swarm ids costs the registry at most a query per ``min_age``)."""
-        if self._refreshing is not None:
-            return await asyncio.shield(self._refreshing)
+        swarms and wake their long-polls. When it returns, a look that began after the call
+        has completed, so whatever was published before the call is known. Concurrent callers
+        share one query; with ``min_age``, looks start at most once per ``min_age`` seconds (a
+        caller waits for the next one), so a flood of announces for unknown swarm ids costs
+        the registry at most a query per ``min_age``."""
         loop = asyncio.get_running_loop()
-        if min_age and loop.time() - self._refreshed_at < min_age:
-            return
+        asked = loop.time()
+        while True:
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)  # (its failure is this caller's too)
+                if self._refreshed_at >= asked:
+                    return
+                continue
+            if self._refreshed_at >= asked and self._refresh_ok:
+                return  # a look that began after this call has completed
+            wait = self._refreshed_at + min_age - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            break
         self._refreshed_at = loop.time()
         self._refreshing = loop.create_future()
         try:
@@ -260,8 +273,10 @@ class TrackerState:
                 self._seen_seq = max(self._seen_seq, published.seq)
             for model in {p.model for p in changes}:
                 self.published(model)
+            self._refresh_ok = True
             self._refreshing.set_result(None)
         except BaseException as e:
+            self._refresh_ok = False
             if isinstance(e, Exception):
                 self._refreshing.set_exception(e)
                 self._refreshing.exception()  # retrieved: a lone caller gets it by the raise
