@@ -74,3 +74,19 @@ def test_the_announced_address_rides_on_the_announce_url(
     assert with_hints(url) == f"{url}?ip=127.0.0.7"
     monkeypatch.setenv("P2PDIST_ANNOUNCE_ADDRESS", "::1")
     assert with_hints(url + "?x=1") == f"{url}?x=1&ip=%3A%3A1"
+
+
+@pytest.mark.parametrize(("upload_cap", "queue"), [(0, 128), (4_000_000, 32), (10**9, 2000)])
+def test_peers_queue_a_bounded_number_of_requests_at_us_capped_or_not(
+    p2p_home: Path, upload_cap: int, queue: int
+) -> None:
+    """libtorrent's 2000 queued blocks per peer made a seed send pieces twice on real links
+    (BENCHMARKS.md, "Cluster"): the queue is bounded with or without an upload cap, and
+    pieces are spread over peers block by block."""
+    settings = session_settings(
+        listen_interface="127.0.0.1", port=0, upload_rate_limit=upload_cap,
+        download_rate_limit=0, announce_interval_hint=None, utp=False,
+        ssrf_mitigation=True, extra_settings=None,
+    )  # fmt: skip
+    assert settings["max_allowed_in_request_queue"] == queue
+    assert settings["whole_pieces_threshold"] == 0

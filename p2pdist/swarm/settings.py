@@ -28,6 +28,10 @@ ALERT_MASK = (
 )
 
 
+UNCAPPED_REQUEST_QUEUE = 128
+"""Block requests one peer may queue at us when no upload cap sets the figure (2 MiB)."""
+
+
 def session_settings(
     *,
     listen_interface: str,
@@ -71,25 +75,29 @@ def session_settings(
         # The rate limiter hands out quota per tick: at the default 500 ms a capped peer
         # sent nothing for its first 2 s (measured, 4 MB/s cap); 100 ms cut that to 0.5 s.
         settings["tick_interval"] = 100
-    if upload_rate_limit:
-        # Peers may queue this many block requests at us (advertised as `reqq`; it caps
-        # their outstanding requests). At libtorrent's 2000 each consumer queued up to
-        # 8 MiB at a 4 MB/s seed, so pieces were claimed long before they were sent and
-        # consumers could not fetch them from each other: the seed sent them twice.
-        # 0.125 s of our upload rate (floor 32 blocks, the 4 MB/s case) took the swarm
-        # bench from about 1.95x/2.67x to 1.70x/2.26x the fluid bound for 4/16 consumers
-        # (BENCHMARKS.md, "Swarm").
-        settings["max_allowed_in_request_queue"] = max(
-            32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE))
-        )
-        # libtorrent asks a peer for whole pieces when it could send one within
-        # `whole_pieces_threshold` (20 s) at its rate: every capped peer qualifies, so each
-        # piece came from a single source and pieces finished (became tradeable) at one
-        # peer's pace. With 0 blocks of a piece are spread over peers: 64 MiB at 5 MB/s,
-        # 256 KiB pieces, won every one of 6 paired runs (N=4/16/32: about 1.44x -> 1.22x,
-        # 2.07x -> 1.51x, 2.10x -> 1.76x the fluid bound; seed copies 2.0 -> 1.7 at N=32;
-        # BENCHMARKS.md, "Swarm"). Measured with capped uploads only.
-        settings["whole_pieces_threshold"] = 0
+    # Peers may queue this many block requests at us (advertised as `reqq`; it caps their
+    # outstanding requests). At libtorrent's 2000 each consumer queued up to 32 MiB at a seed,
+    # so pieces were claimed long before they were sent and consumers could not fetch them
+    # from each other: the seed sent them twice. With an upload cap: 0.125 s of it (floor 32
+    # blocks; the swarm bench went from 1.95x/2.67x to 1.70x/2.26x the fluid bound for 4/16
+    # consumers). Without one (the link is the limit, as between real hosts): 128 blocks
+    # (2 MiB). On the namespace bed, 8 consumers of one seed at 100 Mbit/s each way took
+    # 1.85-1.90x the bound at libtorrent's 2000 (seed copies 1.6-1.7) and 1.56x with 128
+    # (1.27 copies), while one consumer on an unshaped link fetched 1 GiB as fast (5.7-6.2 s
+    # vs 5.6-6.0 s; BENCHMARKS.md, "Cluster").
+    settings["max_allowed_in_request_queue"] = (
+        max(32, min(2000, int(upload_rate_limit) // (8 * BLOCK_SIZE)))
+        if upload_rate_limit
+        else UNCAPPED_REQUEST_QUEUE
+    )
+    # libtorrent asks a peer for whole pieces when it could send one within
+    # `whole_pieces_threshold` (20 s) at its rate: every capped peer qualifies, so each
+    # piece came from a single source and pieces finished (became tradeable) at one peer's
+    # pace. With 0 blocks of a piece are spread over peers: 64 MiB at 5 MB/s, 256 KiB pieces,
+    # won every one of 6 paired runs (N=4/16/32: about 1.44x -> 1.22x, 2.07x -> 1.51x,
+    # 2.10x -> 1.76x the fluid bound; BENCHMARKS.md, "Swarm"); on the bed, links capped by
+    # the network rather than by libtorrent, 1.85-1.90x -> 1.65x for 8 consumers.
+    settings["whole_pieces_threshold"] = 0
     if announce_interval_hint is not None:
         settings["min_announce_interval"] = max(1, int(announce_interval_hint))
     settings.update(extra_settings or {})
