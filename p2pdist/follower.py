@@ -163,7 +163,8 @@ class Follower:
             versions = self.fetcher.client.list_versions(self.name)
         except NotFoundError:
             return ""
-        return str(versions[-1]["version"]) if versions else ""
+        live = [v for v in versions if "yanked" not in v]  # withdrawn: never a start
+        return str(live[-1]["version"]) if live else ""
 
     def _catch_up(self) -> None:
         """Fetch every version published after ``current``, oldest first.
@@ -172,7 +173,9 @@ class Follower:
         or at the first version when the model had none then: the versions published since
         are all new to the caller, however fast they came.
         """
-        versions = [v["version"] for v in self.fetcher.client.list_versions(self.name)]
+        listed = self.fetcher.client.list_versions(self.name)
+        versions = [v["version"] for v in listed]
+        withdrawn = {v["version"] for v in listed if "yanked" in v}
         if self.current is not None:
             if self.current not in versions:
                 raise NotFoundError(
@@ -186,6 +189,7 @@ class Follower:
             pending = versions[versions.index(self._start) :]
         else:
             pending = versions[-1:]
+        pending = [v for v in pending if v not in withdrawn]  # yanked: followers skip them
         for number, version in enumerate(pending):
             if self._stop.is_set():
                 return

@@ -297,6 +297,48 @@ def test_a_follower_behind_retention_skips_what_nobody_seeds_any_more(
     assert follower.error is None
 
 
+def test_a_follower_skips_a_version_withdrawn_while_it_was_behind(
+    tmp_path: Path,
+    publisher: CheckpointPublisher,
+    tracker: Tracker,
+    swarms: tuple[Swarm, Swarm],
+    follower_home: Path,
+) -> None:
+    """Busy with v1 while v2 and v3 come out and v2 is yanked: the follower goes on to v3
+    (before, it asked for v2 by name, was refused, and stopped for good)."""
+    from p2pdist.formats.keys import load_signing_key
+    from p2pdist.formats.statement import Statement
+
+    states = model_states(3)
+    publisher.publish(states[0]).result(timeout=WAIT)
+    updates: list[Update] = []
+    busy, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def on_update(update: Update) -> None:
+        updates.append(update)
+        if len(updates) == 1:
+            busy.set()
+            assert release.wait(WAIT)
+        if update.version == "v3":
+            done.set()
+
+    client = RegistryClient(tracker.url)
+    fetcher = make_fetcher(tmp_path, follower_home, client, swarms[1])
+    follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL)
+    with following(follower.start(), release):
+        assert busy.wait(WAIT), follower.error
+        for state in states[1:]:
+            publisher.publish(state).result(timeout=WAIT)
+        yank = Statement("yank", NAME, {"version": "v2", "reason": "NaNs"})
+        RegistryClient(tracker.url, publisher.token).post_statement(
+            NAME, yank.signed(load_signing_key()).to_bytes()
+        )
+        release.set()
+        assert done.wait(WAIT), follower.error
+    assert [u.version for u in updates] == ["v1", "v3"]
+    assert follower.error is None
+
+
 def test_a_follower_with_keep_holds_only_the_newest_versions(
     tmp_path: Path,
     publisher: CheckpointPublisher,
