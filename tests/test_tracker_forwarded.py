@@ -13,11 +13,12 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 
 from p2pdist.errors import ConfigError
 from p2pdist.formats.bencode import bdecode
 from p2pdist.tracker import TrackerSettings
-from p2pdist.tracker.forwarded import client_address
+from p2pdist.tracker.forwarded import address_from_head, client_address, request_address
 from tests.edge_world import Served, connect_from, serving
 from tests.tracker_world import announce_query, peer_id, publish_directly
 
@@ -35,7 +36,7 @@ PROXY = [ip_network("127.0.0.1/32")]
         ("127.0.0.1", "127.0.0.7, 127.0.0.1", None, "127.0.0.7"),  # proxies skipped
         ("127.0.0.1", "127.0.0.1", None, "127.0.0.1"),
         ("127.0.0.1", "junk, 127.0.0.7", None, "127.0.0.7"),
-        ("127.0.0.1", "127.0.0.7, junk", "127.0.0.8", "127.0.0.8"),  # walk stops at junk
+        ("127.0.0.1", "127.0.0.7, junk", "127.0.0.8", "127.0.0.1"),  # junk: only the proxy is sure
         ("127.0.0.1", "[::1]:555", None, "::1"),
         ("127.0.0.1", "127.0.0.7:555", None, "127.0.0.7"),
         ("127.0.0.1", None, None, "127.0.0.1"),
@@ -107,3 +108,16 @@ def test_without_trusted_proxies_the_proxy_is_every_peer(tmp_path: Path) -> None
         _announce(served, "127.0.0.1", info_hash, 6, "X-Forwarded-For: 127.0.0.6")
         seen = _addresses(_announce(served, "127.0.0.9", info_hash, 9))
     assert seen == {("127.0.0.1", 7006)}
+
+
+def test_both_paths_take_the_last_x_real_ip_a_client_cannot_put_first() -> None:
+    """A proxy adds its X-Real-IP after any the client sent: the front's raw head and the
+    aiohttp path must both read the last one."""
+    head = b"\r\nX-Real-IP: 127.0.0.66\r\nX-Real-IP: 127.0.0.9\r\n"
+    assert address_from_head("127.0.0.1", head, PROXY) == "127.0.0.9"
+
+    class Request:
+        remote = "127.0.0.1"
+        headers = CIMultiDict([("X-Real-IP", "127.0.0.66"), ("X-Real-IP", "127.0.0.9")])
+
+    assert request_address(Request(), PROXY) == "127.0.0.9"  # type: ignore[arg-type]

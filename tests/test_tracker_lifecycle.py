@@ -7,6 +7,7 @@ against a real tracker in a thread.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from p2pdist.client import RegistryClient
-from p2pdist.errors import ConflictError, NotFoundError, SignatureError
+from p2pdist.errors import ConflictError, FormatError, NotFoundError, SignatureError
 from p2pdist.fetcher import Fetcher
 from p2pdist.formats.keys import public_key_of
 from p2pdist.formats.statement import Statement
@@ -49,6 +50,8 @@ def test_yank_leaves_latest_and_tags_move_by_signed_statements(
     assert registry.tags(MODEL) == {"stable": "v3"}
     with pytest.raises(ConflictError, match="newer statement"):
         registry.apply_statement(old_tag)  # replayed: cannot move the tag back
+    with pytest.raises(ConflictError, match="stable is a tag"):  # model@stable stays the tag
+        registry.publish(new_version(key, MODEL, "stable", parent="v3"))
     registry.apply_statement(
         Statement("yank", MODEL, {"version": "v3", "reason": "bad tokenizer"}).signed(key)
     )
@@ -56,6 +59,8 @@ def test_yank_leaves_latest_and_tags_move_by_signed_statements(
     assert info is not None and info.latest == "v2" and info.versions == 3
     assert registry.yanked(MODEL) == {"v3": "bad tokenizer"}
     assert registry.tags(MODEL) == {}  # a tag never points at a withdrawn version
+    with pytest.raises(ConflictError, match="newer statement"):
+        registry.apply_statement(old_tag)  # nor does the yank let an old statement back in
     with pytest.raises(ConflictError, match="withdrawn"):
         registry.apply_statement(
             Statement("tag", MODEL, {"tag": "stable", "version": "v3"}).signed(key)
@@ -213,3 +218,26 @@ def revoke_and_see_it_refused(url: str, data_dir: Path) -> None:
             break
         assert time.monotonic() < deadline, "the revoked token still works"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "change", "message"),
+    [
+        ("tag", {"tag": "stable", "version": "v1"}, {"signed_at": "9999-01-01T00:00:00.000000Z"},
+         "lies in the future"),
+        ("tag", {"tag": "stable", "version": "v1"}, {"signed_at": "yesterday"}, "UTC time"),
+        ("yank", {"version": "v1", "reason": "ok\x1b[2J"}, {}, "one line"),
+        ("rotate-key", {"new_key": "AB" * 32}, {}, "lowercase hex"),
+    ],
+)  # fmt: skip
+def test_statements_are_refused_when_their_fields_would_mislead(
+    kind: str, fields: dict[str, str], change: dict[str, str], message: str
+) -> None:
+    """A statement dated far ahead would block every later one of its subject; control
+    characters in a reason reach consumers' terminals; an uppercase key never matches the
+    pin it sets."""
+    signed = json.loads(
+        Statement(kind, MODEL, fields).signed(Ed25519PrivateKey.generate()).to_bytes()
+    )
+    with pytest.raises(FormatError, match=message):
+        Statement.from_json({**signed, **change})

@@ -70,8 +70,9 @@ def client_address(
     The connection's own address unless it comes from a trusted proxy; then the first
     ``X-Forwarded-For`` entry from the right that is not itself a trusted proxy (each proxy
     appends the address it saw, so entries left of it may be forged by the client), else
-    ``X-Real-IP``, else the proxy's own address. Unparseable entries stop the walk: what
-    lies left of them cannot be trusted either.
+    ``X-Real-IP`` (the last one: a proxy appends its own after any the client sent), else
+    the proxy's own address. An unparseable entry ends the walk at the proxy's own address:
+    what lies left of it, and an ``X-Real-IP`` beside it, cannot be trusted either.
     """
     if peer is None or not proxies:
         return peer
@@ -83,7 +84,7 @@ def client_address(
         for entry in reversed(entries):
             address, trusted = _classify(entry, nets)
             if address is None:
-                break
+                return peer  # nothing from here leftwards (nor X-Real-IP) can be trusted
             if not trusted:
                 return address
         else:
@@ -119,7 +120,8 @@ def request_address(request: web.BaseRequest, proxies: Sequence[Network]) -> str
         return peer
     headers = request.headers
     forwarded = ",".join(headers.getall("X-Forwarded-For", ())) or None
-    return client_address(peer, forwarded, headers.get("X-Real-IP"), proxies)
+    real_ip = headers.getall("X-Real-IP", ())
+    return client_address(peer, forwarded, real_ip[-1] if real_ip else None, proxies)
 
 
 __all__ = ["Network", "address_from_head", "client_address", "is_trusted", "request_address"]

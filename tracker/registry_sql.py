@@ -240,6 +240,14 @@ class SqlRegistry:
                 f"{new.model}@{new.version} is already published with other bytes; "
                 "versions are immutable: publish a new version"
             )
+        if run(
+            "SELECT 1 FROM tags WHERE model = ? AND tag = ? AND version <> ''",
+            new.model, new.version,
+        ):  # fmt: skip
+            raise ConflictError(
+                f"{new.model}@{new.version}: {new.version} is a tag of {new.model} (a name "
+                "that resolves to another version); publish under another version name"
+            )
         if new.parent is not None and not run(
             "SELECT 1 FROM versions WHERE model = ? AND version = ?", new.model, new.parent
         ):
@@ -282,7 +290,9 @@ class SqlRegistry:
 
     def tags(self, model: str) -> dict[str, str]:
         """The movable tags of ``model``: tag -> version."""
-        return dict(self._read("SELECT tag, version FROM tags WHERE model = ?", model))
+        return dict(
+            self._read("SELECT tag, version FROM tags WHERE model = ? AND version <> ''", model)
+        )
 
     def audit(self, model: str | None = None) -> list[tuple[str, str, str, str]]:
         """The audit trail (time, model, action, detail), oldest first."""
@@ -325,7 +335,9 @@ class SqlRegistry:
                     "statement = excluded.statement",
                     name, version, reason, statement.signed_at, blob,
                 )  # fmt: skip
-                run("DELETE FROM tags WHERE model = ? AND version = ?", name, version)
+                # the tags on it stop resolving, but keep their signed_at (a tombstone), so
+                # an older statement replayed cannot point them back somewhere
+                run("UPDATE tags SET version = '' WHERE model = ? AND version = ?", name, version)
                 _audit(
                     run, name, "yank", f"{version} withdrawn" + (f": {reason}" if reason else "")
                 )

@@ -17,7 +17,8 @@ the same kind and subject, so an old statement replayed cannot move a tag back.
 
 from __future__ import annotations
 
-import json
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from p2pdist.errors import FormatError, SignatureError
+from p2pdist.formats import jsonio
 from p2pdist.formats.keys import public_key_of
 from p2pdist.formats.manifest import canonical_json
 from p2pdist.ref import validate_name, validate_version
@@ -33,6 +35,10 @@ from p2pdist.ref import validate_name, validate_version
 Kind = Literal["yank", "tag", "rotate-key"]
 KINDS: tuple[str, ...] = ("yank", "tag", "rotate-key")
 MAX_REASON = 500
+MAX_CLOCK_SKEW_SECONDS = 600
+"""How far in the future a statement's ``signed_at`` may lie (clocks disagree a little; a
+statement dated years ahead would block every later one of its subject)."""
+SIGNED_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _FIELDS = {
     "yank": {"version", "reason"},
     "tag": {"tag", "version"},
@@ -109,6 +115,17 @@ class Statement:
             if not isinstance(obj.get(name), str):
                 raise FormatError(f"statement field {name} must be a string")
         validate_name(obj["model"])
+        try:
+            signed_at = datetime.strptime(obj["signed_at"], SIGNED_AT_FORMAT)
+        except ValueError:
+            raise FormatError(
+                "statement field signed_at must be a UTC time like 2026-01-31T12:00:00.000000Z"
+            ) from None
+        ahead = signed_at.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
+        if ahead.total_seconds() > MAX_CLOCK_SKEW_SECONDS:
+            raise FormatError(
+                f"statement signed_at {obj['signed_at']} lies in the future; check the signer's clock"
+            )
         fields = {k: obj[k] for k in own if k in obj}
         if kind in ("yank", "tag"):
             validate_version(_string(fields, "version"))
@@ -116,25 +133,25 @@ class Statement:
             validate_version(_string(fields, "tag"))
         if kind == "yank" and fields.get("reason") is not None:
             reason = _string(fields, "reason")
-            if len(reason) > MAX_REASON or "\n" in reason:
+            if len(reason) > MAX_REASON or any(unicodedata.category(c) == "Cc" for c in reason):
                 raise FormatError(f"a yank reason is one line of at most {MAX_REASON} characters")
         if kind == "rotate-key":
             new_key = _string(fields, "new_key")
             try:
+                if not re.fullmatch(r"[0-9a-f]{64}", new_key):  # as public_key_of writes it
+                    raise ValueError
                 Ed25519PublicKey.from_public_bytes(bytes.fromhex(new_key))
             except ValueError:
-                raise FormatError("new_key must be an ed25519 public key in hex") from None
+                raise FormatError(
+                    "new_key must be an ed25519 public key in lowercase hex (64 digits)"
+                ) from None
         return cls(
             kind, obj["model"], fields, obj["signed_at"], obj["public_key"], obj["signature"]
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Statement:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise FormatError("statement is not JSON") from None
-        return cls.from_json(obj)
+        return cls.from_json(jsonio.loads(data, what="statement"))
 
 
 def _string(fields: dict[str, Any], name: str) -> str:
