@@ -20,7 +20,7 @@ from aiohttp import web
 
 from p2pdist.formats.statement import Statement
 from p2pdist.ref import LATEST, ModelRef, validate_version
-from p2pdist.tracker.registry import _name, grant_of, read_body, readable_model
+from p2pdist.tracker.registry import _name, publisher_grant, read_body, readable_model
 from p2pdist.tracker.registry_store import RegistryStore
 from p2pdist.tracker.state import STATE, ApiError
 
@@ -32,11 +32,7 @@ async def post_statement(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = _name(request)
     namespace = ModelRef(name).namespace
-    grant = await grant_of(request)
-    if grant is None:
-        raise ApiError(401, "statements need a token: pass one (P2PDIST_TOKEN)", "AuthError")
-    if not grant.can_publish(namespace):
-        raise ApiError(403, f"this token cannot publish in namespace {namespace}", "AuthError")
+    await publisher_grant(request, namespace, "statements need a token")
     body = await read_body(request, MAX_STATEMENT)
     statement = await asyncio.to_thread(Statement.from_bytes, body)
     if statement.model != name:

@@ -210,6 +210,17 @@ def _store(db: RegistryStore, new: NewVersion) -> tuple[str, list[TrackedHash]]:
     return outcome, tracked
 
 
+async def publisher_grant(request: web.Request, namespace: str, missing: str) -> Grant:
+    """The request's grant, which must publish in ``namespace``: else 401 (``missing``, the
+    start of the message for a request without a token) or 403."""
+    grant = await _grant(request)
+    if grant is None:
+        raise ApiError(401, f"{missing}: pass one (P2PDIST_TOKEN)", "AuthError")
+    if not grant.can_publish(namespace):
+        raise ApiError(403, f"this token cannot publish in namespace {namespace}", "AuthError")
+    return grant
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """A request body of at most ``limit`` bytes, read under the idle timeout: a body that
     stops arriving (or trickles a byte now and then) for ``idle_timeout`` seconds is a 408,
@@ -237,11 +248,7 @@ async def publish(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name, version = _name(request), _version(request)
     namespace = ModelRef(name).namespace
-    grant = await _grant(request)
-    if grant is None:
-        raise ApiError(401, "publishing needs a token: pass one (P2PDIST_TOKEN)", "AuthError")
-    if not grant.can_publish(namespace):
-        raise ApiError(403, f"this token cannot publish in namespace {namespace}", "AuthError")
+    await publisher_grant(request, namespace, "publishing needs a token")
     body = await read_body(request, state.settings.max_body)
     new = await asyncio.to_thread(check_publish, name, version, body)
     outcome, tracked = await state.db_call(_store, new)
@@ -437,7 +444,15 @@ def add_routes(app: web.Application) -> None:
     lifecycle.add_routes(app, base)
 
 
-__all__ = ["add_routes", "check_publish", "grant_of", "json_errors", "readable_model"]
+__all__ = [
+    "add_routes",
+    "check_publish",
+    "grant_of",
+    "json_errors",
+    "publisher_grant",
+    "read_body",
+    "readable_model",
+]
 
 grant_of = _grant
 readable_model = _readable_model

@@ -22,21 +22,9 @@ _key_option = click.option(
 
 
 def _load_key(path: Path | None) -> Any:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from p2pdist.formats.keys import load_signing_key, read_signing_key
 
-    from p2pdist.errors import ConfigError
-    from p2pdist.formats.keys import load_signing_key
-
-    if path is None:
-        return load_signing_key()
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: cannot read the signing key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path}: not an ed25519 private key")
-    return key
+    return load_signing_key() if path is None else read_signing_key(path)
 
 
 def _send(kind: str, model: str, fields: dict[str, Any], key_file: Path | None,

@@ -62,6 +62,11 @@ def load_signing_key(config_dir: Path | None = None, *, create: bool = False) ->
         if not create:
             raise ConfigError(f"no signing key at {path}; create one with `p2pdist keygen`")
         generate_signing_key(config_dir)
+    return read_signing_key(path)
+
+
+def read_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The ed25519 private key in the PEM file ``path``; one ConfigError line otherwise."""
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
