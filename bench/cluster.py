@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,21 +135,96 @@ def publisher(bed: Bed, host: Host) -> Host:
     return host
 
 
-def timed_fetches(hosts: list[Host], ref: str, *extra: str) -> tuple[float, list[dict], float]:
-    """Start ``fetch ref`` on every host at once; (seconds to the last exit, results, CPU s)."""
+def timed_fetches(
+    hosts: list[Host],
+    ref: str,
+    *extra: str,
+    exits: list[float] | None = None,
+    all_bytes: list[float | None] | None = None,
+) -> tuple[float, list[dict], float]:
+    """Start ``fetch ref`` on every host at once; (seconds to the last exit, results, CPU s).
+    ``exits`` receives each fetch's seconds from the start to its exit, ``all_bytes`` to its
+    progress event saying every byte is in (before verification and commit), in host order."""
     t0 = time.monotonic()
     procs = [h.start("fetch", ref, "--json", *extra) for h in hosts]
-    results, cpu = [], 0.0
-    for proc in procs:
+    outcome: list[tuple[str, str, int, float, float]] = [("", "", 0, 0.0, 0.0)] * len(procs)
+    outcome_bytes: list[float | None] = [None] * len(procs)
+
+    def reap(i: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None and proc.stderr is not None
-        out, err = proc.stdout.read(), proc.stderr.read()  # fetch says little on stderr
+        err_lines = []
+        for line in proc.stderr:  # NDJSON progress events, then any error
+            err_lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "progress" and event["done"] >= event["total"]:
+                outcome_bytes[i] = outcome_bytes[i] or time.monotonic() - t0
+        out, err = proc.stdout.read(), "".join(err_lines)
         _, status, usage = os.wait4(proc.pid, 0)  # the CPU it used, which communicate() loses
         proc.returncode = os.waitstatus_to_exitcode(status)
-        cpu += usage.ru_utime + usage.ru_stime
-        if proc.returncode != 0:
+        outcome[i] = (out, err, proc.returncode, usage.ru_utime + usage.ru_stime,
+                      time.monotonic() - t0)  # fmt: skip
+
+    reapers = [threading.Thread(target=reap, args=(i, p)) for i, p in enumerate(procs)]
+    for r in reapers:
+        r.start()
+    for r in reapers:
+        r.join()
+    results, cpu = [], 0.0
+    for out, err, code, used, _ in outcome:
+        cpu += used
+        if code != 0:
             raise RuntimeError(f"fetch failed: {err[-2000:]}")
         results.append(json.loads(out))
+    if exits is not None:
+        exits[:] = [o[4] for o in outcome]
+    if all_bytes is not None:
+        all_bytes[:] = outcome_bytes
     return time.monotonic() - t0, results, cpu
+
+
+class TxSampler:
+    """An interface's transmitted bytes sampled every ``every`` seconds while in use."""
+
+    def __init__(self, bed: Bed, ns: str, ifname: str, every: float = 0.25) -> None:
+        self.bed, self.ns, self.ifname, self.every = bed, ns, ifname, every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append(
+                (time.monotonic() - t0, self.bed.link_bytes(self.ns, self.ifname)[1])
+            )
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> TxSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def active(self, rate_bps: int) -> tuple[float, float, float]:
+        """(first second the link sent at a tenth of ``rate_bps``, last such second, fraction
+        of the time in between it sent at least 80% of the rate)."""
+        busy: list[tuple[float, float, float]] = []
+        first: float | None = None
+        last = 0.0
+        for (t0, b0), (t1, b1) in zip(self.samples, self.samples[1:], strict=False):
+            rate = (b1 - b0) * 8 / (t1 - t0)
+            busy.append((t0, t1, rate))
+            if rate >= rate_bps / 10:
+                first = t0 if first is None else first
+                last = t1
+        span = [r for t0, t1, r in busy if first is not None and first <= t0 and t1 <= last]
+        full = sum(1 for r in span if r >= 0.8 * rate_bps)
+        return first or 0.0, last, full / len(span) if span else 0.0
 
 
 def iperf(bed: Bed, server: Host, client: Host, seconds: int = 4) -> float:
@@ -213,19 +289,40 @@ def part1(work: Path, size: int) -> dict[str, Any]:
     }
 
 
-def part2(work: Path, size: int, n: int, cap_bps: int, origin: bool) -> dict[str, Any]:
+def part2(
+    work: Path,
+    size: int,
+    n: int,
+    cap_bps: int,
+    origin: bool,
+    variant: tuple[str, dict[str, Any]] = ("default", {}),
+) -> dict[str, Any]:
+    """``variant`` is (name, {"seed": {...}, "consumers": {...}, "env": {...}}): libtorrent
+    settings each side runs with (``P2PDIST_LIBTORRENT``) and environment variables for every
+    host, to compare tunings in one run."""
     src = write_model(work / f"model2-{size}", size, seed=2)
     names = [f"c{i}" for i in range(1, n + 1)]
-    with flat_lan(work / f"bed2-{n}", ["seed", *names], cap_bps=cap_bps) as bed:
+    label, tuning = variant
+    with flat_lan(work / f"bed2-{n}-{label}", ["seed", *names], cap_bps=cap_bps) as bed:
         seed_host = publisher(bed, bed.hosts["seed"])
         consumers = [bed.hosts[c] for c in names]
+        for side, hosts in (("seed", [seed_host]), ("consumers", consumers)):
+            for h in hosts:
+                if tuning.get(side):
+                    h.env["P2PDIST_LIBTORRENT"] = json.dumps(tuning[side])
+                h.env.update(tuning.get("env", {}))
         published = publish(seed_host, src, "v1")
         total = int(published["full_bytes"])
         seed = start_seed(seed_host)
         sent0 = bed.link_bytes(seed_host.ns, "eth0")[1]
         seed_cpu0 = proc_cpu(seed.pid)
-        with CpuMeter() as cpu:
-            swarm_s, _, fetch_cpu = timed_fetches(consumers, f"{NAME}@v1")
+        exits: list[float] = []
+        all_bytes: list[float | None] = []
+        with CpuMeter() as cpu, TxSampler(bed, seed_host.ns, "eth0") as tx:
+            swarm_s, _, fetch_cpu = timed_fetches(
+                consumers, f"{NAME}@v1", exits=exits, all_bytes=all_bytes
+            )
+        seed_first, seed_last, seed_full = tx.active(cap_bps)
         copies = (bed.link_bytes(seed_host.ns, "eth0")[1] - sent0) / total
         seed_cpu = proc_cpu(seed.pid) - seed_cpu0
         seed.terminate()
@@ -255,6 +352,7 @@ def part2(work: Path, size: int, n: int, cap_bps: int, origin: bool) -> dict[str
     u = cap_bps / 8
     bound = total / u * max(1.0, n / (n + 1))
     return {
+        "variant": label,
         "n": n,
         "size": total,
         "cap_bps": cap_bps,
@@ -262,6 +360,11 @@ def part2(work: Path, size: int, n: int, cap_bps: int, origin: bool) -> dict[str
         "bound_s": bound,
         "swarm_over_bound": swarm_s / bound,
         "seed_copies": copies,
+        "seed_first_s": seed_first,
+        "seed_last_s": seed_last,
+        "seed_full_rate_fraction": seed_full,
+        "exits_s": sorted(exits),
+        "all_bytes_s": sorted(t for t in all_bytes if t is not None),
         "fetch_cpu_s": fetch_cpu,
         "seed_cpu_s": seed_cpu,
         "machine_busy": cpu.busy,
@@ -332,6 +435,20 @@ def part4(work: Path, size: int, n: int, cap_bps: int, fraction: float) -> dict[
     }
 
 
+def span(seconds: list[float]) -> str:
+    return f"{seconds[0]:.1f}..{seconds[-1]:.1f}" if seconds else "?"
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, spec = text.partition("=")
+    tuning = json.loads(spec or "{}")
+    if not isinstance(tuning, dict) or set(tuning) - {"seed", "consumers", "env"}:
+        raise SystemExit(
+            f'--variant {text!r}: want NAME={{"seed": {{...}}, "consumers": {{...}}, "env": {{...}}}}'
+        )
+    return name, tuning
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2])
@@ -340,6 +457,16 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--cap-mbit", type=float, default=100)
     parser.add_argument("--no-origin", action="store_true", help="skip part 2's HTTP origin")
+    parser.add_argument("--repeats", type=int, default=1, help="part 2 runs per N and variant")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='part 2 tuning, interleaved with the others: {"seed": {libtorrent settings}, '
+        '"consumers": {...}, "env": {variables for every host}}; default: the committed '
+        "settings only",
+    )
     parser.add_argument("--sites-mib", type=int, default=64, help="part 3's version size")
     parser.add_argument("--thin-mbit", type=float, default=20)
     parser.add_argument("--rl-mib", type=int, default=64, help="part 4's version size")
@@ -362,13 +489,22 @@ def main() -> None:
                   f"{r['machine_busy_aria2c']:.0%} (aria2c)", flush=True)  # fmt: skip
         if 2 in args.parts:
             out["part2"] = []
-            for n in args.consumers:
-                r = part2(work, args.swarm_mib * MiB, n, mbit(args.cap_mbit), not args.no_origin)
+            variants = [parse_variant(v) for v in args.variant] or [("default", {})]
+            for n, _, variant in (
+                (n, i, v) for n in args.consumers for i in range(args.repeats) for v in variants
+            ):
+                r = part2(work, args.swarm_mib * MiB, n, mbit(args.cap_mbit), not args.no_origin,
+                          variant)  # fmt: skip
                 out["part2"].append(r)
                 http = f"{r['http_origin_s']:.1f}" if r["http_origin_s"] else "-"
-                print(f"part 2: N={n}: swarm {r['swarm_s']:.1f} s = "
+                print(f"part 2 [{r['variant']}]: N={n}: swarm {r['swarm_s']:.1f} s = "
                       f"{r['swarm_over_bound']:.2f}x bound {r['bound_s']:.1f} s; origin {http} s; "
-                      f"seed copies {r['seed_copies']:.2f}; busy {r['machine_busy']:.0%}",
+                      f"seed copies {r['seed_copies']:.2f}; busy {r['machine_busy']:.0%}; "
+                      f"seed sent from {r['seed_first_s']:.1f} s to {r['seed_last_s']:.1f} s, "
+                      f"{r['seed_full_rate_fraction']:.0%} of it at >= 80% of the cap; "
+                      f"fetches had every byte at {span(r['all_bytes_s'])} s, "
+                      f"exited {r['exits_s'][0]:.1f}.."
+                      f"{r['exits_s'][-1]:.1f} s",
                       flush=True)  # fmt: skip
         if 3 in args.parts:
             out["part3"] = []

@@ -245,6 +245,48 @@ def announce_address(explicit: str | None = None) -> str | None:
         ) from None
 
 
+def writeback_interval(explicit: float | None = None) -> float:
+    """Seconds between a download's background flushes to disk (store/writeback.py): flag,
+    ``$P2PDIST_WRITEBACK``, config ``writeback``, or 1; 0 turns them off (a filesystem where
+    fdatasync is costly, such as some network mounts)."""
+    if explicit is not None:
+        return max(0.0, explicit)
+    value: Any = _env("P2PDIST_WRITEBACK")
+    if value is None:
+        value = _file_values().get("writeback", 1.0)
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return max(0.0, float(value))
+    except ValueError:
+        raise ConfigError(f"writeback interval {value!r} must be a number of seconds") from None
+
+
+def libtorrent_settings() -> dict[str, int | bool | str]:
+    """libtorrent settings_pack entries applied over p2pdist's own, for tuning a deployment:
+    ``$P2PDIST_LIBTORRENT`` (a JSON object, e.g. ``{"unchoke_slots_limit": 16}``) or the config
+    file's ``[p2pdist.libtorrent]`` table; empty by default. Names and types are checked
+    against libtorrent's when the session starts."""
+    from_env = _env("P2PDIST_LIBTORRENT")
+    if from_env:
+        import json
+
+        try:
+            value: Any = json.loads(from_env)
+        except ValueError as e:
+            raise ConfigError(f"P2PDIST_LIBTORRENT is not JSON ({e})") from None
+        where = "P2PDIST_LIBTORRENT"
+    else:
+        value = _file_values().get("libtorrent", {})
+        where = f"{config_file()}: libtorrent"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be an object of libtorrent settings, not {value!r}")
+    for key, item in value.items():
+        if not isinstance(item, (int, bool, str)):
+            raise ConfigError(f"{where}: {key} must be a number, a boolean or a string")
+    return dict(value)
+
+
 def ssrf_mitigation(explicit: bool | None = None) -> bool:
     """libtorrent's SSRF mitigation (default on): ``$P2PDIST_SSRF_MITIGATION=0`` turns it off.
 

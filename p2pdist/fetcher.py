@@ -44,6 +44,7 @@ from p2pdist.formats.torrent import TorrentMeta, read_torrent
 from p2pdist.ref import ModelRef, parse_ref
 from p2pdist.store.cache import DELTA, SNAPSHOT, Store, damaged
 from p2pdist.store.records import RECORDS_DIR, VerifiedRecords, check_file_once
+from p2pdist.store.writeback import Writeback
 from p2pdist.swarm.plan import FetchPlan, make_plan
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class Fetcher:
         self._pinned = False
         self.hf_cache = config.hf_cache_default(hf_cache)
         self.keep_chain = keep_chain
+        self.writeback_interval = config.writeback_interval()
+        """Seconds between flushes of a running download to disk (0: only at the commit)."""
 
     @property
     def swarm(self) -> Any:
@@ -346,7 +349,7 @@ class Fetcher:
             assert on_progress is not None
             on_progress(label, p)
 
-        with self.store.downloading(meta.info_hash):
+        with self.store.downloading(meta.info_hash), Writeback(dest, self.writeback_interval):
             result = self.swarm.download(
                 meta.data,
                 dest,

@@ -90,3 +90,48 @@ def test_peers_queue_a_bounded_number_of_requests_at_us_capped_or_not(
     )  # fmt: skip
     assert settings["max_allowed_in_request_queue"] == queue
     assert settings["whole_pieces_threshold"] == 0
+
+
+def test_libtorrent_overrides_reach_the_process_swarm(
+    p2p_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``P2PDIST_LIBTORRENT`` (or the config file's ``[p2pdist.libtorrent]``) tunes settings
+    p2pdist has no flag for, over p2pdist's own choices."""
+    from p2pdist.swarm.seeder import process_swarm
+    from p2pdist.swarm.session import existing_swarm
+
+    assert config.libtorrent_settings() == {}
+    config_file = p2p_home.parent / "lt.toml"
+    config_file.write_text("[p2pdist.libtorrent]\nunchoke_slots_limit = 12\n")
+    monkeypatch.setenv("P2PDIST_CONFIG", str(config_file))
+    assert config.libtorrent_settings() == {"unchoke_slots_limit": 12}
+    monkeypatch.setenv("P2PDIST_LIBTORRENT", '{"max_allowed_in_request_queue": 32}')
+    monkeypatch.setenv("P2PDIST_LISTEN", "127.0.0.1")
+    assert existing_swarm() is None
+    swarm = process_swarm()
+    try:
+        applied = swarm._session.get_settings()
+        assert applied["max_allowed_in_request_queue"] == 32  # p2pdist's own value is 128
+    finally:
+        swarm.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[1, 2]", "must be an object of libtorrent settings"),
+        ("{bad json", "P2PDIST_LIBTORRENT is not JSON"),
+        ('{"unchoke_slots": 4}', "'unchoke_slots' is not a libtorrent setting"),
+        ('{"unchoke_slots_limit": "4"}', "unchoke_slots_limit takes int, not '4'"),
+        ('{"unchoke_slots_limit": true}', "unchoke_slots_limit takes int, not True"),
+        ('{"enable_dht": {"on": 1}}', "enable_dht must be a number, a boolean or a string"),
+    ],
+)
+def test_a_bad_libtorrent_override_is_one_config_error(
+    p2p_home: Path, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    from p2pdist.swarm.settings import checked_overrides
+
+    monkeypatch.setenv("P2PDIST_LIBTORRENT", value)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        checked_overrides(config.libtorrent_settings())

@@ -35,8 +35,10 @@ ANNOUNCE_INTERVAL_HINT = 5
 
 def process_swarm() -> Any:
     """The process's swarm, created on first use with the configured interface, port, limits
-    and transports (TCP; uTP only with ``P2PDIST_UTP=1``)."""
+    and transports (TCP; uTP only with ``P2PDIST_UTP=1``), and the user's libtorrent
+    overrides (``P2PDIST_LIBTORRENT``)."""
     from p2pdist.swarm.session import get_swarm
+    from p2pdist.swarm.settings import checked_overrides
 
     return get_swarm(
         listen_interface=config.listen_interface(),
@@ -46,6 +48,7 @@ def process_swarm() -> Any:
         announce_interval_hint=ANNOUNCE_INTERVAL_HINT,
         utp=config.utp(),
         ssrf_mitigation=config.ssrf_mitigation(),
+        extra_settings=checked_overrides(config.libtorrent_settings()),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import libtorrent as lt
 
 from p2pdist import config
+from p2pdist.errors import ConfigError
 from p2pdist.formats.torrent import TorrentMeta
 
 BLOCK_SIZE = 16 * 1024
@@ -102,6 +103,22 @@ def session_settings(
         settings["min_announce_interval"] = max(1, int(announce_interval_hint))
     settings.update(extra_settings or {})
     return settings
+
+
+def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` (a user's libtorrent settings) with each name and type checked against
+    libtorrent's own, so a typo fails in one line instead of being ignored."""
+    defaults: dict[str, Any] = dict(lt.default_settings())
+    for name, value in overrides.items():
+        if name not in defaults:
+            raise ConfigError(f"{name!r} is not a libtorrent setting (P2PDIST_LIBTORRENT)")
+        expected = type(defaults[name])
+        if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ConfigError(
+                f"libtorrent setting {name} takes {expected.__name__}, not {value!r}"
+                " (P2PDIST_LIBTORRENT)"
+            )
+    return overrides
 
 
 def trust_ca_bundle(bundle: Path | None) -> None:
