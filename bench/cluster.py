@@ -8,7 +8,9 @@ Every host is a network namespace with its own address and a link shaped by tbf 
 2. 1 seed + N consumers, every host capped at the same rate u each way: time from starting
    all fetches to the last one's exit vs the fluid bound F/u * max(1, N/(N+1)), and vs one HTTP
    origin (`p2pdist origin`, same cap) serving the same N hosts with curl; copies the seed
-   sent (its interface's transmitted bytes / F, headers included);
+   sent (its interface's transmitted bytes / F, headers included) and the share of its TCP
+   segments retransmitted; a timeline: when the seed sent, when each fetch had every byte
+   and when it exited;
 3. two sites joined by a thin link, the seed at site A, 8 consumers at site B: bytes over the
    thin link (the router's interface counters) / F;
 4. RL-style: 8 followers (`fetch --follow`) run while the publisher pushes a new bf16 version
@@ -20,6 +22,10 @@ against baselines measured in the same run. Run as root, one benchmark at a time
 
     flock /tmp/p2pdist-bench.lock .venv/bin/python bench/cluster.py --parts 1 2 \
         --size-mib 1024 --swarm-mib 256 --consumers 4 8 --cap-mbit 100 --json cluster.json
+
+``--variant NAME=JSON`` (parts 1 and 2, interleaved, ``--repeats`` times) compares tunings in
+one run: libtorrent settings for the seed and for the consumers (``P2PDIST_LIBTORRENT``),
+environment variables for every host, and the seed's nice value.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +135,14 @@ def start_seed(host: Host) -> subprocess.Popen[str]:
             raise RuntimeError((host.root / "seed.log").read_text())
         time.sleep(0.2)
     return proc
+
+
+def renice(pid: int, nice: int) -> None:
+    """Give every thread of ``pid`` the nice value ``nice`` (setpriority on a pid moves only
+    its main thread): on the bed a seed shares 2 cores with N consumers, as it would not on a
+    host of its own."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def publisher(bed: Bed, host: Host) -> Host:
@@ -237,16 +252,40 @@ def iperf(bed: Bed, server: Host, client: Host, seconds: int = 4) -> float:
     return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 8
 
 
+def tcp_segments(bed: Bed, ns: str) -> tuple[int, int]:
+    """(segments sent, segments retransmitted) by TCP in namespace ``ns`` so far."""
+    rows = [line.split() for line in bed.nsexec(ns, "cat", "/proc/net/snmp").splitlines()]
+    names, values = [r for r in rows if r[0] == "Tcp:"][:2]
+    counts = dict(zip(names[1:], values[1:], strict=True))
+    return int(counts["OutSegs"]), int(counts["RetransSegs"])
+
+
 def version_dir(host: Host, version: str) -> Path:
     return host.root / "store" / "models" / NAME.replace("/", "--") / version
 
 
 # -- parts ------------------------------------------------------------------------------------
-def part1(work: Path, size: int) -> dict[str, Any]:
+def apply_variant(tuning: dict[str, Any], seed_host: Host, consumers: list[Host]) -> None:
+    """Give each side its libtorrent settings (``P2PDIST_LIBTORRENT``) and every host the
+    variant's environment."""
+    for side, hosts in (("seed", [seed_host]), ("consumers", consumers)):
+        for h in hosts:
+            if tuning.get(side):
+                h.env["P2PDIST_LIBTORRENT"] = json.dumps(tuning[side])
+            h.env.update(tuning.get("env", {}))
+
+
+def part1(
+    work: Path, size: int, variant: tuple[str, dict[str, Any]] = ("default", {})
+) -> dict[str, Any]:
     src = write_model(work / "model1", size)
-    with flat_lan(work / "bed1", ["seed", "c1", "aria"]) as bed:
+    label, tuning = variant
+    bed_dir = work / f"bed1-{label}"
+    shutil.rmtree(bed_dir, ignore_errors=True)
+    with flat_lan(bed_dir, ["seed", "c1", "aria"]) as bed:
         seed_host = publisher(bed, bed.hosts["seed"])
         c1, aria = bed.hosts["c1"], bed.hosts["aria"]
+        apply_variant(tuning, seed_host, [c1])
         tcp = iperf(bed, c1, seed_host)
         publish(seed_host, src, "v1")
         seed = start_seed(seed_host)
@@ -273,6 +312,7 @@ def part1(work: Path, size: int) -> dict[str, Any]:
             raise RuntimeError(f"aria2c failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
     rate = size / fetch_s
     return {
+        "variant": label,
         "size": size,
         "iperf3_Bps": tcp,
         "fetch_s": fetch_s,
@@ -303,18 +343,19 @@ def part2(
     src = write_model(work / f"model2-{size}", size, seed=2)
     names = [f"c{i}" for i in range(1, n + 1)]
     label, tuning = variant
-    with flat_lan(work / f"bed2-{n}-{label}", ["seed", *names], cap_bps=cap_bps) as bed:
+    bed_dir = work / f"bed2-{n}-{label}"
+    shutil.rmtree(bed_dir, ignore_errors=True)  # a repeat starts from empty stores
+    with flat_lan(bed_dir, ["seed", *names], cap_bps=cap_bps) as bed:
         seed_host = publisher(bed, bed.hosts["seed"])
         consumers = [bed.hosts[c] for c in names]
-        for side, hosts in (("seed", [seed_host]), ("consumers", consumers)):
-            for h in hosts:
-                if tuning.get(side):
-                    h.env["P2PDIST_LIBTORRENT"] = json.dumps(tuning[side])
-                h.env.update(tuning.get("env", {}))
+        apply_variant(tuning, seed_host, consumers)
         published = publish(seed_host, src, "v1")
         total = int(published["full_bytes"])
         seed = start_seed(seed_host)
+        if tuning.get("seed_nice"):
+            renice(seed.pid, int(tuning["seed_nice"]))
         sent0 = bed.link_bytes(seed_host.ns, "eth0")[1]
+        segments0 = tcp_segments(bed, seed_host.ns)
         seed_cpu0 = proc_cpu(seed.pid)
         exits: list[float] = []
         all_bytes: list[float | None] = []
@@ -324,6 +365,7 @@ def part2(
             )
         seed_first, seed_last, seed_full = tx.active(cap_bps)
         copies = (bed.link_bytes(seed_host.ns, "eth0")[1] - sent0) / total
+        segments = [b - a for a, b in zip(segments0, tcp_segments(bed, seed_host.ns), strict=True)]
         seed_cpu = proc_cpu(seed.pid) - seed_cpu0
         seed.terminate()
         seed.wait(timeout=60)
@@ -349,6 +391,7 @@ def part2(
                 if proc.returncode != 0:
                     raise RuntimeError(f"curl failed: {err}")
             http_s = time.monotonic() - t0
+    shutil.rmtree(bed_dir, ignore_errors=True)  # N stores of the model
     u = cap_bps / 8
     bound = total / u * max(1.0, n / (n + 1))
     return {
@@ -360,6 +403,7 @@ def part2(
         "bound_s": bound,
         "swarm_over_bound": swarm_s / bound,
         "seed_copies": copies,
+        "seed_retransmitted": segments[1] / max(1, segments[0]),
         "seed_first_s": seed_first,
         "seed_last_s": seed_last,
         "seed_full_rate_fraction": seed_full,
@@ -442,7 +486,7 @@ def span(seconds: list[float]) -> str:
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     name, _, spec = text.partition("=")
     tuning = json.loads(spec or "{}")
-    if not isinstance(tuning, dict) or set(tuning) - {"seed", "consumers", "env"}:
+    if not isinstance(tuning, dict) or set(tuning) - {"seed", "consumers", "env", "seed_nice"}:
         raise SystemExit(
             f'--variant {text!r}: want NAME={{"seed": {{...}}, "consumers": {{...}}, "env": {{...}}}}'
         )
@@ -463,9 +507,9 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help='part 2 tuning, interleaved with the others: {"seed": {libtorrent settings}, '
-        '"consumers": {...}, "env": {variables for every host}}; default: the committed '
-        "settings only",
+        help='part 1 and 2 tuning, interleaved with the others: {"seed": {libtorrent settings}, '
+        '"consumers": {...}, "env": {variables for every host}, "seed_nice": -5}; default: '
+        "the committed settings only",
     )
     parser.add_argument("--sites-mib", type=int, default=64, help="part 3's version size")
     parser.add_argument("--thin-mbit", type=float, default=20)
@@ -479,17 +523,20 @@ def main() -> None:
     out: dict[str, Any] = {"argv": sys.argv[1:], "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="p2pdist-cluster-") as tmp:
         work = Path(tmp)
+        variants = [parse_variant(v) for v in args.variant] or [("default", {})]
         if 1 in args.parts:
-            out["part1"] = r = part1(work, args.size_mib * MiB)
-            print(
-                  f"part 1: fetch {r['fetch_s']:.1f} s, aria2c {r['aria2c_s']:.1f} s "
+            out["part1"] = []
+            for variant in variants:
+                r = part1(work, args.size_mib * MiB, variant)
+                out["part1"].append(r)
+                print(
+                  f"part 1 [{r['variant']}]: fetch {r['fetch_s']:.1f} s, aria2c {r['aria2c_s']:.1f} s "
                   f"({r['fetch_over_aria2c']:.2f}x), fetch {r['fetch_Bps'] / 1e6:.0f} MB/s = "
                   f"{r['fetch_over_iperf3_rate']:.3f}x iperf3 {r['iperf3_Bps'] / 1e6:.0f} MB/s; "
                   f"machine busy {r['machine_busy_fetch']:.0%} (fetch), "
                   f"{r['machine_busy_aria2c']:.0%} (aria2c)", flush=True)  # fmt: skip
         if 2 in args.parts:
             out["part2"] = []
-            variants = [parse_variant(v) for v in args.variant] or [("default", {})]
             for n, _, variant in (
                 (n, i, v) for n in args.consumers for i in range(args.repeats) for v in variants
             ):
@@ -499,7 +546,8 @@ def main() -> None:
                 http = f"{r['http_origin_s']:.1f}" if r["http_origin_s"] else "-"
                 print(f"part 2 [{r['variant']}]: N={n}: swarm {r['swarm_s']:.1f} s = "
                       f"{r['swarm_over_bound']:.2f}x bound {r['bound_s']:.1f} s; origin {http} s; "
-                      f"seed copies {r['seed_copies']:.2f}; busy {r['machine_busy']:.0%}; "
+                      f"seed copies {r['seed_copies']:.2f} ({r['seed_retransmitted']:.1%} of its "
+                      f"segments retransmitted); busy {r['machine_busy']:.0%}; "
                       f"seed sent from {r['seed_first_s']:.1f} s to {r['seed_last_s']:.1f} s, "
                       f"{r['seed_full_rate_fraction']:.0%} of it at >= 80% of the cap; "
                       f"fetches had every byte at {span(r['all_bytes_s'])} s, "
