@@ -10,6 +10,7 @@ and be obeyed.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -246,20 +247,23 @@ def announce_address(explicit: str | None = None) -> str | None:
 
 
 def writeback_interval(explicit: float | None = None) -> float:
-    """Seconds between a download's background flushes to disk (store/writeback.py): flag,
-    ``$P2PDIST_WRITEBACK``, config ``writeback``, or 1; 0 turns them off (a filesystem where
-    fdatasync is costly, such as some network mounts)."""
-    if explicit is not None:
-        return max(0.0, explicit)
-    value: Any = _env("P2PDIST_WRITEBACK")
+    """Seconds between a download's background flushes to disk (store/writeback.py):
+    ``explicit``, ``$P2PDIST_WRITEBACK``, config ``writeback``, or 1; 0 turns them off (a
+    filesystem where fdatasync is costly, such as some network mounts)."""
+    value: Any = explicit
+    if value is None:
+        value = _env("P2PDIST_WRITEBACK")
     if value is None:
         value = _file_values().get("writeback", 1.0)
     try:
         if isinstance(value, bool):
             raise ValueError(value)
-        return max(0.0, float(value))
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(value)
     except ValueError:
         raise ConfigError(f"writeback interval {value!r} must be a number of seconds") from None
+    return max(0.0, seconds)
 
 
 def libtorrent_settings() -> dict[str, int | bool | str]:

@@ -86,9 +86,10 @@ def test_the_interval_comes_from_the_environment_or_the_config_file(
     assert config.writeback_interval() == 1.0
     monkeypatch.setenv("P2PDIST_WRITEBACK", "0")
     assert config.writeback_interval() == 0.0
-    monkeypatch.setenv("P2PDIST_WRITEBACK", "soon")
-    with pytest.raises(ConfigError, match="writeback interval 'soon' must be a number"):
-        config.writeback_interval()
+    for bad in ("soon", "inf", "nan"):
+        monkeypatch.setenv("P2PDIST_WRITEBACK", bad)
+        with pytest.raises(ConfigError, match=f"writeback interval '{bad}' must be a number"):
+            config.writeback_interval()
     monkeypatch.delenv("P2PDIST_WRITEBACK")
     config_file = p2p_home.parent / "writeback.toml"
     config_file.write_text("writeback = 2.5\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Writeback:
                 path = Path(root) / name
                 try:
                     st = path.lstat()
-                    if not path.is_file() or path.is_symlink():
+                    if not stat.S_ISREG(st.st_mode):
                         continue
                     mark = (st.st_size, st.st_blocks, st.st_mtime_ns)
                     if self._seen.get(str(path)) == mark:
