@@ -337,9 +337,9 @@ def part2(
     origin: bool,
     variant: tuple[str, dict[str, Any]] = ("default", {}),
 ) -> dict[str, Any]:
-    """``variant`` is (name, {"seed": {...}, "consumers": {...}, "env": {...}}): libtorrent
-    settings each side runs with (``P2PDIST_LIBTORRENT``) and environment variables for every
-    host, to compare tunings in one run."""
+    """``variant`` is (name, {"seed": {...}, "consumers": {...}, "env": {...}, "seed_nice": n}):
+    libtorrent settings each side runs with (``P2PDIST_LIBTORRENT``), environment variables
+    for every host and the seed's nice value, to compare tunings in one run."""
     src = write_model(work / f"model2-{size}", size, seed=2)
     names = [f"c{i}" for i in range(1, n + 1)]
     label, tuning = variant
