@@ -261,8 +261,11 @@ def writeback_interval(explicit: float | None = None) -> float:
         seconds = float(value)
         if not math.isfinite(seconds):
             raise ValueError(value)
-    except ValueError:
-        raise ConfigError(f"writeback interval {value!r} must be a number of seconds") from None
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"writeback interval {value!r} must be a number of seconds "
+            "(P2PDIST_WRITEBACK or config writeback)"
+        ) from None
     return max(0.0, seconds)
 
 
@@ -287,7 +290,7 @@ def libtorrent_settings() -> dict[str, int | bool | str]:
         raise ConfigError(f"{where} must be an object of libtorrent settings, not {value!r}")
     for key, item in value.items():
         if not isinstance(item, (int, bool, str)):
-            raise ConfigError(f"{where}: {key} must be a number, a boolean or a string")
+            raise ConfigError(f"{where}: {key} must be an integer, a boolean or a string")
     return dict(value)
 
 

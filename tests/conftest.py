@@ -30,6 +30,8 @@ def p2p_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("P2PDIST_TRACKER", raising=False)
     monkeypatch.delenv("P2PDIST_TOKEN", raising=False)
     monkeypatch.delenv("P2PDIST_CONFIG", raising=False)
+    monkeypatch.delenv("P2PDIST_WRITEBACK", raising=False)
+    monkeypatch.delenv("P2PDIST_LIBTORRENT", raising=False)
     yield home
 
 

@@ -107,11 +107,15 @@ def test_libtorrent_overrides_reach_the_process_swarm(
     assert config.libtorrent_settings() == {"unchoke_slots_limit": 12}
     monkeypatch.setenv("P2PDIST_LIBTORRENT", '{"max_allowed_in_request_queue": 32}')
     monkeypatch.setenv("P2PDIST_LISTEN", "127.0.0.1")
-    assert existing_swarm() is None
+    leaked = existing_swarm()
+    if leaked is not None:  # started by an earlier test: this one needs a new swarm
+        leaked.close()
     swarm = process_swarm()
     try:
         applied = swarm._session.get_settings()
         assert applied["max_allowed_in_request_queue"] == 32  # p2pdist's own value is 128
+        monkeypatch.setenv("P2PDIST_LIBTORRENT", "{broken")  # read once, at the start
+        assert process_swarm() is swarm
     finally:
         swarm.close()
 
@@ -124,7 +128,11 @@ def test_libtorrent_overrides_reach_the_process_swarm(
         ('{"unchoke_slots": 4}', "'unchoke_slots' is not a libtorrent setting"),
         ('{"unchoke_slots_limit": "4"}', "unchoke_slots_limit takes int, not '4'"),
         ('{"unchoke_slots_limit": true}', "unchoke_slots_limit takes int, not True"),
-        ('{"enable_dht": {"on": 1}}', "enable_dht must be a number, a boolean or a string"),
+        ('{"enable_dht": {"on": 1}}', "enable_dht must be an integer, a boolean or a string"),
+        ('{"unchoke_slots_limit": 1.5}', "must be an integer, a boolean or a string"),
+        ('{"unchoke_slots_limit": 4294967301}', "unchoke_slots_limit = 4294967301 is out of range"),
+        ('{"alert_mask": 0}', "alert_mask is p2pdist's own: the swarm's progress"),
+        ('{"listen_interfaces": "0.0.0.0:1"}', "is p2pdist's own: use P2PDIST_LISTEN"),
     ],
 )
 def test_a_bad_libtorrent_override_is_one_config_error(

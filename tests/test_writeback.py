@@ -22,15 +22,15 @@ from tests.hostile_registry import NAME, World, loopback_swarm
 
 @pytest.fixture
 def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths os.fdatasync was called on (it still runs)."""
+    """The paths a writeback pass synced (the sync still runs)."""
     calls: list[str] = []
-    real = os.fdatasync
+    real = writeback._datasync
 
     def recording(fd: int) -> None:
         calls.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(writeback.os, "fdatasync", recording)
+    monkeypatch.setattr(writeback, "_datasync", recording)
     return calls
 
 
@@ -69,6 +69,22 @@ def test_a_file_removed_during_a_pass_is_skipped(
     assert Writeback(tmp_path).flush_changed() == [tmp_path / "kept"]
 
 
+def test_a_pass_that_fails_does_not_stop_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(b"1")
+    failures = []
+
+    def broken(fd: int) -> None:
+        failures.append(fd)
+        raise RuntimeError("a filesystem that cannot sync")
+
+    monkeypatch.setattr(writeback, "_datasync", broken)
+    with Writeback(tmp_path, interval=0.01) as flusher:
+        wait_until(lambda: len(failures) >= 2, "two failed passes")
+        assert flusher._thread.is_alive()
+
+
 def test_the_thread_passes_while_entered_and_stops_at_exit(tmp_path: Path) -> None:
     with Writeback(tmp_path, interval=0.01) as flusher:
         wait_until(lambda: flusher.passes >= 2, "two writeback passes")
@@ -90,17 +106,23 @@ def test_the_interval_comes_from_the_environment_or_the_config_file(
         monkeypatch.setenv("P2PDIST_WRITEBACK", bad)
         with pytest.raises(ConfigError, match=f"writeback interval '{bad}' must be a number"):
             config.writeback_interval()
-    monkeypatch.delenv("P2PDIST_WRITEBACK")
     config_file = p2p_home.parent / "writeback.toml"
     config_file.write_text("writeback = 2.5\n")
     monkeypatch.setenv("P2PDIST_CONFIG", str(config_file))
+    monkeypatch.setenv("P2PDIST_WRITEBACK", "0.5")
+    assert config.writeback_interval() == 0.5  # the environment over the file
+    monkeypatch.delenv("P2PDIST_WRITEBACK")
     assert config.writeback_interval() == 2.5
+    config_file.write_text("writeback = [1]\n")
+    with pytest.raises(ConfigError, match=r"writeback interval \[1\] must be a number"):
+        config.writeback_interval()
 
 
 def test_a_fetch_writes_its_download_back_while_it_runs(
     swarm_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every swarm download of a fetch runs inside a Writeback over its partial folder."""
+    """Every swarm download of a fetch runs inside a Writeback over its partial folder, whose
+    thread passes while it runs (what a pass syncs: the tests above)."""
     seen: list[tuple[Path, float, int]] = []
 
     class Recording(Writeback):
@@ -109,7 +131,7 @@ def test_a_fetch_writes_its_download_back_while_it_runs(
             seen.append((self.folder, self.interval, self.passes))
 
     monkeypatch.setattr("p2pdist.fetcher.Writeback", Recording)
-    monkeypatch.setenv("P2PDIST_WRITEBACK", "0.01")
+    monkeypatch.setenv("P2PDIST_WRITEBACK", "0.005")
     manifest = swarm_world.publish()
     with loopback_swarm() as seeder, loopback_swarm() as swarm:
         seed_version(Store(swarm_world.publisher_home), NAME, "v1", swarm=seeder)
@@ -120,5 +142,6 @@ def test_a_fetch_writes_its_download_back_while_it_runs(
     assert manifest.torrent is not None
     info_hash = manifest.torrent.v1 or manifest.torrent.v2 or ""
     assert [(folder, interval) for folder, interval, _ in seen] == [
-        (store.partial_dir(info_hash), 0.01)
+        (store.partial_dir(info_hash), 0.005)
     ]
+    assert seen[0][2] >= 1  # passes made during the download

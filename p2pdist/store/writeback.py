@@ -20,6 +20,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has only fsync
+
 DEFAULT_INTERVAL = 1.0
 """Seconds between passes (``P2PDIST_WRITEBACK``; 0 turns it off)."""
 
@@ -48,7 +50,10 @@ class Writeback:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush_changed()
+            try:
+                self.flush_changed()
+            except Exception:  # never the download's problem; the commit's fsync decides
+                log.debug("writeback pass over %s failed", self.folder, exc_info=True)
 
     def flush_changed(self) -> list[Path]:
         """One pass: fdatasync each file whose size, blocks or mtime moved; the files synced."""
@@ -65,7 +70,7 @@ class Writeback:
                         continue
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
                     try:
-                        os.fdatasync(fd)
+                        _datasync(fd)
                     finally:
                         os.close(fd)
                 except OSError as e:  # removed or renamed under us: the download moved on

@@ -37,9 +37,12 @@ def process_swarm() -> Any:
     """The process's swarm, created on first use with the configured interface, port, limits
     and transports (TCP; uTP only with ``P2PDIST_UTP=1``), and the user's libtorrent
     overrides (``P2PDIST_LIBTORRENT``)."""
-    from p2pdist.swarm.session import get_swarm
+    from p2pdist.swarm.session import existing_swarm, get_swarm
     from p2pdist.swarm.settings import checked_overrides
 
+    running = existing_swarm()
+    if running is not None:  # its settings were read once, when it started
+        return running
     return get_swarm(
         listen_interface=config.listen_interface(),
         port=config.listen_port(),

@@ -29,6 +29,19 @@ ALERT_MASK = (
 )
 
 
+OWN_SETTINGS = {
+    "alert_mask": "the swarm's progress and completion are read from these alerts",
+    "alert_queue_size": "the swarm's progress and completion are read from these alerts",
+    "listen_interfaces": "use P2PDIST_LISTEN and P2PDIST_PORT",
+    "upload_rate_limit": "use P2PDIST_UPLOAD_LIMIT",
+    "download_rate_limit": "use P2PDIST_DOWNLOAD_LIMIT",
+    "enable_outgoing_utp": "use P2PDIST_UTP",
+    "enable_incoming_utp": "use P2PDIST_UTP",
+    "ssrf_mitigation": "use P2PDIST_SSRF_MITIGATION",
+    "validate_https_trackers": "https trackers are always checked (P2PDIST_CA_BUNDLE for a private CA)",
+}
+"""libtorrent settings a user's overrides may not change, and why."""
+
 UNCAPPED_REQUEST_QUEUE = 128
 """Block requests one peer may queue at us when no upload cap sets the figure (2 MiB)."""
 
@@ -106,18 +119,24 @@ def session_settings(
 
 
 def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` (a user's libtorrent settings) with each name and type checked against
-    libtorrent's own, so a typo fails in one line instead of being ignored."""
+    """``overrides`` (a user's libtorrent settings) with each name, type and range checked
+    against libtorrent's own, so a typo fails in one line instead of being ignored (or
+    wrapped: libtorrent keeps 32 bits of an int). Settings p2pdist depends on, or sets from
+    its own options, are refused with the option to use instead."""
+    where = "P2PDIST_LIBTORRENT or [p2pdist.libtorrent]"
     defaults: dict[str, Any] = dict(lt.default_settings())
     for name, value in overrides.items():
+        if name in OWN_SETTINGS:
+            raise ConfigError(f"libtorrent setting {name} is p2pdist's own: {OWN_SETTINGS[name]}")
         if name not in defaults:
-            raise ConfigError(f"{name!r} is not a libtorrent setting (P2PDIST_LIBTORRENT)")
+            raise ConfigError(f"{name!r} is not a libtorrent setting ({where})")
         expected = type(defaults[name])
         if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
             raise ConfigError(
-                f"libtorrent setting {name} takes {expected.__name__}, not {value!r}"
-                " (P2PDIST_LIBTORRENT)"
+                f"libtorrent setting {name} takes {expected.__name__}, not {value!r} ({where})"
             )
+        if expected is int and not -(2**31) <= value < 2**31:
+            raise ConfigError(f"libtorrent setting {name} = {value} is out of range ({where})")
     return overrides
 
 
