@@ -23,9 +23,9 @@ against baselines measured in the same run. Run as root, one benchmark at a time
     flock /tmp/p2pdist-bench.lock .venv/bin/python bench/cluster.py --parts 1 2 \
         --size-mib 1024 --swarm-mib 256 --consumers 4 8 --cap-mbit 100 --json cluster.json
 
-``--variant NAME=JSON`` (parts 1 and 2, interleaved, ``--repeats`` times) compares tunings in
-one run: libtorrent settings for the seed and for the consumers (``P2PDIST_LIBTORRENT``),
-environment variables for every host, and the seed's nice value.
+``--variant NAME=JSON`` (parts 1, 2 and 4, interleaved, ``--repeats`` times) compares tunings
+in one run: libtorrent settings for the seed and for the consumers (``P2PDIST_LIBTORRENT``),
+environment variables for every host, the seed's nice value and its command-line options.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def publish(host: Host, folder: Path, version: str, *extra: str) -> dict[str, An
     return json.loads(done.stdout)
 
 
-def start_seed(host: Host) -> subprocess.Popen[str]:
-    proc = host.start("seed", "--status-every", "0", log="seed.log")
+def start_seed(host: Host, *extra: str) -> subprocess.Popen[str]:
+    proc = host.start("seed", "--status-every", "0", *extra, log="seed.log")
     deadline = time.monotonic() + 120
     while "Seeding" not in (host.root / "seed.log").read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -445,15 +445,28 @@ def part3(work: Path, size: int, n: int, thin_bps: int, locality: bool) -> dict[
     }
 
 
-def part4(work: Path, size: int, n: int, cap_bps: int, fraction: float) -> dict[str, Any]:
+def part4(
+    work: Path,
+    size: int,
+    n: int,
+    cap_bps: int,
+    fraction: float,
+    variant: tuple[str, dict[str, Any]] = ("default", {}),
+) -> dict[str, Any]:
     v1 = write_model(work / f"model4-v1-{size}", size, seed=4, dtype="bf16")
-    v2 = nudge(v1, work / f"model4-v2-{size}", fraction, seed=5)
+    v2 = work / f"model4-v2-{size}"
+    if not v2.exists():
+        nudge(v1, v2, fraction, seed=5)
     names = [f"f{i}" for i in range(1, n + 1)]
-    with flat_lan(work / "bed4", ["pub", *names], cap_bps=cap_bps) as bed:
+    label, tuning = variant
+    bed_dir = work / f"bed4-{label}"
+    shutil.rmtree(bed_dir, ignore_errors=True)
+    with flat_lan(bed_dir, ["pub", *names], cap_bps=cap_bps) as bed:
         pub = publisher(bed, bed.hosts["pub"])
         followers = [bed.hosts[f] for f in names]
+        apply_variant(tuning, pub, followers)
         publish(pub, v1, "v1")
-        start_seed(pub)
+        start_seed(pub, *tuning.get("seed_args", []))
         for f in followers:
             f.start("fetch", f"{NAME}@latest", "--follow", log="follow.log")
         deadline = time.monotonic() + 900
@@ -468,8 +481,10 @@ def part4(work: Path, size: int, n: int, cap_bps: int, fraction: float) -> dict[
                 raise RuntimeError("followers never got v2")
             time.sleep(0.05)
         seconds = time.monotonic() - t0
+    shutil.rmtree(bed_dir, ignore_errors=True)
     delta = int(published["delta_bytes"] or 0)
     return {
+        "variant": label,
         "n": n,
         "size": size,
         "cap_bps": cap_bps,
@@ -486,7 +501,8 @@ def span(seconds: list[float]) -> str:
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     name, _, spec = text.partition("=")
     tuning = json.loads(spec or "{}")
-    if not isinstance(tuning, dict) or set(tuning) - {"seed", "consumers", "env", "seed_nice"}:
+    known = {"seed", "consumers", "env", "seed_nice", "seed_args"}
+    if not isinstance(tuning, dict) or set(tuning) - known:
         raise SystemExit(
             f'--variant {text!r}: want NAME={{"seed": {{...}}, "consumers": {{...}}, "env": {{...}}}}'
         )
@@ -507,9 +523,9 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help='part 1 and 2 tuning, interleaved with the others: {"seed": {libtorrent settings}, '
-        '"consumers": {...}, "env": {variables for every host}, "seed_nice": -5}; default: '
-        "the committed settings only",
+        help='part 1, 2 and 4 tuning, interleaved with the others: {"seed": {libtorrent settings}, '
+        '"consumers": {...}, "env": {variables for every host}, "seed_nice": -5, "seed_args": '
+        '["--poll-every", "2"]}; default: the committed settings only',
     )
     parser.add_argument("--sites-mib", type=int, default=64, help="part 3's version size")
     parser.add_argument("--thin-mbit", type=float, default=20)
@@ -563,10 +579,13 @@ def main() -> None:
                       f"model sizes over the thin link, {r['seconds']:.1f} s (one crossing "
                       f"{r['one_crossing_s']:.1f} s)", flush=True)  # fmt: skip
         if 4 in args.parts:
-            out["part4"] = r = part4(work, args.rl_mib * MiB, 8, mbit(args.cap_mbit),
-                                     args.rl_fraction)  # fmt: skip
-            print(f"part 4: delta {r['delta_bytes']} B at 8 followers in {r['seconds']:.1f} s "
-                  f"(delta/link {r['delta_over_link_s']})", flush=True)  # fmt: skip
+            out["part4"] = []
+            for _, variant in ((i, v) for i in range(args.repeats) for v in variants):
+                r = part4(work, args.rl_mib * MiB, 8, mbit(args.cap_mbit), args.rl_fraction,
+                          variant)  # fmt: skip
+                out["part4"].append(r)
+                print(f"part 4 [{r['variant']}]: delta {r['delta_bytes']} B at 8 followers in "
+                      f"{r['seconds']:.2f} s (delta/link {r['delta_over_link_s']})", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

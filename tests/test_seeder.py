@@ -14,7 +14,7 @@ from p2pdist.store.cache import Store
 from p2pdist.swarm.seeder import seed_all
 from p2pdist.swarm.session import Swarm
 
-from .conftest import make_version_folder, sign_folder, small_state_dict
+from .conftest import make_version_folder, sign_folder, small_state_dict, wait_until
 
 
 def _add(store: Store, root: Path, key: Ed25519PrivateKey, version: str, seed: int) -> None:
@@ -61,3 +61,42 @@ def test_a_bad_setting_is_not_blamed_on_a_version(
     with pytest.raises(ConfigError, match="upload limit 'fast'"):
         seed_all(store, on_skip=lambda ref, e: skipped.append((ref, e)))
     assert skipped == []
+
+
+def test_the_daemon_picks_up_a_new_version_between_full_passes(
+    p2p_home: Path,
+    tmp_path: Path,
+    signing_key: Ed25519PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``start_new`` serves added versions and leaves removals to the full pass; ``run``
+    calls it between full passes (here an hour apart), so a published version is served at
+    the daemon's poll, not at its next full pass."""
+    import threading
+
+    from p2pdist.swarm import seeder
+
+    store = Store(p2p_home)
+    _add(store, tmp_path, signing_key, "v1", 1)
+    lines: list[str] = []
+    with Swarm() as swarm:
+        daemon = seeder.SeedDaemon(store, swarm=swarm, say=lines.append)
+        assert daemon.sync() == (1, 0)
+        _add(store, tmp_path, signing_key, "v2", 2)
+        store.remove("org/model", "v1")
+        assert daemon.start_new() == 1
+        assert set(daemon.serving) == {("org/model", "v1"), ("org/model", "v2")}
+        assert daemon.sync() == (0, 1)  # the removal, at the full pass
+        assert set(daemon.serving) == {("org/model", "v2")}
+
+        monkeypatch.setattr(seeder, "RESCAN_INTERVAL", 3600.0)
+        stop = threading.Event()
+        runner = threading.Thread(target=daemon.run, args=(stop,), kwargs={"poll": 0.01})
+        runner.start()
+        try:
+            _add(store, tmp_path, signing_key, "v3", 3)
+            wait_until(lambda: ("org/model", "v3") in daemon.serving, "v3 served", timeout=30)
+        finally:
+            stop.set()
+            runner.join()
+    assert lines == ["Stopped seeding org/model@v1: it was removed from the store"]

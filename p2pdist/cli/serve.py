@@ -25,20 +25,25 @@ from p2pdist.cli.options import (
 @token_option
 @click.option("--status-every", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between status lines when stderr is not a terminal (0: none).")  # fmt: skip
+@click.option("--poll-every", default=0.25, show_default=True,
+              type=click.FloatRange(min=0.01, max=2.0),
+              help="Seconds between looks for versions added to the store.")  # fmt: skip
 @metrics_options  # the optional node exporter; see p2pdist/metrics.py
 def seed(
     home: Path | None,
     tracker: str | None,
     token: str | None,
     status_every: float,
+    poll_every: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     """Seed every version in the local store until stopped (SIGINT or SIGTERM).
 
     Follows the store: versions added while it runs (publish --no-seed, fetch, another
-    process) are served within seconds, removed ones dropped. Announces to the configured
-    tracker (--tracker, $P2PDIST_TRACKER), private models under this host's own token.
+    process) are served within --poll-every seconds, removed ones dropped within 2 s.
+    Announces to the configured tracker (--tracker, $P2PDIST_TRACKER), private models under
+    this host's own token.
     """
     from p2pdist.client import RegistryClient
     from p2pdist.store.cache import Store
@@ -73,7 +78,11 @@ def seed(
         "Ctrl-C or SIGTERM stops.",
         err=True,
     )
-    daemon.run(stop, status_every=None if sys.stderr.isatty() else (status_every or None))
+    daemon.run(
+        stop,
+        status_every=None if sys.stderr.isatty() else (status_every or None),
+        poll=poll_every,
+    )
     status = daemon.status()
     swarm.close()
     say(f"stopped on {caught[0] if caught else 'request'} ({status})")
