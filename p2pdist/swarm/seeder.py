@@ -156,8 +156,9 @@ RESCAN_INTERVAL = 2.0
 
 NEW_VERSION_POLL = 0.25
 """Seconds between ``SeedDaemon``'s looks for versions added to the store (folder names only).
-A follower waits for this after a publish: with the full pass's 2 s, 8 RL followers held a
-new version 1.6 s after `publish` returned (BENCHMARKS.md, "Cluster", part 4)."""
+Followers wait for this after a publish: 8 RL followers held a new version 1.15-1.18 s after
+`publish` returned, 1.32-1.69 s when the daemon looked every 2 s (BENCHMARKS.md, "Cluster",
+part 4)."""
 
 
 def stored_refs(store: Store) -> set[tuple[str, str]]:
