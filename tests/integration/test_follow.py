@@ -182,6 +182,24 @@ def check_updates(
         assert all(torch.equal(loaded[k], state[k]) for k in state), update.ref
 
 
+class HeldAtFirst:
+    """An ``on_update`` that holds the follower inside its first update until ``release`` is
+    set (so later versions come out while it is busy) and sets ``done`` at version ``last``."""
+
+    def __init__(self, last: str) -> None:
+        self.last = last
+        self.updates: list[Update] = []
+        self.busy, self.release, self.done = threading.Event(), threading.Event(), threading.Event()
+
+    def __call__(self, update: Update) -> None:
+        self.updates.append(update)
+        if len(self.updates) == 1:
+            self.busy.set()
+            assert self.release.wait(WAIT)
+        if update.version == self.last:
+            self.done.set()
+
+
 def test_follow_delivers_the_current_latest_then_every_later_version_in_order(
     publisher: CheckpointPublisher,
     tracker: Tracker,
@@ -190,34 +208,25 @@ def test_follow_delivers_the_current_latest_then_every_later_version_in_order(
 ) -> None:
     """v1 exists when following starts; v2 and v3 come while the follower is busy with v1."""
     v1 = publisher.publish(STATES[0]).result(timeout=WAIT)
-    updates: list[Update] = []
-    busy, release, done = threading.Event(), threading.Event(), threading.Event()
+    held = HeldAtFirst("v3")
     errors: list[BaseException] = []
-
-    def on_update(update: Update) -> None:
-        updates.append(update)
-        if len(updates) == 1:
-            busy.set()
-            assert release.wait(WAIT)
-        if len(updates) == 3:
-            done.set()
 
     follower = follow(
         REF,
-        on_update,
+        held,
         home=follower_home,
         tracker=tracker.url,
         swarm=swarms[1],
         poll_seconds=POLL,
         on_error=errors.append,
     )
-    with following(follower, release):
-        assert busy.wait(WAIT), follower.error
+    with following(follower, held.release):
+        assert held.busy.wait(WAIT), follower.error
         later = [publisher.publish(STATES[1]), publisher.publish(STATES[2])]
         published = [v1, *(f.result(timeout=WAIT) for f in later)]
-        release.set()
-        assert done.wait(WAIT), follower.error
-    check_updates(updates, published, follower_home, ["full", "delta", "delta"])
+        held.release.set()
+        assert held.done.wait(WAIT), follower.error
+    check_updates(held.updates, published, follower_home, ["full", "delta", "delta"])
     assert follower.updates == 3 and follower.current == "v3"
     assert errors == [] and follower.error is None
 
@@ -271,29 +280,20 @@ def test_a_follower_behind_retention_skips_what_nobody_seeds_any_more(
     publisher.keep = 2
     states = model_states(4)
     v1 = publisher.publish(states[0]).result(timeout=WAIT)
-    updates: list[Update] = []
-    busy, release, done = threading.Event(), threading.Event(), threading.Event()
-
-    def on_update(update: Update) -> None:
-        updates.append(update)
-        if len(updates) == 1:
-            busy.set()
-            assert release.wait(WAIT)
-        if update.version == "v4":
-            done.set()
+    held = HeldAtFirst("v4")
 
     client = RegistryClient(tracker.url)
     fetcher = make_fetcher(tmp_path, follower_home, client, swarms[1], stall_timeout=3)
-    follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL)
-    with following(follower.start(), release):
-        assert busy.wait(WAIT), follower.error
+    follower = Follower(REF, held, fetcher=fetcher, poll_seconds=POLL)
+    with following(follower.start(), held.release):
+        assert held.busy.wait(WAIT), follower.error
         later = [publisher.publish(s).result(timeout=WAIT) for s in states[1:]]
         assert not publisher.store.has(NAME, "v2")  # retention dropped it, and unseeded it
-        release.set()
-        assert done.wait(WAIT), follower.error
-    assert [u.version for u in updates] == ["v1", "v3", "v4"]
-    assert updates[0].result.manifest.to_bytes() == v1.manifest.to_bytes()
-    assert updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
+        held.release.set()
+        assert held.done.wait(WAIT), follower.error
+    assert [u.version for u in held.updates] == ["v1", "v3", "v4"]
+    assert held.updates[0].result.manifest.to_bytes() == v1.manifest.to_bytes()
+    assert held.updates[-1].result.manifest.to_bytes() == later[-1].manifest.to_bytes()
     assert follower.error is None
 
 
@@ -311,31 +311,22 @@ def test_a_follower_skips_a_version_withdrawn_while_it_was_behind(
 
     states = model_states(3)
     publisher.publish(states[0]).result(timeout=WAIT)
-    updates: list[Update] = []
-    busy, release, done = threading.Event(), threading.Event(), threading.Event()
-
-    def on_update(update: Update) -> None:
-        updates.append(update)
-        if len(updates) == 1:
-            busy.set()
-            assert release.wait(WAIT)
-        if update.version == "v3":
-            done.set()
+    held = HeldAtFirst("v3")
 
     client = RegistryClient(tracker.url)
     fetcher = make_fetcher(tmp_path, follower_home, client, swarms[1])
-    follower = Follower(REF, on_update, fetcher=fetcher, poll_seconds=POLL)
-    with following(follower.start(), release):
-        assert busy.wait(WAIT), follower.error
+    follower = Follower(REF, held, fetcher=fetcher, poll_seconds=POLL)
+    with following(follower.start(), held.release):
+        assert held.busy.wait(WAIT), follower.error
         for state in states[1:]:
             publisher.publish(state).result(timeout=WAIT)
         yank = Statement("yank", NAME, {"version": "v2", "reason": "NaNs"})
         RegistryClient(tracker.url, publisher.token).post_statement(
             NAME, yank.signed(load_signing_key()).to_bytes()
         )
-        release.set()
-        assert done.wait(WAIT), follower.error
-    assert [u.version for u in updates] == ["v1", "v3"]
+        held.release.set()
+        assert held.done.wait(WAIT), follower.error
+    assert [u.version for u in held.updates] == ["v1", "v3"]
     assert follower.error is None
 
 
