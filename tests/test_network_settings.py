@@ -81,8 +81,8 @@ def test_peers_queue_a_bounded_number_of_requests_at_us_capped_or_not(
     p2p_home: Path, upload_cap: int, queue: int
 ) -> None:
     """libtorrent's 2000 queued blocks per peer made a seed send pieces twice on real links
-    (BENCHMARKS.md, "Cluster"): the queue is bounded with or without an upload cap, and
-    pieces are spread over peers block by block."""
+    (BENCHMARKS.md, "Cluster"): the queue is bounded with or without an upload cap, pieces
+    are spread over peers block by block, and we ask a peer for 1 s of its rate, not 3."""
     settings = session_settings(
         listen_interface="127.0.0.1", port=0, upload_rate_limit=upload_cap,
         download_rate_limit=0, announce_interval_hint=None, utp=False,
@@ -90,6 +90,7 @@ def test_peers_queue_a_bounded_number_of_requests_at_us_capped_or_not(
     )  # fmt: skip
     assert settings["max_allowed_in_request_queue"] == queue
     assert settings["whole_pieces_threshold"] == 0
+    assert settings["request_queue_time"] == 1
 
 
 def test_libtorrent_overrides_reach_the_process_swarm(
@@ -114,6 +115,7 @@ def test_libtorrent_overrides_reach_the_process_swarm(
     try:
         applied = swarm._session.get_settings()
         assert applied["max_allowed_in_request_queue"] == 32  # p2pdist's own value is 128
+        assert applied["request_queue_time"] == 1  # p2pdist's own, kept beside the override
         monkeypatch.setenv("P2PDIST_LIBTORRENT", "{broken")  # read once, at the start
         assert process_swarm() is swarm
     finally:
