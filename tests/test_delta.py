@@ -655,3 +655,39 @@ def test_failure_after_a_good_file_leaves_nothing(pair) -> None:
     with pytest.raises(FormatError):
         delta.decode(a, d, out, expected=expected)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_unchanged_files_are_linked_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch commits into the store that holds the parent, so a file the version keeps
+    unchanged is a hard link to the parent's bytes there; a decode for anyone else copies
+    (their writes must not reach the parent), and so does one where links cannot be made."""
+    old = _model()
+    new = dict(old, **{"layer.0.weight": _nudge(old["layer.0.weight"])})
+    parent = _write(tmp_path / "v1", old, shard=1, **{"config.json": b"{}"})
+    child = _write(tmp_path / "v2", new, shard=1, **{"config.json": b"{}"})
+    delta.encode(parent, child, tmp_path / "delta")
+    kept = [t.path for t in delta.read_index(tmp_path / "delta").files if t.copy is not None]
+    assert "config.json" in kept and len(kept) < len(list_files(child))
+
+    def decoded(out: Path, **kwargs: bool) -> Path:
+        delta.decode(parent, tmp_path / "delta", out, expected=_expected(child), **kwargs)
+        for name in list_files(child):
+            assert (out / name).read_bytes() == (child / name).read_bytes(), name
+        return out
+
+    linked = decoded(tmp_path / "linked", link_copies=True)
+    copied = decoded(tmp_path / "copied")
+    for name in kept:
+        assert os.path.samefile(linked / name, parent / name), name
+        assert not os.path.samefile(copied / name, parent / name), name
+    changed = set(list_files(child)) - set(kept)
+    assert changed and not any(os.path.samefile(linked / n, parent / n) for n in changed)
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    fallback = decoded(tmp_path / "fallback", link_copies=True)
+    assert not any(os.path.samefile(fallback / n, parent / n) for n in kept)

@@ -132,6 +132,7 @@ def decode(
     expected: Sequence[FileEntry],
     workers: int | None = None,
     verify_parent: bool = True,
+    link_copies: bool = False,
 ) -> None:
     """Rebuild the files of a version into ``out_dir`` from its parent and its delta.
 
@@ -142,6 +143,11 @@ def decode(
     that verify prove the parent right, so a good decode does not hash the parent);
     ``verify_parent=False`` skips that diagnosis, for a parent already verified such as blobs
     of a content-addressed store. Files appear in ``out_dir`` only once all of them verified.
+
+    ``link_copies`` makes a file the version keeps unchanged a hard link to the parent's
+    instead of a copy (where the filesystem allows): for a caller that moves the result into
+    the store that holds the parent, where those bytes are already kept once. Never for files
+    handed to a user, whose writes would reach the parent.
     """
     parent_dir, delta_dir, out_dir = Path(parent_dir), Path(delta_dir), Path(out_dir)
     workers = workers or default_workers()
@@ -168,7 +174,9 @@ def decode(
                 tmp = final.parent / f".p2pdist-{tag}-{number}.incomplete"
                 staged.append((tmp, final))
                 if target.copy is not None:
-                    shutil.copyfile(parent_dir / target.copy, tmp)
+                    source = parent_dir / target.copy
+                    if not (link_copies and _hard_link(source, tmp)):
+                        shutil.copyfile(source, tmp)
                 else:
                     assert target.delta is not None
                     delta_path = delta_dir / safe_relpath(target.delta)
@@ -191,6 +199,16 @@ def decode(
     except BaseException:
         _undo(staged, renamed, created)
         raise
+
+
+def _hard_link(source: Path, link: Path) -> bool:
+    """Link ``link`` to the file ``source`` resolves to; False where links cannot be made
+    (another filesystem, a filesystem without them), for the caller to copy instead."""
+    try:
+        os.link(os.path.realpath(source), link)
+    except OSError:
+        return False
+    return True
 
 
 def _undo(staged: list[tuple[Path, Path]], renamed: list[Path], created: list[Path]) -> None:
