@@ -160,8 +160,13 @@ def test_a_consumer_killed_mid_swarm_resumes(workdir: Path) -> None:
         publish(pub, src, "v1")
         start_seed(pub)
         fetch = start_fetch(c1, f"{NAME}@v1")
-        resume = c1.root / "store" / "resume"
-        wait_until(lambda: resume.is_dir() and any(resume.iterdir()), 60, "resume data")
+        resume, partial = c1.root / "store" / "resume", c1.root / "store" / "partial"
+
+        def resumable() -> bool:  # resume data alone is written before the first piece
+            written = sum(f.stat().st_blocks * 512 for f in partial.rglob("*") if f.is_file())
+            return resume.is_dir() and any(resume.iterdir()) and written >= 2 << 20
+
+        wait_until(resumable, 60, "resume data and 2 MiB on disk")
         fetch.send_signal(signal.SIGKILL)
         fetch.communicate(timeout=30)
         result = c1.fetch_json(f"{NAME}@v1")
