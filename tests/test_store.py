@@ -295,3 +295,39 @@ def test_gc_never_removes_the_partial_of_a_running_download(p2p_home: Path) -> N
         assert partial.exists()
     store.gc(partial_max_age=60)
     assert not partial.exists()
+
+
+def test_a_staged_hard_link_to_a_blob_is_not_hashed_twice(
+    p2p_home: Path,
+    stored_version: Manifest,
+    tmp_path: Path,
+    signing_key: Ed25519PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fetched delta stages a file it kept unchanged as a hard link to the parent's blob,
+    hashed as it was rebuilt: committing it (move) links the blob without a second read. A
+    folder added without ``move`` is someone else's, so its blob is hashed before sharing."""
+    import p2pdist.store.cache as cache
+
+    store = Store(p2p_home)
+    entry = next(e for e in stored_version.files if e.path.endswith(".safetensors"))
+    blob = store.blob_path(entry.blake3)
+    hashed: list[Path] = []
+    real_hash = cache.hash_file
+
+    def counting(path: str | Path) -> str:
+        hashed.append(Path(path))
+        return real_hash(path)
+
+    monkeypatch.setattr(cache, "hash_file", counting)
+    for version, move in (("v2", True), ("v3", False)):
+        staged = make_version_folder(tmp_path / version, small_state_dict())
+        (staged / entry.path).unlink()
+        os.link(blob, staged / entry.path)
+        hashed.clear()
+        store.add_version(
+            sign_folder(staged, signing_key, version=version), staged, move=move, verified=True
+        )
+        assert (store.snapshot("org/model", version) / entry.path).resolve() == blob
+        assert (blob in hashed) is not move, (version, hashed)
+        store.verify("org/model", version)

@@ -392,6 +392,11 @@ class Store:
     def _put_blob(self, src: Path, entry: FileEntry, *, move: bool) -> Path:
         blob = self.blob_path(entry.blake3)
         if blob.is_file() and blob.stat().st_size == entry.size:
+            if move and _same_file(src, blob):
+                # Our own staged file, hashed moments ago (by the caller that says verified,
+                # or by add_version), is this blob: a hard link a delta made for a file it
+                # kept unchanged. Hashing it again would read the same bytes twice.
+                return blob
             # Hashed before it is shared again: a blob damaged on disk is replaced by these
             # good bytes (repairing every version that links it) rather than linked anew.
             if hash_file(blob) == entry.blake3:
@@ -549,6 +554,13 @@ def damaged(ref: str, detail: str, cause: IntegrityError) -> IntegrityError:
         expected=cause.expected,
         actual=cause.actual,
     )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _bytes_under(folder: Path) -> int:
