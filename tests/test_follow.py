@@ -77,7 +77,7 @@ print(follower.updates, "p2pdist.delta" in sys.modules)
 def test_a_follower_loads_the_delta_codec_before_any_update(p2p_home: Path) -> None:
     """Updates arrive as deltas: their codec (numpy) is loaded when following starts, here
     with no registry reachable and so no update at all, not between the registry's notice
-    of a version and its download (0.5-0.75 s of an RL sync on the bed)."""
+    of a version and its download (0.55-0.78 s of an RL sync on the bed)."""
     done = subprocess.run(
         [sys.executable, "-c", FOLLOW_WITH_NO_REGISTRY], capture_output=True, text=True, timeout=60
     )
