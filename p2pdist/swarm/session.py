@@ -482,7 +482,7 @@ class Swarm:
         elif isinstance(alert, lt.torrent_finished_alert):
             state.finished = True
         elif isinstance(alert, lt.save_resume_data_alert):
-            if state.resume_file is not None:
+            if state.resume_file is not None and _resume_worth_keeping(alert.params, state):
                 write_atomic(state.resume_file, lt.write_resume_data_buf(alert.params))
             state.resume_writes += 1
         elif isinstance(alert, lt.save_resume_data_failed_alert):
@@ -493,6 +493,18 @@ class Swarm:
             state.error = _file_error(state.meta, alert.error, "", alert.message())
         elif isinstance(alert, lt.torrent_removed_alert):
             state.removed = True
+
+
+def _resume_worth_keeping(params: Any, state: TorrentState) -> bool:
+    """Whether resume data should replace what is on disk.
+
+    libtorrent trusts resume data and checks no file it says nothing of: data claiming no
+    piece (taken before the first one arrived) or taken while the files were being checked
+    (only the pieces checked so far) would make the next run download again what is on disk.
+    Without a resume file, the next run checks the partial files and keeps every good piece.
+    """
+    checking = state.progress is None or state.progress.state in _CHECKING
+    return not checking and any(params.have_pieces)
 
 
 def _probe_tracker(handle: Any, failing: bool) -> None:

@@ -426,6 +426,20 @@ def test_killed_download_resumes(
     assert not resume.exists()
 
 
+def test_a_download_that_holds_no_piece_writes_no_resume_file(
+    model: tuple[TorrentMeta, Path], tmp_path: Path
+) -> None:
+    """Resume data claiming no piece would make the next run skip libtorrent's check of the
+    partial files and download again whatever a killed run had written after the last save
+    (seen on the bed: a consumer killed with 2 MiB on disk downloaded all 12 MiB again)."""
+    meta, _ = model
+    resume = tmp_path / "resume.dat"
+    with Swarm() as leecher, pytest.raises(SwarmError, match="stalled"):
+        # no peer: several resume intervals pass, and the failure saves resume data once more
+        leecher.download(meta.data, tmp_path / "dest", resume_file=resume, stall_timeout=5)
+    assert not resume.exists()
+
+
 def test_web_seed_alone_completes(tmp_path: Path) -> None:
     root = tmp_path / "v1"
     files = write_model(root, {"a.safetensors": 1 * MiB + 5, "sub/b.json": 70 * KiB})
