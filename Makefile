@@ -50,8 +50,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/python .ci/typecheck.py
 
+# Tests run in parallel, one worker per core (pytest-xdist), each test module on one worker:
+# most tests wait on sockets and child processes, so two workers halve the wall time on a
+# 2-core CI machine. `make test TEST_WORKERS=0` runs them in this process, one at a time.
+TEST_WORKERS ?= auto
+
 test: install system-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
