@@ -49,6 +49,8 @@ from tests.netbed import Bed, Host, flat_lan, mbit, skip_reason, two_sites  # no
 
 MiB = 1 << 20
 NAME = "org/bench"
+Variant = tuple[str, dict[str, Any]]
+"""A tuning to compare: its name and {"seed": ..., "consumers": ..., "env": ...}."""
 
 
 def cpu_times() -> tuple[float, float]:
@@ -59,9 +61,15 @@ def cpu_times() -> tuple[float, float]:
 
 
 class CpuMeter:
-    """The machine's busy fraction (of all cores) between start and stop."""
+    """The machine's busy fraction (of all cores) between start and stop.
+
+    It starts with a sync: the pages earlier runs left dirty (aria2c's output, a torn-down
+    bed's files) would otherwise be written back during this run. Without it the second
+    variant of a pair ran 0.4-1.5 s slower on a 1 GiB fetch, whichever variant it was.
+    """
 
     def __enter__(self) -> CpuMeter:
+        os.sync()
         self.start = cpu_times()
         return self
 
@@ -487,6 +495,7 @@ def part4(
             if time.monotonic() > deadline:
                 raise RuntimeError("followers never got v1")
             time.sleep(0.2)
+        os.sync()  # as CpuMeter does
         watcher = pub.bed.spawn(pub, pub.cmd(sys.executable, "-c", REGISTERED, NAME, "v2"))
         published = publish(pub, v2, "v2", "--parent", "v1")
         t0, wall0 = time.monotonic(), time.time()
@@ -517,6 +526,12 @@ def span(seconds: list[float]) -> str:
     return f"{seconds[0]:.1f}..{seconds[-1]:.1f}" if seconds else "?"
 
 
+def alternating(variants: list[Variant], repeats: int) -> list[Variant]:
+    """Each variant ``repeats`` times, every other round in reverse order: a pair's second
+    run can differ from its first for reasons of its own, and then favours neither."""
+    return [v for i in range(repeats) for v in (variants if i % 2 == 0 else variants[::-1])]
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     name, _, spec = text.partition("=")
     tuning = json.loads(spec or "{}")
@@ -536,7 +551,9 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--cap-mbit", type=float, default=100)
     parser.add_argument("--no-origin", action="store_true", help="skip part 2's HTTP origin")
-    parser.add_argument("--repeats", type=int, default=1, help="part 2 runs per N and variant")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="part 1, 2 and 4 runs per N and variant"
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -561,7 +578,7 @@ def main() -> None:
         variants = [parse_variant(v) for v in args.variant] or [("default", {})]
         if 1 in args.parts:
             out["part1"] = []
-            for variant in variants:
+            for variant in alternating(variants, args.repeats):
                 r = part1(work, args.size_mib * MiB, variant)
                 out["part1"].append(r)
                 print(
@@ -572,8 +589,8 @@ def main() -> None:
                   f"{r['machine_busy_aria2c']:.0%} (aria2c)", flush=True)  # fmt: skip
         if 2 in args.parts:
             out["part2"] = []
-            for n, _, variant in (
-                (n, i, v) for n in args.consumers for i in range(args.repeats) for v in variants
+            for n, variant in (
+                (n, v) for n in args.consumers for v in alternating(variants, args.repeats)
             ):
                 r = part2(work, args.swarm_mib * MiB, n, mbit(args.cap_mbit), not args.no_origin,
                           variant)  # fmt: skip
@@ -599,7 +616,7 @@ def main() -> None:
                       f"{r['one_crossing_s']:.1f} s)", flush=True)  # fmt: skip
         if 4 in args.parts:
             out["part4"] = []
-            for _, variant in ((i, v) for i in range(args.repeats) for v in variants):
+            for variant in alternating(variants, args.repeats):
                 r = part4(work, args.rl_mib * MiB, 8, mbit(args.cap_mbit), args.rl_fraction,
                           variant)  # fmt: skip
                 out["part4"].append(r)

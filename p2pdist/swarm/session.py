@@ -26,7 +26,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ import libtorrent as lt
 from p2pdist.errors import NoSeedersError, StoreError, SwarmError
 from p2pdist.formats.torrent import TorrentMeta, read_torrent
 from p2pdist.swarm.settings import (
+    ALERT_MASK,
+    WEB_SEED_ALERT_MASK,
     read_resume,
     session_settings,
     torrent_params,
@@ -117,6 +120,7 @@ class Swarm:
         self._retired = (0, 0, 0)  # uploaded, downloaded, hash failures of removed torrents
         self._closed = False
         self._cycles = 0
+        self._web_seeded_downloads = 0
         self._thread = threading.Thread(target=self._alert_loop, name="p2pdist-swarm", daemon=True)
         self._thread.start()
 
@@ -236,107 +240,110 @@ class Swarm:
         started = time.monotonic()
         web_seeds = len(meta.web_seeds) if use_web_seeds else 0
         endpoints = _web_endpoints(meta.web_seeds) if web_seeds else None
-        state = self._add(atp, meta, resume_file=resume_file, web_endpoints=endpoints)
-        handle = state.handle
-        last_done, last_change, next_dial = -1, time.monotonic(), 0.0
-        next_probe, no_seeders_since = time.monotonic() + SCRAPE_INTERVAL, None
-        can_fail_fast = not web_seeds and not peers
-        seen: Progress | None = None
-        try:
-            while True:
-                now = time.monotonic()
-                if peers and now >= next_dial:
-                    for host, port in peers:
-                        handle.connect_peer((host, int(port)))
-                    next_dial = now + RECONNECT_INTERVAL
-                with self._cond:
-                    self._cond.wait(UPDATE_INTERVAL)
-                    error, finished = state.error, state.finished
-                    progress, known = state.progress, state.list_peers
-                    closed = self._closed
-                    tracker_seeds, tracker_error = state.tracker_seeds, state.tracker_error
-                if now >= next_probe and now - last_change >= SCRAPE_INTERVAL:
-                    # Nothing arrives: ask the tracker again now rather than at its interval
-                    # (a seed may have just started, the tracker may be back after a restart).
-                    _probe_tracker(handle, tracker_error is not None)
-                    next_probe = now + SCRAPE_INTERVAL
-                seeding_peers = progress.seeds if progress is not None else 0
-                connected = progress.peers if progress is not None else 0
-                # every peer the tracker named is connected and none is a seed: a peer not
-                # reached yet (its announce is stale on one replica, it is slow to accept)
-                # may still be one, so that case waits for the stall timeout instead
-                if (
-                    can_fail_fast
-                    and tracker_seeds == 0
-                    and seeding_peers == 0
-                    and connected >= known
-                ):
-                    no_seeders_since = no_seeders_since or now
-                    if now - max(no_seeders_since, last_change) > NO_SEEDERS_GRACE:
-                        raise NoSeedersError(
-                            f"no host is seeding {label(meta)} (the tracker knows no complete "
-                            f"copy, {known} other peer(s), no web seed); start `p2pdist seed` "
-                            "on the publisher or a host that holds it"
-                        )
-                else:
-                    no_seeders_since = None
-                if error is not None:
-                    raise error
-                if closed:
-                    raise SwarmError(f"download of {label(meta)}: the session was closed; retry")
-                if web_seeds:
-                    learned = _learn_web_endpoints(handle, state.web_endpoints or set())
+        with self._block_alerts(bool(web_seeds)):
+            state = self._add(atp, meta, resume_file=resume_file, web_endpoints=endpoints)
+            handle = state.handle
+            last_done, last_change, next_dial = -1, time.monotonic(), 0.0
+            next_probe, no_seeders_since = time.monotonic() + SCRAPE_INTERVAL, None
+            can_fail_fast = not web_seeds and not peers
+            seen: Progress | None = None
+            try:
+                while True:
+                    now = time.monotonic()
+                    if peers and now >= next_dial:
+                        for host, port in peers:
+                            handle.connect_peer((host, int(port)))
+                        next_dial = now + RECONNECT_INTERVAL
                     with self._cond:
-                        state.web_endpoints = learned
-                if progress is not None and progress is not seen:
-                    seen = progress
-                    if on_progress is not None:
-                        on_progress(progress)
-                    if progress.state in _CHECKING or progress.done > last_done:
-                        last_done, last_change = progress.done, now
-                    if progress.done >= meta.total_size and progress.state in (
-                        "finished",
-                        "seeding",
+                        self._cond.wait(UPDATE_INTERVAL)
+                        error, finished = state.error, state.finished
+                        progress, known = state.progress, state.list_peers
+                        closed = self._closed
+                        tracker_seeds, tracker_error = state.tracker_seeds, state.tracker_error
+                    if now >= next_probe and now - last_change >= SCRAPE_INTERVAL:
+                        # Nothing arrives: ask the tracker again now rather than at its interval
+                        # (a seed may have just started, the tracker may be back after a restart).
+                        _probe_tracker(handle, tracker_error is not None)
+                        next_probe = now + SCRAPE_INTERVAL
+                    seeding_peers = progress.seeds if progress is not None else 0
+                    connected = progress.peers if progress is not None else 0
+                    # every peer the tracker named is connected and none is a seed: a peer not
+                    # reached yet (its announce is stale on one replica, it is slow to accept)
+                    # may still be one, so that case waits for the stall timeout instead
+                    if (
+                        can_fail_fast
+                        and tracker_seeds == 0
+                        and seeding_peers == 0
+                        and connected >= known
                     ):
-                        finished = True
-                if finished:
-                    break
-                if now - last_change > stall_timeout:
-                    raise SwarmError(
-                        f"download of {label(meta)} stalled: no data for {stall_timeout:g} s "
-                        f"with {known} peer(s) and {web_seeds} web seed(s) known"
-                        f"{_stall_cause(state, handle)}"
-                    )
-        except BaseException:
-            self._save_and_remove(state)
-            raise
-        status = handle.status()
-        downloaded = int(status.total_payload_download)
-        from_peers = downloaded
-        if web_seeds:
-            # libtorrent does not post block alerts for every web seed block (those that
-            # span files go missing), so count the blocks from BitTorrent peers instead.
+                        no_seeders_since = no_seeders_since or now
+                        if now - max(no_seeders_since, last_change) > NO_SEEDERS_GRACE:
+                            raise NoSeedersError(
+                                f"no host is seeding {label(meta)} (the tracker knows no complete "
+                                f"copy, {known} other peer(s), no web seed); start `p2pdist seed` "
+                                "on the publisher or a host that holds it"
+                            )
+                    else:
+                        no_seeders_since = None
+                    if error is not None:
+                        raise error
+                    if closed:
+                        raise SwarmError(
+                            f"download of {label(meta)}: the session was closed; retry"
+                        )
+                    if web_seeds:
+                        learned = _learn_web_endpoints(handle, state.web_endpoints or set())
+                        with self._cond:
+                            state.web_endpoints = learned
+                    if progress is not None and progress is not seen:
+                        seen = progress
+                        if on_progress is not None:
+                            on_progress(progress)
+                        if progress.state in _CHECKING or progress.done > last_done:
+                            last_done, last_change = progress.done, now
+                        if progress.done >= meta.total_size and progress.state in (
+                            "finished",
+                            "seeding",
+                        ):
+                            finished = True
+                    if finished:
+                        break
+                    if now - last_change > stall_timeout:
+                        raise SwarmError(
+                            f"download of {label(meta)} stalled: no data for {stall_timeout:g} s "
+                            f"with {known} peer(s) and {web_seeds} web seed(s) known"
+                            f"{_stall_cause(state, handle)}"
+                        )
+            except BaseException:
+                self._save_and_remove(state)
+                raise
+            status = handle.status()
+            downloaded = int(status.total_payload_download)
+            from_peers = downloaded
+            if web_seeds:
+                # libtorrent does not post block alerts for every web seed block (those that
+                # span files go missing), so count the blocks from BitTorrent peers instead.
+                with self._cond:
+                    cycle = self._cycles  # let the alert thread dispatch what came before
+                    while self._cycles < cycle + 2 and not self._closed:
+                        self._cond.wait(UPDATE_INTERVAL)
+                    from_peers = min(downloaded, state.peer_bytes)
+            result = TransferResult(
+                seconds=time.monotonic() - started,
+                total_bytes=meta.total_size,
+                bytes_from_peers=from_peers,
+                bytes_from_web_seeds=downloaded - from_peers,
+                hash_failures=state.hash_failures,
+                bytes_uploaded=int(status.total_payload_upload),
+                info_hash=meta.info_hash,
+            )
             with self._cond:
-                cycle = self._cycles  # let the alert thread dispatch what came before
-                while self._cycles < cycle + 2 and not self._closed:
-                    self._cond.wait(UPDATE_INTERVAL)
-                from_peers = min(downloaded, state.peer_bytes)
-        result = TransferResult(
-            seconds=time.monotonic() - started,
-            total_bytes=meta.total_size,
-            bytes_from_peers=from_peers,
-            bytes_from_web_seeds=downloaded - from_peers,
-            hash_failures=state.hash_failures,
-            bytes_uploaded=int(status.total_payload_upload),
-            info_hash=meta.info_hash,
-        )
-        with self._cond:
-            state.resume_file = None
-        if not keep_seeding:
-            self._remove(state)
-        if resume_file is not None:
-            resume_file.unlink(missing_ok=True)
-        return result
+                state.resume_file = None
+            if not keep_seeding:
+                self._remove(state)
+            if resume_file is not None:
+                resume_file.unlink(missing_ok=True)
+            return result
 
     # --------------------------------------------------------------- shutdown
 
@@ -383,6 +390,26 @@ class Swarm:
             state.storage_size = int(atp.ti.layout().total_size())
             self._torrents[handle] = state
         return state
+
+    @contextmanager
+    def _block_alerts(self, wanted: bool) -> Iterator[None]:
+        """Block alerts on while this download runs, if `wanted` (see WEB_SEED_ALERT_MASK)."""
+        if not wanted:
+            yield
+            return
+        self._count_web_seeded(+1)
+        try:
+            yield
+        finally:
+            self._count_web_seeded(-1)
+
+    def _count_web_seeded(self, change: int) -> None:
+        with self._cond:
+            was = self._web_seeded_downloads
+            self._web_seeded_downloads += change
+            if (was == 0) != (self._web_seeded_downloads == 0) and not self._closed:
+                mask = WEB_SEED_ALERT_MASK if self._web_seeded_downloads else ALERT_MASK
+                self._session.apply_settings({"alert_mask": int(mask)})
 
     def _remove(self, state: TorrentState) -> None:
         with self._cond:

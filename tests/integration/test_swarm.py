@@ -132,11 +132,12 @@ class AppServer:
 class StaticServer(AppServer):
     """aiohttp serving `folder` at /models/<name>/ (Range honoured), counting requests."""
 
-    def __init__(self, name: str, folder: Path) -> None:
+    def __init__(self, name: str, folder: Path, *, delay: float = 0.0) -> None:
         super().__init__(self._app)
         self.requests = 0
         self._name = name
         self._folder = folder
+        self._delay = delay
 
     @property
     def url(self) -> str:
@@ -146,6 +147,7 @@ class StaticServer(AppServer):
         @web.middleware
         async def count(request: web.Request, handler: Any) -> web.StreamResponse:
             self.requests += 1
+            await asyncio.sleep(self._delay)
             return await handler(request)  # type: ignore[no-any-return]
 
         app = web.Application(middlewares=[count])
@@ -437,6 +439,31 @@ def test_web_seed_alone_completes(tmp_path: Path) -> None:
     assert same_files(meta, root, tmp_path / "dest")
     assert result.bytes_from_web_seeds >= meta.total_size
     assert result.bytes_from_peers == 0
+
+
+def test_bytes_from_peers_and_from_web_seeds_are_told_apart(tmp_path: Path) -> None:
+    """A slow web seed and a slow peer both serve one download: each is credited with what it
+    sent. Block alerts tell them apart; they are on only while a web-seeded download runs."""
+    root = tmp_path / "v1"
+    files = write_model(root, {"a.safetensors": 4 * MiB})
+    with (
+        StaticServer("m", root, delay=3.0) as origin,
+        Swarm(upload_rate_limit=1 * MiB) as seeder,
+        Swarm() as leecher,
+    ):
+        meta = make_torrent(root, files, name="m", piece_size=64 * KiB, web_seeds=[origin.url])
+        transfer = seeder.seed(meta.data, root)
+        result = leecher.download(
+            meta.data, tmp_path / "dest", peers=[(LOCAL, seeder.listen_port)], stall_timeout=30
+        )
+        sent_by_peer = transfer.uploaded_bytes()
+        mask = leecher._session.get_settings()["alert_mask"]
+    assert same_files(meta, root, tmp_path / "dest")
+    assert result.bytes_from_peers > 0 and result.bytes_from_web_seeds > 0
+    assert result.bytes_from_peers + result.bytes_from_web_seeds >= meta.total_size
+    # never more than the peer sent (some of which came after the web seed had that piece)
+    assert result.bytes_from_peers <= sent_by_peer
+    assert not mask & lt.alert.category_t.block_progress_notification  # off again
 
 
 def test_no_web_seed_no_peer_stalls_with_a_clear_error(tmp_path: Path) -> None:
