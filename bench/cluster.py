@@ -283,9 +283,7 @@ def apply_variant(tuning: dict[str, Any], seed_host: Host, consumers: list[Host]
             h.env.update(tuning.get("env", {}))
 
 
-def part1(
-    work: Path, size: int, variant: tuple[str, dict[str, Any]] = ("default", {})
-) -> dict[str, Any]:
+def part1(work: Path, size: int, variant: Variant = ("default", {})) -> dict[str, Any]:
     src = write_model(work / "model1", size)
     label, tuning = variant
     bed_dir = work / f"bed1-{label}"
@@ -343,7 +341,7 @@ def part2(
     n: int,
     cap_bps: int,
     origin: bool,
-    variant: tuple[str, dict[str, Any]] = ("default", {}),
+    variant: Variant = ("default", {}),
 ) -> dict[str, Any]:
     """``variant`` is (name, {"seed": {...}, "consumers": {...}, "env": {...}, "seed_nice": n}):
     libtorrent settings each side runs with (``P2PDIST_LIBTORRENT``), environment variables
@@ -472,7 +470,7 @@ def part4(
     n: int,
     cap_bps: int,
     fraction: float,
-    variant: tuple[str, dict[str, Any]] = ("default", {}),
+    variant: Variant = ("default", {}),
 ) -> dict[str, Any]:
     v1 = write_model(work / f"model4-v1-{size}", size, seed=4, dtype="bf16")
     v2 = work / f"model4-v2-{size}"
@@ -532,7 +530,7 @@ def alternating(variants: list[Variant], repeats: int) -> list[Variant]:
     return [v for i in range(repeats) for v in (variants if i % 2 == 0 else variants[::-1])]
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+def parse_variant(text: str) -> Variant:
     name, _, spec = text.partition("=")
     tuning = json.loads(spec or "{}")
     known = {"seed", "consumers", "env", "seed_nice", "seed_args"}

@@ -30,7 +30,7 @@ ALERT_MASK = (
 WEB_SEED_ALERT_MASK = ALERT_MASK | lt.alert.category_t.block_progress_notification
 """ALERT_MASK while a download with web seeds runs: a block alert (one per 16 KiB) is how its
 bytes from peers are told from its bytes from web seeds. Each costs the alert thread a Python
-call, 0.7 of the 5 CPU-s a 1 GiB fetch took, so they are off otherwise."""
+call, 0.4-0.8 of the 3-5 CPU-s a 1 GiB fetch took, so they are off otherwise."""
 
 
 OWN_SETTINGS = {
