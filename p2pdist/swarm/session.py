@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from p2pdist.swarm.settings import (
     torrent_params,
     write_atomic,
 )
+from p2pdist.swarm.shares import Share, share_of, share_priorities
 from p2pdist.swarm.transfer import Progress, TorrentState, Transfer, TransferResult, label
 
 UPDATE_INTERVAL = 0.5
@@ -247,6 +249,8 @@ class Swarm:
             next_probe, no_seeders_since = time.monotonic() + SCRAPE_INTERVAL, None
             can_fail_fast = not web_seeds and not peers
             seen: Progress | None = None
+            share: Share | None = None
+            share_peers: set[str] = set()
             try:
                 while True:
                     now = time.monotonic()
@@ -291,6 +295,7 @@ class Swarm:
                         raise SwarmError(
                             f"download of {label(meta)}: the session was closed; retry"
                         )
+                    share = _update_share(handle, share, share_peers)
                     if web_seeds:
                         learned = _learn_web_endpoints(handle, state.web_endpoints or set())
                         with self._cond:
@@ -584,6 +589,36 @@ def _web_endpoints(urls: Sequence[str]) -> set[tuple[str, int]]:
             continue
         found.update((str(info[4][0]), int(info[4][1])) for info in infos)
     return found
+
+
+def _update_share(handle: Any, current: Share | None, downloading: set[str]) -> Share | None:
+    """Put this consumer's share of the pieces first (swarm/shares.py); the share in force.
+
+    `downloading` gathers the addresses of every peer seen downloading since the start, and
+    the share changes only when it grows: a peer that finishes or drops its connection keeps
+    its rank, so that consumers' views stay alike (re-splitting as peers finished or churned
+    took 16 consumers from 1.44-1.47x to 1.57-1.61x the fluid bound on the bed).
+    """
+    try:
+        peers = handle.get_peer_info()
+    except RuntimeError:  # removed meanwhile
+        return current
+    ours: Counter[str] = Counter()  # our address as each peer sees it
+    for peer in peers:
+        if peer.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
+            continue
+        if peer.connection_type != lt.peer_info.standard_bittorrent:
+            continue  # a web seed
+        ours[peer.local_endpoint()[0]] += 1
+        if not peer.flags & lt.peer_info.seed:
+            downloading.add(peer.ip[0])
+    if not ours:
+        return current
+    share = share_of(ours.most_common(1)[0][0], downloading)
+    if share == current or (current is None and share.of == 1):
+        return share  # unchanged, or alone: libtorrent's own order is the right one
+    handle.prioritize_pieces(share_priorities(share, handle.get_piece_priorities()))
+    return share
 
 
 def _learn_web_endpoints(handle: Any, known: set[tuple[str, int]]) -> set[tuple[str, int]]:

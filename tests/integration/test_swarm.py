@@ -225,6 +225,58 @@ def test_seed_and_three_downloaders_trade(model: tuple[TorrentMeta, Path], tmp_p
     assert shared > 0, "the downloaders never served each other"
 
 
+def test_downloaders_put_their_own_share_of_pieces_first(
+    model: tuple[TorrentMeta, Path], tmp_path: Path
+) -> None:
+    """Three downloaders on three addresses split the pieces by the rank of their address
+    (swarm/shares.py): each raises the priority of its own third, and the thirds are disjoint."""
+    meta, root = model
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    num_pieces = -(-meta.total_size // meta.piece_size)
+    seen: dict[int, set[tuple[int, ...]]] = {i: set() for i in range(3)}
+    with Swarm(upload_rate_limit=1 * MiB) as seeder:
+        seeder.seed(meta.data, root)
+        # (outgoing connections from the address too, as on a host with one address)
+        swarms = [
+            Swarm(listen_interface=a, extra_settings={"outgoing_interfaces": a}) for a in addresses
+        ]
+        try:
+            endpoints = [(LOCAL, seeder.listen_port)] + [
+                (a, s.listen_port) for a, s in zip(addresses, swarms, strict=True)
+            ]
+            results: dict[int, TransferResult | BaseException] = {}
+
+            def priorities(i: int) -> None:
+                for state in list(swarms[i]._torrents.values()):
+                    seen[i].add(tuple(state.handle.get_piece_priorities()))
+
+            def fetch(i: int) -> None:
+                try:
+                    results[i] = swarms[i].download(
+                        meta.data,
+                        tmp_path / f"dest{i}",
+                        peers=[e for e in endpoints if e[0] != addresses[i]],
+                        on_progress=lambda _: priorities(i),
+                        stall_timeout=30,
+                    )
+                except BaseException as exc:
+                    results[i] = exc
+
+            threads = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            for s in swarms:
+                s.close()
+    for i in range(3):
+        assert isinstance(results[i], TransferResult), results[i]
+        assert same_files(meta, root, tmp_path / f"dest{i}")
+        own_third = tuple(7 if p % 3 == i else 4 for p in range(num_pieces))
+        assert own_third in seen[i], f"{addresses[i]} never put its third first: {seen[i]}"
+
+
 @pytest.mark.slow
 def test_downloads_in_separate_processes(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
     """One seed here, three downloaders in three processes that all dial each other."""
