@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -237,6 +237,13 @@ class Swarm:
         if resume_file is not None and resume_file.is_file():
             resume = read_resume(resume_file, meta)
         atp = torrent_params(meta, dest, use_web_seeds=use_web_seeds, resume=resume)
+        if resume is not None:
+            # What this call wants, not what the interrupted one did: libtorrent applies
+            # saved piece priorities (a share, swarm/shares.py) over file priorities, so a
+            # full download cut short would make a partial rerun fetch every file, and the
+            # zeros of a partial one would leave files out of a full rerun.
+            atp.piece_priorities = []
+            atp.file_priorities = [4] * atp.ti.layout().num_files()
         if only_files is not None:
             atp.file_priorities = _file_priorities(atp.ti, meta.name, only_files)
         started = time.monotonic()
@@ -249,8 +256,7 @@ class Swarm:
             next_probe, no_seeders_since = time.monotonic() + SCRAPE_INTERVAL, None
             can_fail_fast = not web_seeds and not peers
             seen: Progress | None = None
-            share: Share | None = None
-            share_peers: set[str] = set()
+            share_view = _ShareView()
             try:
                 while True:
                     now = time.monotonic()
@@ -295,7 +301,7 @@ class Swarm:
                         raise SwarmError(
                             f"download of {label(meta)}: the session was closed; retry"
                         )
-                    share = _update_share(handle, share, share_peers)
+                    _update_share(handle, share_view)
                     if web_seeds:
                         learned = _learn_web_endpoints(handle, state.web_endpoints or set())
                         with self._cond:
@@ -591,34 +597,44 @@ def _web_endpoints(urls: Sequence[str]) -> set[tuple[str, int]]:
     return found
 
 
-def _update_share(handle: Any, current: Share | None, downloading: set[str]) -> Share | None:
-    """Put this consumer's share of the pieces first (swarm/shares.py); the share in force.
+@dataclass
+class _ShareView:
+    """What one download knows for its share (swarm/shares.py): our address as peers see it
+    (kept once chosen), every address seen downloading since the start, the share in force."""
 
-    `downloading` gathers the addresses of every peer seen downloading since the start, and
-    the share changes only when it grows: a peer that finishes or drops its connection keeps
-    its rank, so that consumers' views stay alike (re-splitting as peers finished or churned
-    took 16 consumers from 1.44-1.47x to 1.57-1.61x the fluid bound on the bed).
-    """
+    own: str | None = None
+    downloading: set[str] = field(default_factory=set)
+    share: Share | None = None
+
+
+def _update_share(handle: Any, view: _ShareView) -> None:
+    """Put this consumer's share of the pieces first, and again whenever `view.downloading`
+    grows. A peer that finishes or drops its connection keeps its rank, so that consumers'
+    views stay alike: re-splitting as peers finished or churned took 16 consumers from
+    1.44-1.47x to 1.57-1.61x the fluid bound on the bed (BENCHMARKS.md, 2f)."""
     try:
         peers = handle.get_peer_info()
-    except RuntimeError:  # removed meanwhile
-        return current
-    ours: Counter[str] = Counter()  # our address as each peer sees it
-    for peer in peers:
-        if peer.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
-            continue
-        if peer.connection_type != lt.peer_info.standard_bittorrent:
-            continue  # a web seed
-        ours[peer.local_endpoint()[0]] += 1
-        if not peer.flags & lt.peer_info.seed:
-            downloading.add(peer.ip[0])
-    if not ours:
-        return current
-    share = share_of(ours.most_common(1)[0][0], downloading)
-    if share == current or (current is None and share.of == 1):
-        return share  # unchanged, or alone: libtorrent's own order is the right one
-    handle.prioritize_pieces(share_priorities(share, handle.get_piece_priorities()))
-    return share
+        ours: Counter[str] = Counter()  # our address as each peer sees it
+        for peer in peers:
+            if peer.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
+                continue
+            if peer.connection_type != lt.peer_info.standard_bittorrent:
+                continue  # a web seed
+            ours[peer.local_endpoint()[0]] += 1
+            if not peer.flags & (lt.peer_info.seed | lt.peer_info.upload_only):
+                view.downloading.add(peer.ip[0])
+        if view.own is None and ours:
+            view.own = ours.most_common(1)[0][0]
+        if view.own is None:
+            return
+        share = share_of(view.own, view.downloading)
+        if share == view.share or (view.share is None and share.of == 1):
+            view.share = share  # unchanged, or alone: libtorrent's own order is the right one
+            return
+        handle.prioritize_pieces(share_priorities(share, handle.get_piece_priorities()))
+        view.share = share
+    except RuntimeError:  # removed meanwhile; the download loop reports why
+        return
 
 
 def _learn_web_endpoints(handle: Any, known: set[tuple[str, int]]) -> set[tuple[str, int]]:
