@@ -610,8 +610,8 @@ class _ShareView:
 def _update_share(handle: Any, view: _ShareView) -> None:
     """Put this consumer's share of the pieces first, and again whenever `view.downloading`
     grows. A peer that finishes or drops its connection keeps its rank, so that consumers'
-    views stay alike: re-splitting as peers finished or churned took 16 consumers from
-    1.44-1.47x to 1.57-1.61x the fluid bound on the bed (BENCHMARKS.md, 2f)."""
+    views stay alike: re-split as peers finished or churned, they disagreed on the split and
+    their shares overlapped (BENCHMARKS.md, "Cluster", 2f)."""
     try:
         peers = handle.get_peer_info()
         ours: Counter[str] = Counter()  # our address as each peer sees it
