@@ -2,7 +2,7 @@
 
 With rarest-first alone, every consumer of a fresh swarm picks among the same seed-only
 pieces at random. Two often ask the seed for the same piece at once, before either holds it
-and can announce it, so the seed sends it twice: 1.20-1.23 copies of the version for 8
+and can announce it, so the seed sends it twice: 1.20-1.22 copies of the version for 8
 consumers on the bed (BENCHMARKS.md, "Cluster", 2f).
 
 Here each consumer ranks its own address among the addresses of every peer it has seen
