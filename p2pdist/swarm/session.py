@@ -260,21 +260,30 @@ class Swarm:
             try:
                 while True:
                     now = time.monotonic()
-                    if peers and now >= next_dial:
-                        for host, port in peers:
-                            handle.connect_peer((host, int(port)))
-                        next_dial = now + RECONNECT_INTERVAL
+                    # The handle is used under the condition and only while the session
+                    # lives: close() destroys the session under it.
                     with self._cond:
+                        if peers and now >= next_dial and not self._closed:
+                            for host, port in peers:
+                                handle.connect_peer((host, int(port)))
+                            next_dial = now + RECONNECT_INTERVAL
                         self._cond.wait(UPDATE_INTERVAL)
                         error, finished = state.error, state.finished
                         progress, known = state.progress, state.list_peers
                         closed = self._closed
                         tracker_seeds, tracker_error = state.tracker_seeds, state.tracker_error
-                    if now >= next_probe and now - last_change >= SCRAPE_INTERVAL:
-                        # Nothing arrives: ask the tracker again now rather than at its interval
-                        # (a seed may have just started, the tracker may be back after a restart).
-                        _probe_tracker(handle, tracker_error is not None)
-                        next_probe = now + SCRAPE_INTERVAL
+                        if not closed:
+                            if now >= next_probe and now - last_change >= SCRAPE_INTERVAL:
+                                # Nothing arrives: ask the tracker again now rather than at its
+                                # interval (a seed may have just started, the tracker may be
+                                # back after a restart).
+                                _probe_tracker(handle, tracker_error is not None)
+                                next_probe = now + SCRAPE_INTERVAL
+                            _update_share(handle, share_view)
+                            if web_seeds:
+                                state.web_endpoints = _learn_web_endpoints(
+                                    handle, state.web_endpoints or set()
+                                )
                     seeding_peers = progress.seeds if progress is not None else 0
                     connected = progress.peers if progress is not None else 0
                     # every peer the tracker named is connected and none is a seed: a peer not
@@ -301,11 +310,6 @@ class Swarm:
                         raise SwarmError(
                             f"download of {label(meta)}: the session was closed; retry"
                         )
-                    _update_share(handle, share_view)
-                    if web_seeds:
-                        learned = _learn_web_endpoints(handle, state.web_endpoints or set())
-                        with self._cond:
-                            state.web_endpoints = learned
                     if progress is not None and progress is not seen:
                         seen = progress
                         if on_progress is not None:
@@ -372,12 +376,16 @@ class Swarm:
             self._closed = True
             self._cond.notify_all()
         self._thread.join()
-        self._session.pause()
-        for state in list(self._torrents.values()):
-            state.payload_up = _safe_upload(state.handle, state.payload_up)
-            state.removed = True
-        self._torrents.clear()
-        del self._session  # the destructor blocks until libtorrent has shut down
+        # Under the condition: a download that saw the close may be removing its torrent
+        # (`_remove` holds the condition until it has asked libtorrent), and must find the
+        # session either still there or its torrent already marked removed.
+        with self._cond:
+            self._session.pause()
+            for state in list(self._torrents.values()):
+                state.payload_up = _safe_upload(state.handle, state.payload_up)
+                state.removed = True
+            self._torrents.clear()
+            del self._session  # the destructor blocks until libtorrent has shut down
 
     # -------------------------------------------------------------- internals
 
