@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,27 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def download_at_once(
+    jobs: dict[Any, Callable[[], TransferResult]], timeout: float = 120
+) -> dict[Any, TransferResult | BaseException]:
+    """Run each download in a thread of its own, all at once; each key's result or exception
+    (a key missing if its download was still running after `timeout`)."""
+    results: dict[Any, TransferResult | BaseException] = {}
+
+    def run(key: Any, job: Callable[[], TransferResult]) -> None:
+        try:
+            results[key] = job()
+        except BaseException as exc:
+            results[key] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
+
+
 def test_seed_and_one_download(model: tuple[TorrentMeta, Path], tmp_path: Path) -> None:
     meta, root = model
     seen: list[Progress] = []
@@ -195,30 +217,22 @@ def test_seed_and_three_downloaders_trade(model: tuple[TorrentMeta, Path], tmp_p
         swarms = [Swarm() for _ in range(3)]
         try:
             ports = [seeder.listen_port] + [s.listen_port for s in swarms]
-            results: dict[int, TransferResult | BaseException] = {}
 
-            def fetch(i: int) -> None:
-                try:
-                    results[i] = swarms[i].download(
-                        meta.data,
-                        tmp_path / f"dest{i}",
-                        peers=[(LOCAL, p) for p in ports if p != swarms[i].listen_port],
-                        keep_seeding=True,
-                        stall_timeout=30,
-                    )
-                except BaseException as exc:
-                    results[i] = exc
+            def fetch(i: int) -> TransferResult:
+                return swarms[i].download(
+                    meta.data,
+                    tmp_path / f"dest{i}",
+                    peers=[(LOCAL, p) for p in ports if p != swarms[i].listen_port],
+                    keep_seeding=True,
+                    stall_timeout=30,
+                )
 
-            threads = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            results = download_at_once({i: partial(fetch, i) for i in range(3)})
         finally:
             for s in swarms:
                 s.close()
     for i in range(3):
-        result = results[i]
+        result = results.get(i)
         assert isinstance(result, TransferResult), result
         assert same_files(meta, root, tmp_path / f"dest{i}")
     shared = sum(r.bytes_uploaded for r in results.values() if isinstance(r, TransferResult))
@@ -245,29 +259,21 @@ def test_downloaders_put_their_own_share_of_pieces_first(
             endpoints = [(LOCAL, seeder.listen_port)] + [
                 (a, s.listen_port) for a, s in zip(addresses, swarms, strict=True)
             ]
-            results: dict[int, TransferResult | BaseException] = {}
 
             def priorities(i: int) -> None:
                 for state in list(swarms[i]._torrents.values()):
                     seen[i].add(tuple(state.handle.get_piece_priorities()))
 
-            def fetch(i: int) -> None:
-                try:
-                    results[i] = swarms[i].download(
-                        meta.data,
-                        tmp_path / f"dest{i}",
-                        peers=[e for e in endpoints if e[0] != addresses[i]],
-                        on_progress=lambda _: priorities(i),
-                        stall_timeout=30,
-                    )
-                except BaseException as exc:
-                    results[i] = exc
+            def fetch(i: int) -> TransferResult:
+                return swarms[i].download(
+                    meta.data,
+                    tmp_path / f"dest{i}",
+                    peers=[e for e in endpoints if e[0] != addresses[i]],
+                    on_progress=lambda _: priorities(i),
+                    stall_timeout=30,
+                )
 
-            threads = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            results = download_at_once({i: partial(fetch, i) for i in range(3)})
         finally:
             for s in swarms:
                 s.close()
@@ -643,21 +649,14 @@ def test_peers_found_through_the_tracker(tmp_path: Path) -> None:
             Swarm(announce_interval_hint=2) as b,
         ):
             seeder.seed(meta.data, root)
-            out: dict[str, object] = {}
-
-            def fetch(name: str, swarm: Swarm) -> None:
-                try:
-                    out[name] = swarm.download(meta.data, tmp_path / name, stall_timeout=30)
-                except BaseException as exc:
-                    out[name] = exc
-
-            threads = [threading.Thread(target=fetch, args=x) for x in (("a", a), ("b", b))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            out = download_at_once(
+                {
+                    name: partial(swarm.download, meta.data, tmp_path / name, stall_timeout=30)
+                    for name, swarm in (("a", a), ("b", b))
+                }
+            )
     for name in ("a", "b"):
-        assert isinstance(out[name], TransferResult), out[name]
+        assert isinstance(out.get(name), TransferResult), out.get(name, "still running")
         assert same_files(meta, root, tmp_path / name)
 
 
